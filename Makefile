@@ -1,0 +1,32 @@
+# make install   create .venv and install the project with its dev tools
+# make test      run the test suite (offline; set MNIST_DATA_DIR for the real-MNIST checks)
+# make train     train with the default config; ARGS="optimizer=adam model.activation=relu"
+# make bench     time the lesson's loop, the project and the raw floor on real MNIST
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: install test train bench lint format tensorboard sweep-optimizers sweep-activations
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+
+test:
+	$(BIN)/python -m pytest -q
+
+train:
+	$(BIN)/python -m mnist_lightning.train $(ARGS)
+
+bench:
+	$(BIN)/python benchmarks/bench.py $(ARGS)
+
+lint:
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format:
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+tensorboard:
+	$(BIN)/tensorboard --logdir outputs

@@ -1,0 +1,81 @@
+"""`make bench`: time whole commands on real MNIST and print their ratios.
+
+1. the lesson's plain PyTorch script (benchmarks/lesson_loop.py), 10 epochs + test;
+2. `python -m mnist_lightning.train` with the default config (10 epochs, validation, test,
+   TensorBoard, checkpoints);
+3. the raw floor (benchmarks/raw_loop.py): same network, bare loop over pre-loaded tensors.
+
+Each runs as its own process, one after the other; peak memory is the child's max RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Run a command; return (wall seconds, peak RSS in MB, stdout)."""
+    started = time.time()
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.time() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        sys.exit(f"{' '.join(command)} failed ({process.returncode}):\n{output[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024, output
+
+
+def last_value(output: str, key: str) -> float:
+    return float([line for line in output.splitlines() if line.startswith(key)][-1].split()[-1])
+
+
+def main() -> None:
+    env = dict(os.environ)
+    env.setdefault("MNIST_DATA_DIR", str(ROOT / "data"))
+    extra = sys.argv[1:]  # e.g. trainer.max_epochs=3 for a quick look
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, python {platform.python_version()}"
+    )
+
+    lesson_s, lesson_mb, lesson_out = run([sys.executable, "benchmarks/lesson_loop.py"], env)
+    print(
+        f"lesson loop:  {lesson_s:6.1f} s  peak {lesson_mb:5.0f} MB  test/acc {last_value(lesson_out, 'test/acc'):.4f}"
+    )
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        started = time.time()
+        project_s, project_mb, _ = run(
+            [sys.executable, "-m", "mnist_lightning.train", f"hydra.run.dir={run_dir}", *extra], env
+        )
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    startup_s = metrics["first_step_at"] - started
+    epoch_s = statistics.median(metrics["epoch_seconds"])
+    print(
+        f"project:      {project_s:6.1f} s  peak {project_mb:5.0f} MB  test/acc {metrics['test/acc']:.4f}  "
+        f"start-up {startup_s:.1f} s  epoch median {epoch_s:.2f} s (validation included)"
+    )
+
+    floor_s, _, floor_out = run([sys.executable, "benchmarks/raw_loop.py", "5"], env)
+    floor_epoch = last_value(floor_out, "epoch_seconds_median")
+    print(f"raw floor:    epoch median {floor_epoch:.2f} s")
+    print()
+    print(f"project / lesson loop (whole command): {project_s / lesson_s:.2f}   (goal <= 0.40)")
+    print(f"project epoch / raw floor epoch:       {epoch_s / floor_epoch:.2f}   (goal <= 2.0)")
+    print(f"project peak memory:                   {project_mb:.0f} MB (goal < 2048)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The lesson's network (MLP) and the LightningModule that trains it (MNISTClassifier)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "sigmoid": nn.Sigmoid,  # the lesson's choice
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+    "prelu": nn.PReLU,  # one learnable slope per layer: +2 parameters
+    "rrelu": nn.RReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+
+
+class MLP(nn.Sequential):
+    """Flatten -> Linear(784,128) -> act -> Linear(128,256) -> act -> Linear(256,10)."""
+
+    def __init__(self, activation: str = "sigmoid") -> None:
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown model.activation={activation!r}; choose one of {', '.join(ACTIVATIONS)}"
+            )
+        act = ACTIVATIONS[activation]
+        super().__init__(
+            nn.Flatten(),
+            nn.Linear(28 * 28, 128),
+            act(),
+            nn.Linear(128, 256),
+            act(),
+            nn.Linear(256, 10),
+        )
+
+
+def _instantiate(config: dict[str, Any], **kwargs: Any) -> Any:
+    from hydra.utils import instantiate
+
+    return instantiate(config, **kwargs)
+
+
+# Keys of a scheduler config that are Lightning's, not the scheduler's.
+LIGHTNING_SCHEDULER_KEYS = ("interval", "frequency", "monitor")
+
+
+class MNISTClassifier(pl.LightningModule):
+    """Cross-entropy classifier around `MLP`; optimizer and scheduler are Hydra partial configs.
+
+    The configs are stored as plain dicts in the hyperparameters (and so in checkpoints) and
+    instantiated in `configure_optimizers`, so a checkpoint is data, never pickled code.
+    """
+
+    def __init__(
+        self,
+        activation: str = "sigmoid",
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = MLP(activation)
+        self.criterion = nn.CrossEntropyLoss()
+        # No per-update input checks: each one is a host-device sync, and the inputs are ours.
+        self.train_loss, self.val_loss, self.test_loss = (
+            MeanMetric(nan_strategy="disable") for _ in range(3)
+        )
+        self.train_acc, self.val_acc, self.test_acc = (
+            MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
+            for _ in range(3)
+        )
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _shared_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = batch
+        logits = self(x)
+        return self.criterion(logits, y), logits.argmax(dim=1), y
+
+    def on_train_start(self) -> None:
+        # The sanity check ran validation batches before training: forget them.
+        self.val_loss.reset()
+        self.val_acc.reset()
+        self.val_acc_best.reset()
+
+    # Per step only accumulate (no .item(), no self.log): a step of this small network is so
+    # short that logging every step would cost a third of the step. The metric objects are
+    # handed to self.log once per epoch; Lightning computes and resets them at the epoch's end,
+    # before any callback reads them. The raw loss is logged every `log_every_n_steps` steps.
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, preds, targets = self._shared_step(batch)
+        self.train_loss.update(loss)
+        self.train_acc.update(preds, targets)
+        if batch_idx == 0:
+            self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        if (self.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0:
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss, preds, targets = self._shared_step(batch)
+        self.val_loss.update(loss)
+        self.val_acc.update(preds, targets)
+
+    def on_validation_epoch_end(self) -> None:
+        accuracy = self._log_epoch("val", self.val_loss, self.val_acc)
+        self.val_acc_best.update(accuracy)
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        loss, preds, targets = self._shared_step(batch)
+        self.test_loss.update(loss)
+        self.test_acc.update(preds, targets)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test", self.test_loss, self.test_acc)
+
+    def _log_epoch(
+        self, stage: str, loss: MeanMetric, accuracy: MulticlassAccuracy
+    ) -> torch.Tensor:
+        # compute() syncs across DDP processes; reset() readies the metric for the next epoch.
+        epoch_loss, epoch_accuracy = loss.compute(), accuracy.compute()
+        loss.reset()
+        accuracy.reset()
+        self.log(f"{stage}/loss", epoch_loss, prog_bar=stage != "test")
+        self.log(f"{stage}/acc", epoch_accuracy, prog_bar=stage != "test")
+        return epoch_accuracy
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(dim=1)
+
+    def configure_optimizers(self):
+        optimizer_config = self.hparams.optimizer or {
+            "_target_": "torch.optim.SGD",
+            "_partial_": True,
+            "lr": 0.2,
+        }
+        optimizer = _instantiate(optimizer_config)(params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        config = dict(self.hparams.scheduler)
+        lightning_keys = {k: config.pop(k) for k in LIGHTNING_SCHEDULER_KEYS if k in config}
+        make_scheduler = _instantiate(config)
+        if getattr(make_scheduler, "func", None) is torch.optim.lr_scheduler.OneCycleLR:
+            # One cycle spans the whole run, whatever max_epochs and the batch size are.
+            scheduler = make_scheduler(
+                optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+            )
+        else:
+            scheduler = make_scheduler(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **lightning_keys}}

@@ -1,0 +1,171 @@
+"""Train the lesson's network: `python -m mnist_lightning.train [overrides]`.
+
+Composes the config, shows the data, fits, tests the best checkpoint on the official test set,
+writes `metrics.json` and returns `val/acc_best` for Hydra sweepers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_lightning.config import CONFIG_DIR
+
+log = logging.getLogger("mnist_lightning.train")
+
+
+def describe(cfg: DictConfig) -> str:
+    """The composed config in one line per part that matters (the full one is in .hydra/)."""
+    choices = {}
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices
+    except ValueError:  # composed outside @hydra.main (tests)
+        pass
+    optimizer = {k: v for k, v in cfg.optimizer.items() if not k.startswith("_")}
+    scheduler = choices.get("scheduler", "none") if cfg.get("scheduler") else "none"
+    return "\n".join(
+        [
+            f"optimizer: {choices.get('optimizer', cfg.optimizer._target_)} {optimizer}",
+            f"model: {cfg.model._target_.rsplit('.', 1)[-1]} activation={cfg.model.activation}",
+            f"scheduler: {scheduler}",
+            f"data: batch_size={cfg.data.batch_size} val_size={cfg.data.val_size} "
+            f"shuffle={cfg.data.shuffle} normalize={cfg.data.normalize} data_dir={cfg.data.data_dir}",
+            f"trainer: accelerator={cfg.trainer.accelerator} max_epochs={cfg.trainer.max_epochs} "
+            f"seed={cfg.seed}",
+        ]
+    )
+
+
+def _plain(node: Any) -> Any:
+    """A config node as plain dicts/lists (checkpoints keep data, never OmegaConf objects)."""
+    return OmegaConf.to_container(node, resolve=True) if node else None
+
+
+def build(cfg: DictConfig):
+    """Instantiate the datamodule, model, loggers, callbacks and trainer from the config."""
+    from hydra.utils import get_class, instantiate
+
+    datamodule = instantiate(cfg.data)
+    # Not instantiate(): it would turn the optimizer/scheduler configs into objects; the model
+    # keeps them as plain dicts and instantiates them in configure_optimizers.
+    model_kwargs = {k: v for k, v in _plain(cfg.model).items() if k != "_target_"}
+    model = get_class(cfg.model._target_)(
+        **model_kwargs, optimizer=_plain(cfg.optimizer), scheduler=_plain(cfg.get("scheduler"))
+    )
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    callbacks = []
+    for name, callback_cfg in (cfg.get("callbacks") or {}).items():
+        if name == "learning_rate_monitor" and not loggers:
+            continue  # it has nowhere to write without a logger
+        callbacks.append(instantiate(callback_cfg))
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    return datamodule, model, trainer
+
+
+def show_data(datamodule, trainer, run_dir: Path) -> None:
+    """The lesson's look at the data: the first 9 training images, and one batch's shapes."""
+    from mnist_lightning import figures
+    from mnist_lightning.data import load_mnist
+
+    images, labels = load_mnist(datamodule.data_dir, download=False)["train"]
+    figure = figures.digit_grid(images[:9], [str(int(label)) for label in labels[:9]])
+    for logger in trainer.loggers:
+        if hasattr(logger.experiment, "add_figure"):
+            logger.experiment.add_figure("data/samples", figure, close=False)
+    figures.save(figure, run_dir / "samples.png")
+
+    x, y = next(iter(datamodule.train_dataloader()))
+    x, y = datamodule.on_after_batch_transfer((x, y), 0)
+    log.info(
+        "one batch: x %s %s, y %s %s",
+        list(x.shape),
+        str(x.dtype).removeprefix("torch."),
+        list(y.shape),
+        str(y.dtype).removeprefix("torch."),
+    )
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    return {name: float(value) for name, value in metrics.items()}
+
+
+def quiet_lightning_logs() -> None:
+    """Route Lightning's messages through Hydra's logging (console + train.log), minus its tips."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: not any(s in record.getMessage() for s in _NOISE))
+
+
+_NOISE = ("Tip:", "TPU available", "HPU available", "Skipping setting a default", "LOCAL_RANK")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test as the config says; return every final metric (also in metrics.json)."""
+    import lightning.pytorch as pl
+
+    from mnist_lightning.callbacks import ConsoleReport
+
+    quiet_lightning_logs()
+    # Library deprecation chatter that a user can do nothing about.
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log.info("%s\nrun dir: %s", describe(cfg), run_dir)
+
+    datamodule, model, trainer = build(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    show_data(datamodule, trainer, run_dir)
+
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - started
+    metrics = _scalars(trainer.callback_metrics)
+
+    if cfg.get("test", True):
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint else ""
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update(_scalars(trainer.callback_metrics))
+        metrics["test_checkpoint"] = best or "final weights"
+
+    metrics.update(fit_seconds=round(fit_seconds, 2), epochs=trainer.current_epoch)
+    report = next((c for c in trainer.callbacks if isinstance(c, ConsoleReport)), None)
+    if report is not None:
+        metrics.update(epoch_seconds=report.epoch_seconds, first_step_at=report.first_step_at)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    log.info(
+        "test/acc %.4f  test/loss %.4f  epochs %d  time %.1f s  run dir %s",
+        metrics.get("test/acc", float("nan")),
+        metrics.get("test/loss", float("nan")),
+        metrics["epochs"],
+        fit_seconds,
+        run_dir,
+    )
+    return metrics
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    metrics = train(cfg)
+    # Hydra sweepers (optuna) maximise what main returns.
+    return metrics["val/acc_best"]
+
+
+if __name__ == "__main__":
+    main()
