@@ -30,3 +30,9 @@ format:
 
 tensorboard:
 	$(BIN)/tensorboard --logdir outputs
+
+sweep-optimizers:
+	$(BIN)/python -m mnist_lightning.train sweep=optimizers $(ARGS)
+
+sweep-activations:
+	$(BIN)/python -m mnist_lightning.train sweep=activations $(ARGS)

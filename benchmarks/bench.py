@@ -62,7 +62,7 @@ def main() -> None:
         )
         metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
     startup_s = metrics["first_step_at"] - started
-    epoch_s = statistics.median(metrics["epoch_seconds"])
+    epoch_s = statistics.median(metrics["history"]["epoch_seconds"])
     print(
         f"project:      {project_s:6.1f} s  peak {project_mb:5.0f} MB  test/acc {metrics['test/acc']:.4f}  "
         f"start-up {startup_s:.1f} s  epoch median {epoch_s:.2f} s (validation included)"

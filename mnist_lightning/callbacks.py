@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 
 log = logging.getLogger(__name__)
+
+EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
+
+
+def _tensorboard(trainer: pl.Trainer):
+    """The TensorBoard SummaryWriter of the run, or None without a TensorBoard logger."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
 
 
 class ConsoleReport(pl.Callback):
@@ -17,15 +31,9 @@ class ConsoleReport(pl.Callback):
     def __init__(self, print_every_n_batches: int = 400) -> None:
         self.every = print_every_n_batches
         self.epoch_start = 0.0
-        self.epoch_seconds: list[float] = []  # training + validation, per epoch
-        self.first_step_at: float | None = None  # wall clock, for start-up measurements
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.epoch_start = time.perf_counter()
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if self.first_step_at is None:
-            self.first_step_at = time.time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self.every and (batch_idx + 1) % self.every == 0 and trainer.is_global_zero:
@@ -44,12 +52,9 @@ class ConsoleReport(pl.Callback):
             return
         metrics = trainer.callback_metrics
         shown = "  ".join(
-            f"{name} {float(metrics[name]):.4f}"
-            for name in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
-            if name in metrics
+            f"{name} {float(metrics[name]):.4f}" for name in EPOCH_METRICS if name in metrics
         )
         seconds = time.perf_counter() - self.epoch_start
-        self.epoch_seconds.append(round(seconds, 3))
         log.info(
             "epoch %d/%d  %s  (%.1f s)",
             trainer.current_epoch + 1,
@@ -57,3 +62,110 @@ class ConsoleReport(pl.Callback):
             shown,
             seconds,
         )
+
+
+class EpochHistory(pl.Callback):
+    """Per-epoch metrics and times, kept for metrics.json and sweep summaries (any logger)."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.epoch_start = 0.0
+        self.first_step_at: float | None = None  # wall clock, for start-up measurements
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epoch_start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        seconds = round(time.perf_counter() - self.epoch_start, 3)  # training + validation
+        self.history.setdefault("epoch_seconds", []).append(seconds)
+        for name in EPOCH_METRICS:
+            if name in trainer.callback_metrics:
+                self.history.setdefault(name, []).append(
+                    round(float(trainer.callback_metrics[name]), 6)
+                )
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}  # survives a resume from a checkpoint
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = state_dict.get("history", {})
+
+
+class GradientMonitor(pl.Callback):
+    """Per-layer gradient norms every N steps and weight histograms every epoch, so that the
+    lesson's vanishing gradients (sigmoid against ReLU) can be seen as curves."""
+
+    def __init__(self, every_n_steps: int = 50, histograms: bool = True) -> None:
+        self.every = every_n_steps
+        self.histograms = histograms
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.every and trainer.global_step % self.every == 0:
+            from lightning.pytorch.utilities import grad_norm
+
+            pl_module.log_dict(grad_norm(pl_module.net, norm_type=2), on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writer = _tensorboard(trainer)
+        if self.histograms and writer is not None and trainer.is_global_zero:
+            for name, parameter in pl_module.net.named_parameters():
+                writer.add_histogram(
+                    f"weights/{name}", parameter.detach().cpu(), trainer.current_epoch
+                )
+
+
+class TestSetFigures(pl.Callback):
+    """After testing: the confusion matrix and a grid of misclassified digits titled
+    `pred/true`, saved beside the run and logged to TensorBoard."""
+
+    def __init__(self, output_dir: str, max_misclassified: int = 36) -> None:
+        from torchmetrics.classification import MulticlassConfusionMatrix
+
+        self.output_dir = Path(output_dir)
+        self.max_misclassified = max_misclassified
+        self.confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False)
+        self.wrong: list[tuple[torch.Tensor, int, int]] = []
+        self.results: dict = {}
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.confusion = self.confusion.to(pl_module.device)
+        self.confusion.reset()
+        self.wrong = []
+
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        images, targets = batch
+        preds = outputs["preds"]
+        self.confusion.update(preds, targets)
+        if len(self.wrong) < self.max_misclassified:
+            for i in torch.nonzero(preds != targets).flatten().tolist():
+                self.wrong.append((images[i].detach().cpu(), int(preds[i]), int(targets[i])))
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from mnist_lightning import figures
+
+        matrix = self.confusion.compute().cpu()
+        self.results = {"confusion_matrix": matrix.tolist()}
+        if not trainer.is_global_zero:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        wrong = self.wrong[: self.max_misclassified]
+        confusion_figure, axes = self.confusion.plot(val=matrix, labels=[str(d) for d in range(10)])
+        axes.set_title(f"test set confusion matrix ({int(matrix.sum()):,} images)")
+        made = {"confusion_matrix": confusion_figure}
+        if wrong:
+            made["misclassified"] = figures.digit_grid(
+                torch.stack([image for image, _, _ in wrong]),
+                [f"{pred}/{true}" for _, pred, true in wrong],
+                columns=6,
+            )
+        writer = _tensorboard(trainer)
+        for name, figure in made.items():
+            if writer is not None:
+                writer.add_figure(f"test/{name}", figure, close=False)
+            figures.save(figure, self.output_dir / f"{name}.png")

@@ -19,6 +19,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from mnist_lightning.errors import UserError
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +39,7 @@ RAW_FILES = {
 MAX_IDX_ITEMS = 10_000_000
 
 
-class MNISTDataError(RuntimeError):
+class MNISTDataError(UserError):
     """A user-fixable problem with the MNIST files; the message says what to do."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import lightning.pytorch as pl
@@ -32,13 +33,16 @@ class MLP(nn.Sequential):
                 f"unknown model.activation={activation!r}; choose one of {', '.join(ACTIVATIONS)}"
             )
         act = ACTIVATIONS[activation]
+        # The lesson's layer names, so logs read `hidden1.weight`, not `1.weight`.
         super().__init__(
-            nn.Flatten(),
-            nn.Linear(28 * 28, 128),
-            act(),
-            nn.Linear(128, 256),
-            act(),
-            nn.Linear(256, 10),
+            OrderedDict(
+                flatten=nn.Flatten(),
+                hidden1=nn.Linear(28 * 28, 128),
+                act1=act(),
+                hidden2=nn.Linear(128, 256),
+                act2=act(),
+                out=nn.Linear(256, 10),
+            )
         )
 
 
@@ -118,10 +122,11 @@ class MNISTClassifier(pl.LightningModule):
         self.val_acc_best.update(accuracy)
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
-    def test_step(self, batch, batch_idx: int) -> None:
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         loss, preds, targets = self._shared_step(batch)
         self.test_loss.update(loss)
         self.test_acc.update(preds, targets)
+        return {"preds": preds}  # for callbacks (confusion matrix, misclassified digits)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test", self.test_loss, self.test_acc)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lightning.config import CONFIG_DIR
+from mnist_lightning.errors import UserError
 
 log = logging.getLogger("mnist_lightning.train")
 
@@ -115,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as the config says; return every final metric (also in metrics.json)."""
     import lightning.pytorch as pl
 
-    from mnist_lightning.callbacks import ConsoleReport
+    from mnist_lightning.callbacks import EpochHistory
 
     quiet_lightning_logs()
     # Library deprecation chatter that a user can do nothing about.
@@ -136,6 +138,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule)
     fit_seconds = time.perf_counter() - started
     metrics = _scalars(trainer.callback_metrics)
+    # Read before testing: loading the best checkpoint also rewinds callback states.
+    history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
+    if history is not None:
+        metrics.update(history=dict(history.history), first_step_at=history.first_step_at)
 
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback
@@ -145,9 +151,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["test_checkpoint"] = best or "final weights"
 
     metrics.update(fit_seconds=round(fit_seconds, 2), epochs=trainer.current_epoch)
-    report = next((c for c in trainer.callbacks if isinstance(c, ConsoleReport)), None)
-    if report is not None:
-        metrics.update(epoch_seconds=report.epoch_seconds, first_step_at=report.first_step_at)
+    log_hparams(trainer, cfg, metrics)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     log.info(
         "test/acc %.4f  test/loss %.4f  epochs %d  time %.1f s  run dir %s",
@@ -160,9 +164,82 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def _choice(group: str, cfg: DictConfig) -> str:
+    """The option picked for a config group (`momentum`, not `torch.optim.SGD`)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().runtime.choices[group])
+    except (ValueError, KeyError):  # composed outside @hydra.main
+        node = cfg.get(group)
+        return node._target_.rsplit(".", 1)[-1].lower() if node else "none"
+
+
+def log_hparams(trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """TensorBoard's HParams tab: the run's hyperparameters beside its final metrics."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    params = {
+        "optimizer": _choice("optimizer", cfg),
+        "lr": cfg.optimizer.lr,
+        "activation": cfg.model.activation,
+        "batch_size": cfg.data.batch_size,
+        "epochs": cfg.trainer.max_epochs,
+        "scheduler": _choice("scheduler", cfg),
+        "seed": cfg.seed,
+        "normalize": cfg.data.normalize,
+        "shuffle": cfg.data.shuffle,
+    }
+    # Own tags: the HParams tab shows each metric's last value, and test/acc is already a scalar.
+    final = {
+        f"hp/{k.replace('/', '_')}": metrics[k]
+        for k in ("test/acc", "test/loss", "val/acc_best")
+        if k in metrics
+    }
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, final)
+            logger.experiment.flush()
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_failure(cfg: DictConfig, error: BaseException) -> None:
+    """Leave `failure.json` in the job's folder so the sweep summary can say what failed."""
+    import traceback
+
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    details = {
+        "error": type(error).__name__,
+        "message": str(error),
+        "traceback": "".join(traceback.format_exception(error)),
+    }
+    (run_dir / "failure.json").write_text(json.dumps(details, indent=2) + "\n")
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except Exception as error:
+        user_error = isinstance(error, UserError)
+        if _in_multirun():
+            # One failed job must not stop the sweep: record it, tell the sweeper "no value".
+            record_failure(cfg, error)
+            log.error(
+                "job failed: %s", error if user_error else repr(error), exc_info=not user_error
+            )
+            return float("nan")
+        if user_error:
+            log.error("error: %s", error)
+            sys.exit(1)
+        raise
     # Hydra sweepers (optuna) maximise what main returns.
     return metrics["val/acc_best"]
 

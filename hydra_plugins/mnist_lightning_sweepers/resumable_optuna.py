@@ -1,0 +1,66 @@
+"""Hydra's Optuna sweeper, made to resume: the same command continues an interrupted search.
+
+The plugin already reloads a stored study (`load_if_exists`), but it would then run
+`n_trials` more and number the new jobs from 0 again, over the old job folders. This subclass
+counts the trials the study already finished, runs only the rest, numbers new jobs after the
+old ones, and marks trials left RUNNING by a killed search as failed (they are run again).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+try:
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+except ImportError:  # the optional `sweep` extra is not installed: nothing to offer
+    OptunaSweeper = None
+
+log = logging.getLogger(__name__)
+
+if OptunaSweeper is not None:
+
+    class ResumableOptunaSweeper(OptunaSweeper):
+        def sweep(self, arguments: list[str]) -> None:
+            impl = self.sweeper
+            # The SQLite file lives in the sweep folder, which Hydra makes only when jobs start.
+            Path(impl.sweep_dir).mkdir(parents=True, exist_ok=True)
+            if impl.storage and impl.study_name:
+                self._continue_study(impl)
+            return super().sweep(arguments)
+
+        @staticmethod
+        def _continue_study(impl) -> None:
+            import optuna
+            from optuna.trial import TrialState
+
+            try:
+                study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
+            except KeyError:  # no such study yet: a fresh search
+                return
+            trials = study.get_trials(deepcopy=False)
+            for trial in trials:
+                if trial.state == TrialState.RUNNING:  # its process was killed
+                    study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+                    study._storage.set_trial_state(trial._trial_id, TrialState.FAIL)
+            trials = study.get_trials(deepcopy=False)
+            # A trial that ran to its end counts, even a failed one; an interrupted one does not.
+            finished = [
+                t
+                for t in trials
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))
+            ]
+            remaining = max(0, impl.n_trials - len(finished))
+            log.info(
+                "Resuming study %r: %d of %d trials finished, %d to go",
+                impl.study_name,
+                len(finished),
+                impl.n_trials,
+                remaining,
+            )
+            impl.n_trials = remaining
+            if trials and hasattr(impl.sampler, "reseed_rng"):
+                # A seeded sampler would otherwise replay the first run's random start-up trials.
+                impl.sampler.reseed_rng()
+            impl.job_idx = len(trials)  # job folders continue after the existing ones

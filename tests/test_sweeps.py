@@ -1,0 +1,215 @@
+"""Experiments, multirun sweeps, the optuna search, the joblib launcher and the sweep summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+
+from mnist_lightning.config import CONFIG_DIR
+from mnist_lightning.report import main as report_main
+from tests.conftest import FAST, ROOT, run_module
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+
+
+def compose_full(overrides: list[str]):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return hydra_compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def summary_rows(sweep_dir: Path) -> list[dict[str, str]]:
+    with (sweep_dir / "summary.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment):
+    cfg = compose_full([f"experiment={experiment}"])
+    assert cfg.data.batch_size == 64 and cfg.trainer.max_epochs == 10
+
+
+def test_the_lesson_experiment_is_the_lesson():
+    cfg = compose_full(["experiment=lesson"])
+    assert (cfg.model.activation, cfg.optimizer._target_, cfg.optimizer.lr) == (
+        "sigmoid",
+        "torch.optim.SGD",
+        0.2,
+    )
+    assert cfg.optimizer.momentum == 0.0 and not cfg.scheduler
+    assert cfg.data.normalize is False and cfg.data.shuffle is False
+
+
+def test_relu_adam_changes_only_the_activation_and_optimizer():
+    base, cfg = compose_full([]), compose_full(["experiment=relu_adam"])
+    assert cfg.model.activation == "relu" and cfg.optimizer._target_ == "torch.optim.Adam"
+    assert cfg.data == base.data and cfg.trainer == base.trainer
+
+
+@pytest.mark.parametrize(
+    "preset, key, values",
+    [
+        ("optimizers", "optimizer", "sgd,momentum,adam,adamw,rmsprop,adagrad,adadelta"),
+        (
+            "activations",
+            "model.activation",
+            "sigmoid,relu,tanh,leaky_relu,prelu,rrelu,elu,gelu,silu",
+        ),
+    ],
+)
+def test_sweep_presets_are_multiruns_over_the_lessons_lists(preset, key, values):
+    cfg = compose_full([f"sweep={preset}"])
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert cfg.hydra.sweeper.params[key] == values
+
+
+def test_two_job_multirun_writes_job_folders_and_a_summary(fixture_data_dir, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_module(
+        "mnist_lightning.train",
+        "-m",
+        "optimizer=sgd,adam",
+        *FAST,
+        f"hydra.sweep.dir={sweep_dir}",
+        data_dir=fixture_data_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (sweep_dir / "0" / "metrics.json").is_file() and (
+        sweep_dir / "1" / "metrics.json"
+    ).is_file()
+    rows = summary_rows(sweep_dir)
+    assert sorted(r["overrides"] for r in rows) == ["optimizer=adam", "optimizer=sgd"]
+    assert all(r["status"] == "ok" for r in rows)
+    assert float(rows[0]["val/acc_best"]) >= float(rows[1]["val/acc_best"])  # best first
+    for row in rows:
+        metrics = json.loads((sweep_dir / row["job"] / "metrics.json").read_text())
+        assert float(row["test/acc"]) == pytest.approx(metrics["test/acc"], abs=1e-4)
+    assert (sweep_dir / "summary.png").stat().st_size > 10_000
+    assert "| optimizer=adam |" in (sweep_dir / "summary.md").read_text()
+    assert "optimizer=adam" in result.stdout  # the table is printed too
+
+
+def test_default_sweep_folders_never_collide():
+    # Two sweeps (or runs) started in the same second still get folders of their own.
+    raw = (Path(CONFIG_DIR) / "train.yaml").read_text()
+    assert (
+        "multirun/${now:%Y-%m-%d_%H-%M-%S-%f}" in raw and "runs/${now:%Y-%m-%d_%H-%M-%S-%f}" in raw
+    )
+    assert "subdir: ${hydra.job.num}" in raw
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(fixture_data_dir, tmp_path):
+    sweep_dir = tmp_path / "joblib"
+    result = run_module(
+        "mnist_lightning.train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model.activation=relu,tanh",
+        *FAST,
+        f"hydra.sweep.dir={sweep_dir}",
+        data_dir=fixture_data_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    assert len(summary_rows(sweep_dir)) == 2
+
+
+def _optuna_trials(sweep_dir: Path):
+    import optuna
+
+    study = optuna.load_study(study_name="mnist", storage=f"sqlite:///{sweep_dir}/optuna.db")
+    return study.get_trials(deepcopy=False)
+
+
+def test_optuna_search_resumes_an_interrupted_study(fixture_data_dir, tmp_path):
+    sweep_dir = tmp_path / "optuna"
+    command = [
+        sys.executable,
+        "-m",
+        "mnist_lightning.train",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        *FAST,
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    env = {**os.environ, "MNIST_DATA_DIR": str(fixture_data_dir)}
+    # Start the search and kill it while its second trial runs.
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while (
+        not (sweep_dir / "1" / ".hydra").exists()
+        and time.time() < deadline
+        and process.poll() is None
+    ):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (sweep_dir / "optuna.db").is_file()
+    states = sorted(t.state.name for t in _optuna_trials(sweep_dir))
+    assert states == ["COMPLETE", "RUNNING"]  # as a killed search leaves it
+
+    # The same command again: it continues the study and runs only what is left.
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 of 2 trials finished, 1 to go" in result.stdout + result.stderr
+    trials = _optuna_trials(sweep_dir)
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+    assert sorted(t.state.name for t in trials) == [
+        "COMPLETE",
+        "COMPLETE",
+        "FAIL",
+    ]  # the killed one
+    job_dirs = sorted(p.name for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
+    assert len(job_dirs) == len(set(job_dirs)) >= 2  # the old job folder was not overwritten
+    assert json.loads((sweep_dir / "0" / "metrics.json").read_text())  # still there
+    assert sum(r["status"] == "ok" for r in summary_rows(sweep_dir)) == 2
+
+    # Once the study is complete, the same command has nothing left to run.
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert "2 of 2 trials finished, 0 to go" in again.stdout + again.stderr
+    assert len(_optuna_trials(sweep_dir)) == len(trials)
+
+
+def test_a_failed_job_is_a_row_not_a_crash(fixture_data_dir, tmp_path):
+    sweep_dir = tmp_path / "partly_failed"
+    result = run_module(
+        "mnist_lightning.train",
+        "-m",
+        "model.activation=relu,not_an_activation",
+        *FAST,
+        f"hydra.sweep.dir={sweep_dir}",
+        data_dir=fixture_data_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["overrides"]: r for r in summary_rows(sweep_dir)}
+    assert rows["model.activation=relu"]["status"] == "ok"
+    failed = rows["model.activation=not_an_activation"]
+    assert failed["status"].startswith("failed: unknown model.activation='not_an_activation'")
+    assert failed["test/acc"] == ""
+
+    # A job killed before it wrote anything, then the report rebuilt by hand.
+    (sweep_dir / "0" / "metrics.json").unlink()
+    (sweep_dir / "summary.csv").unlink()
+    assert report_main([str(sweep_dir)]) == 0
+    statuses = sorted(r["status"] for r in summary_rows(sweep_dir))
+    assert statuses[0].startswith("failed: no metrics.json") and statuses[1].startswith(
+        "failed: unknown"
+    )
+    assert (sweep_dir / "summary.png").is_file()
+
+
+def test_report_refuses_a_folder_without_jobs(tmp_path, caplog):
+    assert report_main([str(tmp_path)]) == 2
+    assert report_main([str(tmp_path / "missing")]) == 2
