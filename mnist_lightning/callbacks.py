@@ -118,22 +118,38 @@ class GradientMonitor(pl.Callback):
                 )
 
 
-class TestSetFigures(pl.Callback):
-    """After testing: the confusion matrix and a grid of misclassified digits titled
-    `pred/true`, saved beside the run and logged to TensorBoard."""
+class TestSetReport(pl.Callback):
+    """After testing: per-class precision/recall/accuracy, the confusion matrix and a grid of
+    misclassified digits titled `pred/true`; figures saved to `output_dir` and TensorBoard."""
 
     def __init__(self, output_dir: str, max_misclassified: int = 36) -> None:
-        from torchmetrics.classification import MulticlassConfusionMatrix
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import (
+            MulticlassAccuracy,
+            MulticlassConfusionMatrix,
+            MulticlassPrecision,
+            MulticlassRecall,
+        )
 
         self.output_dir = Path(output_dir)
         self.max_misclassified = max_misclassified
+        per_class = {"num_classes": 10, "average": None, "validate_args": False}
+        self.per_class = MetricCollection(
+            {
+                "precision": MulticlassPrecision(**per_class),
+                "recall": MulticlassRecall(**per_class),
+                "accuracy": MulticlassAccuracy(**per_class),
+            }
+        )
         self.confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False)
         self.wrong: list[tuple[torch.Tensor, int, int]] = []
         self.results: dict = {}
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.confusion = self.confusion.to(pl_module.device)
+        self.per_class = self.per_class.to(pl_module.device)
         self.confusion.reset()
+        self.per_class.reset()
         self.wrong = []
 
     def on_test_batch_end(
@@ -142,6 +158,7 @@ class TestSetFigures(pl.Callback):
         images, targets = batch
         preds = outputs["preds"]
         self.confusion.update(preds, targets)
+        self.per_class.update(preds, targets)
         if len(self.wrong) < self.max_misclassified:
             for i in torch.nonzero(preds != targets).flatten().tolist():
                 self.wrong.append((images[i].detach().cpu(), int(preds[i]), int(targets[i])))
@@ -150,7 +167,11 @@ class TestSetFigures(pl.Callback):
         from mnist_lightning import figures
 
         matrix = self.confusion.compute().cpu()
-        self.results = {"confusion_matrix": matrix.tolist()}
+        per_class = {
+            name: [round(float(v), 6) for v in values]
+            for name, values in self.per_class.compute().items()
+        }
+        self.results = {"per_class": per_class, "confusion_matrix": matrix.tolist()}
         if not trainer.is_global_zero:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)

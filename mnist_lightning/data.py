@@ -278,8 +278,10 @@ class MNISTDataModule(pl.LightningDataModule):
         download: bool = True,
     ) -> None:
         super().__init__()
+        # Absolute, so a checkpoint's data settings mean the same folder from any directory.
+        data_dir = str(Path(data_dir or default_data_dir()).expanduser().resolve())
         self.save_hyperparameters()
-        self.data_dir = Path(data_dir) if data_dir else default_data_dir()
+        self.data_dir = Path(data_dir)
         self.splits: dict[str, InMemoryMNIST] = {}
 
     def prepare_data(self) -> None:
