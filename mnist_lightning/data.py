@@ -283,6 +283,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.splits: dict[str, InMemoryMNIST] = {}
+        self.test_split = "test"  # what trainer.test() runs on; evaluate may pick "val"
 
     def prepare_data(self) -> None:
         # Runs once per node: find, decompress or download and check the files.
@@ -323,7 +324,7 @@ class MNISTDataModule(pl.LightningDataModule):
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader(self.test_split, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)

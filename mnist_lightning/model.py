@@ -86,6 +86,8 @@ class MNISTClassifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    # Losses are weighted by batch size, so an epoch's loss is the per-image mean whatever the
+    # batch size (the last batch is smaller).
     def _shared_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
         logits = self(x)
@@ -103,7 +105,7 @@ class MNISTClassifier(pl.LightningModule):
     # before any callback reads them. The raw loss is logged every `log_every_n_steps` steps.
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, preds, targets = self._shared_step(batch)
-        self.train_loss.update(loss)
+        self.train_loss.update(loss, weight=len(targets))
         self.train_acc.update(preds, targets)
         if batch_idx == 0:
             self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
@@ -114,7 +116,7 @@ class MNISTClassifier(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, preds, targets = self._shared_step(batch)
-        self.val_loss.update(loss)
+        self.val_loss.update(loss, weight=len(targets))
         self.val_acc.update(preds, targets)
 
     def on_validation_epoch_end(self) -> None:
@@ -124,7 +126,7 @@ class MNISTClassifier(pl.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         loss, preds, targets = self._shared_step(batch)
-        self.test_loss.update(loss)
+        self.test_loss.update(loss, weight=len(targets))
         self.test_acc.update(preds, targets)
         return {"preds": preds}  # for callbacks (confusion matrix, misclassified digits)
 

@@ -108,6 +108,9 @@ def quiet_lightning_logs() -> None:
         logger.propagate = True
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda record: not any(s in record.getMessage() for s in _NOISE))
+    # Library deprecation chatter that a user can do nothing about.
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
 _NOISE = ("Tip:", "TPU available", "HPU available", "Skipping setting a default", "LOCAL_RANK")
@@ -120,9 +123,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from mnist_lightning.callbacks import EpochHistory
 
     quiet_lightning_logs()
-    # Library deprecation chatter that a user can do nothing about.
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.paths.output_dir)

@@ -1,0 +1,97 @@
+"""Ship a trained model: `python -m mnist_lightning.export ckpt_path=... format=onnx|torchscript`.
+
+The exported model is self-contained: it takes a float image batch [N, 1, 28, 28] in [0, 1]
+(white digit on black, as MNIST) with any N, applies the training normalisation inside, and
+returns the 10 logits per image.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from mnist_lightning.config import CONFIG_DIR
+from mnist_lightning.data import MNIST_MEAN, MNIST_STD
+from mnist_lightning.errors import UserError
+
+log = logging.getLogger("mnist_lightning.export")
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+class ExportedClassifier(nn.Module):
+    """images in [0, 1] -> (normalise as in training) -> the network -> logits."""
+
+    def __init__(self, net: nn.Module, normalize: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.normalize = normalize
+        self.register_buffer("mean", torch.tensor(MNIST_MEAN))
+        self.register_buffer("std", torch.tensor(MNIST_STD))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            images = (images - self.mean) / self.std
+        return self.net(images)
+
+
+def exportable(ckpt_path: str | Path) -> ExportedClassifier:
+    from mnist_lightning.checkpoint import data_settings, load_classifier, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(ckpt_path)
+    model = load_classifier(checkpoint)
+    return ExportedClassifier(model.net, data_settings(checkpoint).get("normalize", True)).eval()
+
+
+def export(module: ExportedClassifier, format: str, output: Path) -> Path:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.rand(2, 1, 28, 28)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # both exporters announce their own deprecations
+        if format == "onnx":
+            torch.onnx.export(
+                module,
+                (example,),
+                str(output),
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                dynamo=False,
+            )
+        else:
+            torch.jit.script(module).save(str(output))
+    return output
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        if cfg.format not in FORMATS:
+            raise UserError(
+                f"format={cfg.format} is not supported; use format=onnx or format=torchscript"
+            )
+        output = (
+            Path(cfg.output)
+            if cfg.output
+            else Path(cfg.paths.output_dir) / f"model{FORMATS[cfg.format]}"
+        )
+        path = export(exportable(cfg.ckpt_path), cfg.format, output)
+    except UserError as error:
+        log.error("error: %s", error)
+        sys.exit(1)
+    log.info(
+        "exported %s model to %s\ninput: images float32 [N, 1, 28, 28] in [0, 1] (white digit on black); "
+        "output: logits [N, 10]",
+        cfg.format,
+        path.resolve(),
+    )
+
+
+if __name__ == "__main__":
+    main()

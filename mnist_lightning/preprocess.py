@@ -1,0 +1,118 @@
+"""Turn a real photo or scan of a digit into what MNIST looks like.
+
+MNIST digits are white on black, size-normalised to fit a 20x20 box (aspect ratio kept) and
+placed in a 28x28 field with their centre of mass at the centre. `to_mnist` does the same to
+any image: grayscale (or the alpha channel of a transparent PNG), inverted when the paper is
+lighter than the ink, background removed, cropped to the ink's bounding box, scaled, centred.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mnist_lightning.errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+WORKING_SIZE = 512  # big photos are shrunk first: the result is 28x28 anyway
+MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding them
+MIN_CONTRAST = 24  # ink must differ from the paper by this much (of 255)
+
+
+class ImageError(UserError):
+    """This one image cannot be used; the message says why."""
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image file, or raise ImageError with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: the file is empty (0 bytes)")
+    try:
+        image = Image.open(path)
+        if image.width * image.height > MAX_PIXELS:
+            raise ImageError(
+                f"{path}: {image.width}x{image.height} pixels is too large for a digit image"
+            )
+        image.draft("L", (WORKING_SIZE, WORKING_SIZE))  # JPEG: decode at a reduced size, fast
+        image.load()  # decode now, so a truncated file fails here
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"{path}: not an image file PIL can read (PNG, JPEG, BMP, GIF, TIFF, WebP)"
+        ) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageError(f"{path}: the image is damaged or truncated ({error})") from None
+    return ImageOps.exif_transpose(image)  # phone photos carry their rotation in EXIF
+
+
+def ink_map(image: Image.Image) -> np.ndarray:
+    """float32 HxW in [0, 255]: how much ink each pixel holds (white digit on black)."""
+    image.thumbnail((WORKING_SIZE, WORKING_SIZE))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)
+        if (alpha < 128).mean() > 0.1:  # a transparent background: the opaque pixels are the digit
+            return alpha
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if np.median(border) > 127:  # light paper, dark ink: make it MNIST's white on black
+        gray = 255.0 - gray
+    return gray
+
+
+def to_mnist(image: Image.Image) -> torch.Tensor:
+    """uint8 [1, 28, 28]: the digit as MNIST would have it. Raises ImageError on a blank image."""
+    ink = ink_map(image)
+    background = float(np.median(ink))
+    ink = np.clip(ink - background, 0, None)  # paper (and its tint or shading) becomes black
+    peak = float(ink.max())
+    if peak < MIN_CONTRAST:
+        raise ImageError("no digit found: the image has no ink (blank, or too little contrast)")
+    # Levels: the faintest 15% (paper texture, sensor noise, shadows) to black, ink to full white.
+    ink = np.clip((ink / peak - 0.15) / 0.85, 0, 1) * 255.0
+    rows, cols = np.nonzero(ink > 0.1 * 255)  # the digit's bounding box, ignoring faint specks
+    digit = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+
+    # Longer side to 20 px, aspect ratio kept; antialiased like MNIST's original scaling.
+    height, width = digit.shape
+    scale = 20.0 / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    digit_t = torch.from_numpy(np.ascontiguousarray(digit))[None, None]
+    small = torch.nn.functional.interpolate(
+        digit_t, size=size, mode="area" if scale < 1 else "bilinear"
+    )[0, 0]
+
+    # Paste into 28x28 so that the centre of mass lands on the centre (14, 14).
+    total = small.sum().clamp_min(1e-6)
+    ys, xs = torch.arange(size[0], dtype=torch.float32), torch.arange(size[1], dtype=torch.float32)
+    center_y = float((small.sum(1) * ys).sum() / total)
+    center_x = float((small.sum(0) * xs).sum() / total)
+    top = int(round(14 - center_y - 0.5))
+    left = int(round(14 - center_x - 0.5))
+    field = torch.zeros(28 + 2 * 28, 28 + 2 * 28)  # margins so any shift fits, then cut out
+    field[28 + top : 28 + top + size[0], 28 + left : 28 + left + size[1]] = small
+    field = field[28:56, 28:56]
+    return field.round().clamp(0, 255).to(torch.uint8)[None]
+
+
+def find_images(inputs: list[str]) -> tuple[list[Path], int]:
+    """Image files named directly or found (recursively) in folders, and how many non-images
+    the folders held. A named file is always tried, whatever its extension."""
+    found, skipped = [], 0
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            for candidate in sorted(p for p in path.rglob("*") if p.is_file()):
+                if candidate.suffix.lower() in IMAGE_SUFFIXES:
+                    found.append(candidate)
+                else:
+                    skipped += 1
+        else:
+            found.append(path)
+    return found, skipped
