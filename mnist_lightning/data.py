@@ -276,6 +276,7 @@ class MNISTDataModule(pl.LightningDataModule):
         normalize: bool = True,
         split_seed: int = 0,
         download: bool = True,
+        augment: dict | None = None,
     ) -> None:
         super().__init__()
         # Absolute, so a checkpoint's data settings mean the same folder from any directory.
@@ -284,14 +285,23 @@ class MNISTDataModule(pl.LightningDataModule):
         self.data_dir = Path(data_dir)
         self.splits: dict[str, InMemoryMNIST] = {}
         self.test_split = "test"  # what trainer.test() runs on; evaluate may pick "val"
+        # A plain config (kept in checkpoints as data), built here: conf/augment/.
+        self.augment = _build(augment) if augment else None
 
     def prepare_data(self) -> None:
         # Runs once per node: find, decompress or download and check the files.
         ensure_raw_files(self.data_dir, download=self.hparams.download)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
+        if not self.splits:
+            self.splits = self._split()
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        if device is not None and device.type == "cuda":
+            # The whole of MNIST is ~55 MB as uint8: keep it on the GPU, no copy per batch.
+            for split in self.splits.values():
+                split.images, split.labels = split.images.to(device), split.labels.to(device)
+
+    def _split(self) -> dict[str, InMemoryMNIST]:
         data = load_mnist(self.data_dir, download=False)
         images, labels = data["train"]
         val_size = self.hparams.val_size
@@ -304,7 +314,7 @@ class MNISTDataModule(pl.LightningDataModule):
             len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed)
         )
         val_index, train_index = order[:val_size], order[val_size:]
-        self.splits = {
+        return {
             "train": InMemoryMNIST(images[train_index], labels[train_index]),
             "val": InMemoryMNIST(images[val_index], labels[val_index]),
             "test": InMemoryMNIST(*data["test"]),
@@ -331,12 +341,23 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
-        return to_model_input(images, self.hparams.normalize), labels
+        training = self.trainer is not None and self.trainer.training
+        augment = self.augment if training else None
+        return to_model_input(images, self.hparams.normalize, augment), labels
 
 
-def to_model_input(images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-    """uint8 [N,1,28,28] -> float32 in [0,1] (the lesson's ToTensor), then MNIST-normalised."""
+def _build(config: dict):
+    from hydra.utils import instantiate
+
+    return instantiate(config)
+
+
+def to_model_input(images: torch.Tensor, normalize: bool = True, augment=None) -> torch.Tensor:
+    """uint8 [N,1,28,28] -> float32 in [0,1] (the lesson's ToTensor) -> augmented (training
+    only) -> MNIST-normalised."""
     x = images.float().div_(255)
+    if augment is not None:
+        x = augment(x)
     if normalize:
         x = x.sub_(MNIST_MEAN).div_(MNIST_STD)
     return x

@@ -68,11 +68,17 @@ class MNISTClassifier(pl.LightningModule):
         activation: str = "sigmoid",
         optimizer: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
+        label_smoothing: float = 0.0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = MLP(activation)
+        # Smoothing regularises training only; val/test losses stay the plain cross-entropy.
+        self.train_criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.criterion = nn.CrossEntropyLoss()
+        # torch.compile'd forward kept as a plain function, so state_dict keys do not change.
+        self._net_forward = torch.compile(self.net.forward) if compile else self.net.forward
         # No per-update input checks: each one is a host-device sync, and the inputs are ours.
         self.train_loss, self.val_loss, self.test_loss = (
             MeanMetric(nan_strategy="disable") for _ in range(3)
@@ -84,14 +90,16 @@ class MNISTClassifier(pl.LightningModule):
         self.val_acc_best = MaxMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self._net_forward(x)
 
     # Losses are weighted by batch size, so an epoch's loss is the per-image mean whatever the
     # batch size (the last batch is smaller).
-    def _shared_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _shared_step(
+        self, batch, criterion=None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
         logits = self(x)
-        return self.criterion(logits, y), logits.argmax(dim=1), y
+        return (criterion or self.criterion)(logits, y), logits.argmax(dim=1), y
 
     def on_train_start(self) -> None:
         # The sanity check ran validation batches before training: forget them.
@@ -104,7 +112,7 @@ class MNISTClassifier(pl.LightningModule):
     # handed to self.log once per epoch; Lightning computes and resets them at the epoch's end,
     # before any callback reads them. The raw loss is logged every `log_every_n_steps` steps.
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss, preds, targets = self._shared_step(batch)
+        loss, preds, targets = self._shared_step(batch, self.train_criterion)
         self.train_loss.update(loss, weight=len(targets))
         self.train_acc.update(preds, targets)
         if batch_idx == 0:

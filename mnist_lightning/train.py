@@ -52,16 +52,22 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if node else None
 
 
+def _construct(node: DictConfig, **configs: Any):
+    """Like instantiate(), but the nested configs given stay plain dicts (saved in checkpoints as
+    data, instantiated by the object itself) instead of becoming objects."""
+    from hydra.utils import get_class
+
+    kwargs = {k: v for k, v in _plain(node).items() if k != "_target_"}
+    return get_class(node._target_)(**kwargs, **configs)
+
+
 def build(cfg: DictConfig):
     """Instantiate the datamodule, model, loggers, callbacks and trainer from the config."""
-    from hydra.utils import get_class, instantiate
+    from hydra.utils import instantiate
 
-    datamodule = instantiate(cfg.data)
-    # Not instantiate(): it would turn the optimizer/scheduler configs into objects; the model
-    # keeps them as plain dicts and instantiates them in configure_optimizers.
-    model_kwargs = {k: v for k, v in _plain(cfg.model).items() if k != "_target_"}
-    model = get_class(cfg.model._target_)(
-        **model_kwargs, optimizer=_plain(cfg.optimizer), scheduler=_plain(cfg.get("scheduler"))
+    datamodule = _construct(cfg.data, augment=_plain(cfg.get("augment")))
+    model = _construct(
+        cfg.model, optimizer=_plain(cfg.optimizer), scheduler=_plain(cfg.get("scheduler"))
     )
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     callbacks = []
@@ -121,6 +127,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import lightning.pytorch as pl
 
     from mnist_lightning.callbacks import EpochHistory
+    from mnist_lightning.checkpoint import read_checkpoint
 
     quiet_lightning_logs()
 
@@ -146,7 +153,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        if best:
+            # Only the weights, read as data (weights_only): restoring the whole checkpoint would
+            # also rewind callbacks, and weight averaging would swap its average back out.
+            model.load_state_dict(read_checkpoint(best)["state_dict"])
+        trainer.test(model, datamodule=datamodule, verbose=False)
         metrics.update(_scalars(trainer.callback_metrics))
         metrics["test_checkpoint"] = best or "final weights"
 

@@ -1,0 +1,70 @@
+"""Data augmentation on the device, per batch, each image with its own random draw.
+
+torchvision's v2 transforms draw one set of parameters per call, i.e. the same rotation for a
+whole batch; here every image gets its own affine transform (rotation, scale, shear,
+translation) and, optionally, its own elastic distortion (Simard et al., 2003), all in one
+`grid_sample` over the batch. Runs on images in [0, 1], before normalisation, so that the
+border filled in is black like MNIST's background.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BatchAugment(nn.Module):
+    def __init__(
+        self,
+        degrees: float = 10.0,
+        translate: float = 0.1,
+        scale: tuple[float, float] = (0.9, 1.1),
+        shear: float = 0.0,
+        elastic_alpha: float = 0.0,
+        elastic_sigma: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.degrees, self.translate, self.shear = degrees, translate, shear
+        self.scale = tuple(scale)
+        self.elastic_alpha, self.elastic_sigma = elastic_alpha, elastic_sigma
+
+    def _uniform(self, n: int, low: float, high: float, device) -> torch.Tensor:
+        return torch.empty(n, device=device).uniform_(low, high)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = images.shape
+        device = images.device
+        angle = self._uniform(n, -self.degrees, self.degrees, device) * (math.pi / 180)
+        shear = self._uniform(n, -self.shear, self.shear, device) * (math.pi / 180)
+        scale = self._uniform(n, *self.scale, device)
+        # affine_grid works in [-1, 1]: a shift of `translate` of the width is 2 * translate.
+        shift = self._uniform(2 * n, -2 * self.translate, 2 * self.translate, device).view(n, 2)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.stack(
+            [
+                torch.stack(
+                    [cos / scale, (-sin + torch.tan(shear) * cos) / scale, shift[:, 0]], dim=1
+                ),
+                torch.stack([sin / scale, cos / scale, shift[:, 1]], dim=1),
+            ],
+            dim=1,
+        )
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        if self.elastic_alpha > 0:
+            from torchvision.transforms.v2.functional import gaussian_blur
+
+            noise = torch.empty(n, 2, height, width, device=device).uniform_(-1, 1)
+            kernel = int(4 * self.elastic_sigma) | 1  # odd
+            field = (
+                gaussian_blur(noise, [kernel, kernel], [self.elastic_sigma] * 2)
+                * self.elastic_alpha
+            )
+            # pixels -> grid units (the grid spans 2 over the image's size)
+            field = field * torch.tensor([2 / width, 2 / height], device=device).view(1, 2, 1, 1)
+            grid = grid + field.permute(0, 2, 3, 1)
+        return F.grid_sample(
+            images, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
