@@ -9,6 +9,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from mnist_lightning.errors import UserError
+
 log = logging.getLogger(__name__)
 
 EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
@@ -190,3 +192,71 @@ class TestSetReport(pl.Callback):
             if writer is not None:
                 writer.add_figure(f"test/{name}", figure, close=False)
             figures.save(figure, self.output_dir / f"{name}.png")
+
+
+class NonFiniteLoss(UserError):
+    """Training diverged: the loss became NaN or infinite."""
+
+
+class NonFiniteLossGuard(pl.Callback):
+    """Stop training within a few steps of the loss becoming NaN/inf, before any checkpoint
+    could save the broken weights, with a message naming the step, the loss and the likely cause.
+
+    The finiteness test is accumulated on the device and read every `check_every_n_steps` steps
+    (and before each validation, which is where checkpoints are written), so a GPU is not
+    synchronised on every step.
+    """
+
+    def __init__(self, check_every_n_steps: int = 10) -> None:
+        self.every = max(1, check_every_n_steps)
+        self.recent: list[tuple[int, torch.Tensor]] = []  # (step, loss) since the last check
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.recent.append((trainer.global_step, loss.detach()))
+        if len(self.recent) >= self.every:
+            self._check(trainer)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer)
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        if not self.recent:
+            return
+        losses = torch.stack([loss for _, loss in self.recent])
+        bad = torch.nonzero(~torch.isfinite(losses)).flatten().tolist()  # one sync per check
+        if not bad:
+            self.recent = []
+            return
+        step, loss = self.recent[bad[0]]
+        optimizer = trainer.optimizers[0]
+        raise NonFiniteLoss(
+            f"training stopped at step {step} (epoch {trainer.current_epoch + 1}): the loss became "
+            f"{float(loss)}. The learning rate is probably too high ({type(optimizer).__name__} "
+            f"lr={optimizer.param_groups[0]['lr']:g}); try a smaller optimizer.lr. The best checkpoint "
+            "so far was not overwritten."
+        )
+
+
+class InterruptCheckpoint(pl.Callback):
+    """On Ctrl-C, save `last.ckpt` so nothing finished is lost, and say how to resume."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, KeyboardInterrupt):
+            return  # a crashed or diverged model is not worth saving over last.ckpt
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(path)
+        run_dir = self.dirpath.parent
+        log.warning(
+            "interrupted at epoch %d, step %d; saved %s\nresume with: python -m mnist_lightning.train resume=%s",
+            trainer.current_epoch + 1,
+            trainer.global_step,
+            path,
+            run_dir,
+        )

@@ -1,14 +1,23 @@
-"""OmegaConf resolvers used by the configs in `conf/`; imported by every Hydra entry point."""
+"""Config helpers for `conf/`: the OmegaConf resolvers the YAML files use, and the checks a
+composed training config must pass before any work starts."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_lightning.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
+MNIST_TRAIN_IMAGES = 60_000
+
+
+class ConfigError(UserError):
+    """One or more config values are out of range; one line each."""
 
 
 def _progress_refresh_rate(rate: int = 20) -> int:
@@ -16,9 +25,84 @@ def _progress_refresh_rate(rate: int = 20) -> int:
     return rate if sys.stdout.isatty() else 0
 
 
+def _run_dir(resume, ckpt_path, new_dir: str) -> str:
+    """A resumed run continues in its own folder; anything else gets a new one."""
+    if resume:
+        return str(Path(str(resume)).expanduser().resolve())
+    if ckpt_path:
+        checkpoint = Path(str(ckpt_path)).expanduser().resolve()
+        return str(
+            checkpoint.parent.parent
+            if checkpoint.parent.name == "checkpoints"
+            else checkpoint.parent
+        )
+    return new_dir
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("progress_refresh_rate", _progress_refresh_rate, replace=True)
+    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_training_config(cfg: DictConfig) -> None:
+    """Refuse values that cannot work, before loading data or building anything."""
+    from mnist_lightning.model import ACTIVATIONS
+
+    problems = []
+    batch_size = cfg.data.get("batch_size")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+        problems.append(
+            f"data.batch_size={batch_size}: must be a whole number above 0 (the lesson used 64)"
+        )
+    val_size = cfg.data.get("val_size")
+    if not isinstance(val_size, int) or not 0 < val_size < MNIST_TRAIN_IMAGES:
+        problems.append(
+            f"data.val_size={val_size}: must be a whole number between 1 and {MNIST_TRAIN_IMAGES - 1:,} "
+            "(images held out of the 60,000 for validation; default 5000)"
+        )
+    lr = cfg.optimizer.get("lr")
+    if not _is_number(lr) or lr <= 0:
+        problems.append(f"optimizer.lr={lr}: the learning rate must be a number above 0")
+    activation = cfg.model.get("activation")
+    if activation not in ACTIVATIONS:
+        problems.append(
+            f"model.activation={activation}: unknown; choose one of {', '.join(ACTIVATIONS)}"
+        )
+    epochs = cfg.trainer.get("max_epochs")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        problems.append(f"trainer.max_epochs={epochs}: must be a whole number, at least 1")
+    data_dir = cfg.data.get("data_dir")
+    if data_dir and Path(str(data_dir)).expanduser().is_file():
+        problems.append(
+            f"data.data_dir={data_dir}: is a file; it must be a folder holding MNIST/raw/"
+        )
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Make sure results can be written, before training starts rather than after."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(
+            f"cannot write the run folder {path} ({error.strerror or error}). Free some space, fix its "
+            "permissions, or choose another with hydra.run.dir=<folder>."
+        ) from None
+    if not os.access(path, os.W_OK):
+        raise UserError(
+            f"cannot write the run folder {path}; choose another with hydra.run.dir=<folder>"
+        )
+    return path
 
 
 register_resolvers()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 from mnist_lightning.errors import UserError
 
@@ -321,11 +321,14 @@ class MNISTDataModule(pl.LightningDataModule):
         }
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.splits[split]
-        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-        # A plain BatchSampler: Lightning swaps its inner sampler for a DistributedSampler under DDP.
-        batches = BatchSampler(sampler, batch_size=self.hparams.batch_size, drop_last=False)
-        return DataLoader(dataset, batch_sampler=batches, collate_fn=_already_batched)
+        # With a batch size, DataLoader hands each batch's indices to __getitems__ at once (one
+        # gather), and Lightning can swap in a DistributedSampler under DDP.
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            collate_fn=_already_batched,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=self.hparams.shuffle)

@@ -122,37 +122,82 @@ def quiet_lightning_logs() -> None:
 _NOISE = ("Tip:", "TPU available", "HPU available", "Skipping setting a default", "LOCAL_RANK")
 
 
+RUN_CONFIG = "run_config.yaml"  # the resolved config of a run, kept for resuming it
+
+
+def resume_point(cfg: DictConfig) -> Path | None:
+    """The checkpoint to continue from (`resume=<run folder>` or `ckpt_path=<file>`), or None."""
+    from mnist_lightning.checkpoint import read_checkpoint
+
+    if cfg.get("ckpt_path"):
+        checkpoint = Path(cfg.ckpt_path).expanduser()
+    elif cfg.get("resume"):
+        run = Path(cfg.resume).expanduser()
+        if not (run / RUN_CONFIG).is_file() and not (run / "checkpoints").is_dir():
+            raise UserError(
+                f"resume={run}: not a run folder of this project (no {RUN_CONFIG}, no checkpoints/)"
+            )
+        checkpoint = run / "checkpoints" / "last.ckpt"
+        if not checkpoint.is_file():
+            raise UserError(
+                f"resume={run}: it has no checkpoints/last.ckpt; the run stopped before its first epoch "
+                "ended. Start it again instead."
+            )
+    else:
+        return None
+    read_checkpoint(checkpoint)  # refuse a damaged or unsafe file with a clear message
+    return checkpoint
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as the config says; return every final metric (also in metrics.json)."""
+    from mnist_lightning.config import check_output_dir, check_training_config
+
+    checkpoint = resume_point(cfg)
+    if checkpoint is not None and (Path(cfg.paths.output_dir) / RUN_CONFIG).is_file():
+        # A resumed run finishes what it planned: its own saved config, not today's defaults.
+        cfg = OmegaConf.load(Path(cfg.paths.output_dir) / RUN_CONFIG)
+    check_training_config(cfg)
+    run_dir = check_output_dir(cfg.paths.output_dir)
+    if checkpoint is not None and (run_dir / "metrics.json").is_file():
+        from mnist_lightning.checkpoint import read_checkpoint
+
+        if read_checkpoint(checkpoint).get("epoch", -1) + 1 >= cfg.trainer.max_epochs:
+            log.info(
+                "%s already finished its %d epochs; its results are in metrics.json",
+                run_dir,
+                cfg.trainer.max_epochs,
+            )
+            return json.loads((run_dir / "metrics.json").read_text())
+
     import lightning.pytorch as pl
 
     from mnist_lightning.callbacks import EpochHistory
     from mnist_lightning.checkpoint import read_checkpoint
 
     quiet_lightning_logs()
-
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     log.info("%s\nrun dir: %s", describe(cfg), run_dir)
+    if checkpoint is not None:
+        log.info("resuming from %s", checkpoint)
 
     datamodule, model, trainer = build(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    show_data(datamodule, trainer, run_dir)
+    if trainer.is_global_zero and checkpoint is None:
+        OmegaConf.save(cfg, run_dir / RUN_CONFIG, resolve=True)
+        show_data(datamodule, trainer, run_dir)
 
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
     fit_seconds = time.perf_counter() - started
     metrics = _scalars(trainer.callback_metrics)
-    # Read before testing: loading the best checkpoint also rewinds callback states.
     history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
     if history is not None:
         metrics.update(history=dict(history.history), first_step_at=history.first_step_at)
 
     if cfg.get("test", True):
-        checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint else ""
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
             # Only the weights, read as data (weights_only): restoring the whole checkpoint would
             # also rewind callbacks, and weight averaging would swap its average back out.
@@ -161,17 +206,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(_scalars(trainer.callback_metrics))
         metrics["test_checkpoint"] = best or "final weights"
 
-    metrics.update(fit_seconds=round(fit_seconds, 2), epochs=trainer.current_epoch)
-    log_hparams(trainer, cfg, metrics)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    log.info(
-        "test/acc %.4f  test/loss %.4f  epochs %d  time %.1f s  run dir %s",
-        metrics.get("test/acc", float("nan")),
-        metrics.get("test/loss", float("nan")),
-        metrics["epochs"],
-        fit_seconds,
-        run_dir,
+    metrics.update(
+        fit_seconds=round(fit_seconds, 2),
+        epochs=trainer.current_epoch,
+        global_step=trainer.global_step,
+        world_size=trainer.world_size,
     )
+    if trainer.is_global_zero:  # under DDP, one metrics.json, written by rank zero
+        log_hparams(trainer, cfg, metrics)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        log.info(
+            "test/acc %.4f  test/loss %.4f  epochs %d  time %.1f s  run dir %s",
+            metrics.get("test/acc", float("nan")),
+            metrics.get("test/loss", float("nan")),
+            metrics["epochs"],
+            fit_seconds,
+            run_dir,
+        )
     return metrics
 
 
@@ -252,7 +303,7 @@ def main(cfg: DictConfig) -> float:
             sys.exit(1)
         raise
     # Hydra sweepers (optuna) maximise what main returns.
-    return metrics["val/acc_best"]
+    return metrics.get("val/acc_best", float("nan"))
 
 
 if __name__ == "__main__":
