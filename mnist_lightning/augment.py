@@ -5,6 +5,11 @@ whole batch; here every image gets its own affine transform (rotation, scale, sh
 translation) and, optionally, its own elastic distortion (Simard et al., 2003), all in one
 `grid_sample` over the batch. Runs on images in [0, 1], before normalisation, so that the
 border filled in is black like MNIST's background.
+
+Elastic fields are Simard's (uniform noise smoothed by a Gaussian of `elastic_sigma`, scaled by
+`elastic_alpha`), but blurring a fresh field per image costs more than the training step on a
+CPU; so a bank of `elastic_bank` fields is made once on the device, and each image draws one
+at random, with a random flip of each axis.
 """
 
 from __future__ import annotations
@@ -25,11 +30,32 @@ class BatchAugment(nn.Module):
         shear: float = 0.0,
         elastic_alpha: float = 0.0,
         elastic_sigma: float = 4.0,
+        elastic_bank: int = 4096,
     ) -> None:
         super().__init__()
         self.degrees, self.translate, self.shear = degrees, translate, shear
         self.scale = tuple(scale)
-        self.elastic_alpha, self.elastic_sigma = elastic_alpha, elastic_sigma
+        self.elastic_alpha, self.elastic_sigma, self.elastic_bank = (
+            elastic_alpha,
+            elastic_sigma,
+            elastic_bank,
+        )
+        self.fields: torch.Tensor | None = None  # [bank, H, W, 2] in grid units, made on first use
+
+    def _make_fields(self, height: int, width: int, device) -> torch.Tensor:
+        from torchvision.transforms.v2.functional import gaussian_blur
+
+        generator = torch.Generator(device=device).manual_seed(torch.randint(0, 2**31, (1,)).item())
+        noise = torch.empty(self.elastic_bank, 2, height, width, device=device).uniform_(
+            -1, 1, generator=generator
+        )
+        kernel = int(4 * self.elastic_sigma) | 1  # odd
+        fields = (
+            gaussian_blur(noise, [kernel, kernel], [self.elastic_sigma] * 2) * self.elastic_alpha
+        )
+        # pixels -> grid units (the grid spans 2 over the image's size)
+        fields = fields * torch.tensor([2 / width, 2 / height], device=device).view(1, 2, 1, 1)
+        return fields.permute(0, 2, 3, 1).contiguous()
 
     def _uniform(self, n: int, low: float, high: float, device) -> torch.Tensor:
         return torch.empty(n, device=device).uniform_(low, high)
@@ -54,17 +80,15 @@ class BatchAugment(nn.Module):
         )
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         if self.elastic_alpha > 0:
-            from torchvision.transforms.v2.functional import gaussian_blur
-
-            noise = torch.empty(n, 2, height, width, device=device).uniform_(-1, 1)
-            kernel = int(4 * self.elastic_sigma) | 1  # odd
-            field = (
-                gaussian_blur(noise, [kernel, kernel], [self.elastic_sigma] * 2)
-                * self.elastic_alpha
-            )
-            # pixels -> grid units (the grid spans 2 over the image's size)
-            field = field * torch.tensor([2 / width, 2 / height], device=device).view(1, 2, 1, 1)
-            grid = grid + field.permute(0, 2, 3, 1)
+            if (
+                self.fields is None
+                or self.fields.device != device
+                or self.fields.shape[1:3] != (height, width)
+            ):
+                self.fields = self._make_fields(height, width, device)
+            pick = torch.randint(0, len(self.fields), (n,), device=device)
+            flips = torch.randint(0, 2, (n, 1, 1, 2), device=device) * 2 - 1  # per image, per axis
+            grid = grid + self.fields[pick] * flips
         return F.grid_sample(
             images, grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )

@@ -196,7 +196,7 @@ def test_a_failed_job_is_a_row_not_a_crash(fixture_data_dir, tmp_path):
     rows = {r["overrides"]: r for r in summary_rows(sweep_dir)}
     assert rows["model.activation=relu"]["status"] == "ok"
     failed = rows["model.activation=not_an_activation"]
-    assert failed["status"].startswith("failed: unknown model.activation='not_an_activation'")
+    assert failed["status"].startswith("failed: model.activation=not_an_activation: unknown")
     assert failed["test/acc"] == ""
 
     # A job killed before it wrote anything, then the report rebuilt by hand.

@@ -1,0 +1,309 @@
+"""Faults and bad input: killed runs resume, NaN stops, bad values refused, DDP and launchers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from mnist_lightning import data, preprocess
+from mnist_lightning.config import ConfigError, check_output_dir, check_training_config
+from mnist_lightning.errors import UserError
+from mnist_lightning.train import train
+from tests.conftest import FAST, ROOT, compose, run_module
+
+
+def start_training(args: list[str], data_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "MNIST_DATA_DIR": str(data_dir)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mnist_lightning.train", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while not path.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert path.exists(), f"{path} never appeared"
+
+
+def test_a_killed_run_resumes_in_its_folder_and_finishes(fixture_data_dir, tmp_path):
+    run_dir = tmp_path / "killed"
+    args = [*FAST, "experiment=relu_adam", "trainer.max_epochs=12"]
+    process = start_training([*args, f"hydra.run.dir={run_dir}"], fixture_data_dir)
+    wait_for(run_dir / "checkpoints" / "last.ckpt", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = run_module("mnist_lightning.train", f"resume={run_dir}", data_dir=fixture_data_dir)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 12 and len(metrics["history"]["val/acc"]) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["killed"]  # no second run folder
+    assert all(
+        p.parent == run_dir for p in run_dir.rglob("events.out.tfevents.*")
+    )  # one TensorBoard run
+
+    uninterrupted = train(
+        compose([f"data.data_dir={fixture_data_dir}", *args, "logger=none"], tmp_path / "whole")
+    )
+    assert (
+        abs(metrics["test/acc"] - uninterrupted["test/acc"]) <= 0.003 + 1 / 160
+    )  # one tiny-test-set image
+
+    again = run_module("mnist_lightning.train", f"resume={run_dir}", data_dir=fixture_data_dir)
+    assert again.returncode == 0 and "already finished its 12 epochs" in again.stdout
+
+
+def test_ctrl_c_saves_last_checkpoint_and_says_how_to_resume(fixture_data_dir, tmp_path):
+    run_dir = tmp_path / "interrupted"
+    process = start_training(
+        [*FAST, "trainer.max_epochs=200", f"hydra.run.dir={run_dir}"], fixture_data_dir
+    )
+    wait_for(run_dir / "checkpoints" / "last.ckpt", process)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert f"resume with: python -m mnist_lightning.train resume={run_dir}" in output
+    from mnist_lightning.checkpoint import read_checkpoint
+
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"] >= 0
+
+
+def test_a_diverging_loss_stops_early_and_keeps_the_best_checkpoint(fixture_data_dir, tmp_path):
+    # Epoch 1 trains well at lr 0.1; then the step scheduler multiplies the rate by 1e5.
+    overrides = [
+        f"data.data_dir={fixture_data_dir}",
+        *FAST,
+        "trainer.max_epochs=5",
+        "model.activation=relu",
+        "optimizer.lr=0.1",
+        "scheduler=step",
+        "scheduler.step_size=1",
+        "scheduler.gamma=100000",
+    ]
+    with pytest.raises(UserError) as error:
+        train(compose(overrides, tmp_path))
+    message = str(error.value)
+    assert "training stopped at step" in message and "epoch 2" in message
+    assert "nan" in message or "inf" in message
+    assert "learning rate is probably too high" in message
+    best = [p for p in (tmp_path / "checkpoints").glob("epoch=*.ckpt")]
+    assert [p.name.split("-")[0] for p in best] == ["epoch=00"]
+    state = torch.load(best[0], weights_only=True)["state_dict"]
+    assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("data.batch_size=0", "data.batch_size=0: must be a whole number above 0"),
+        ("data.batch_size=-3", "data.batch_size=-3: must be"),
+        ("data.val_size=0", "data.val_size=0: must be a whole number between 1 and 59,999"),
+        ("data.val_size=60000", "data.val_size=60000: must be"),
+        ("optimizer.lr=0", "optimizer.lr=0: the learning rate must be a number above 0"),
+        ("optimizer.lr=-0.1", "optimizer.lr=-0.1: the learning rate"),
+        (
+            "model.activation=sigmod",
+            "model.activation=sigmod: unknown; choose one of sigmoid, relu",
+        ),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0: must be a whole number, at least 1"),
+    ],
+)
+def test_each_bad_value_is_refused_in_one_line(override, expected, tmp_path):
+    with pytest.raises(ConfigError) as error:
+        check_training_config(compose([override], tmp_path))
+    assert str(error.value) == next(
+        line for line in str(error.value).splitlines() if line.startswith(expected)
+    )
+
+
+def test_bad_values_end_the_command_before_any_work(tmp_path):
+    data_file = tmp_path / "data.bin"
+    data_file.write_text("x")
+    result = run_module(
+        "mnist_lightning.train",
+        "data.batch_size=0",
+        f"data.data_dir={data_file}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert lines[-2:] == [
+        "error: data.batch_size=0: must be a whole number above 0 (the lesson used 64)",
+        f"data.data_dir={data_file}: is a file; it must be a folder holding MNIST/raw/",
+    ]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_unwritable_output_folder_is_reported_before_training(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="cannot write the run folder .*hydra.run.dir"):
+        check_output_dir(blocker / "run")
+
+
+def test_a_read_only_data_folder_without_files_says_why(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_writable", lambda folder: False)
+    with pytest.raises(
+        data.MNISTDataError, match="cannot be written, so it cannot be downloaded there"
+    ):
+        data.load_mnist(tmp_path / "readonly")
+
+
+def test_a_crash_during_a_checkpoint_save_leaves_the_previous_file_readable(
+    fixture_data_dir, tmp_path, monkeypatch
+):
+    import fsspec.implementations.local as local
+
+    from mnist_lightning.checkpoint import read_checkpoint
+    from mnist_lightning.train import build
+
+    cfg = compose([f"data.data_dir={fixture_data_dir}", *FAST, "logger=none"], tmp_path)
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+
+    def crash_midway(self, data):  # the process dies halfway through writing
+        self.f.write(data[: len(data) // 2])
+        raise OSError("killed during write")
+
+    monkeypatch.setattr(local.LocalFileOpener, "write", crash_midway)
+    with pytest.raises(OSError):
+        trainer.save_checkpoint(last)
+    assert last.read_bytes() == before
+    assert read_checkpoint(last)["state_dict"]
+
+
+def test_ddp_on_two_cpu_processes_gives_one_run_folder(fixture_data_dir, tmp_path):
+    run_dir = tmp_path / "ddp"
+    result = run_module(
+        "mnist_lightning.train",
+        "trainer=ddp_cpu",
+        *FAST,
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={run_dir}",
+        data_dir=fixture_data_dir,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    train_images = 640 - 128
+    steps_per_epoch = -(-(train_images // 2) // 64)  # each process takes half of every epoch
+    assert metrics["global_step"] == 2 * steps_per_epoch
+    assert {"test/acc", "val/acc_best", "train/loss"} <= set(metrics)
+    assert len(list((run_dir / "checkpoints").glob("epoch=*.ckpt"))) == 1
+
+
+def test_submitit_local_sweep_with_one_diverging_job(fixture_data_dir, tmp_path):
+    sweep_dir = tmp_path / "submitit"
+    result = run_module(
+        "mnist_lightning.train",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "model.activation=relu",
+        "optimizer.lr=0.05,10000",
+        *FAST,
+        "trainer.max_epochs=2",
+        f"hydra.sweep.dir={sweep_dir}",
+        data_dir=fixture_data_dir,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    import csv
+
+    with (sweep_dir / "summary.csv").open() as f:
+        rows = {r["overrides"]: r for r in csv.DictReader(f)}
+    assert rows["optimizer.lr=0.05"]["status"] == "ok"
+    assert rows["optimizer.lr=10000"]["status"].startswith("failed: training stopped at step")
+
+
+# --- fuzzing: every input ends in a result or a clear error, quickly and in bounded memory ---
+
+
+@settings(
+    max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(content=st.binary(max_size=2048), name=st.sampled_from(sorted(data.RAW_FILES)))
+def test_fuzz_idx_header_reader(content, name, tmp_path):
+    path = tmp_path / name
+    path.write_bytes(content)
+    try:
+        dims = data.read_idx_header(path)
+    except data.MNISTDataError as error:
+        assert str(path) in str(error)
+    else:
+        assert path.stat().st_size == (16 if len(dims) == 3 else 8) + int(np.prod(dims))
+
+
+@settings(
+    max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    dims=st.lists(st.integers(0, 2**32 - 1), min_size=3, max_size=3), body=st.binary(max_size=64)
+)
+def test_fuzz_lying_headers_never_allocate_what_they_claim(dims, body, tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">I3I", 0x803, *dims) + body)
+    try:
+        data.read_idx_header(path)
+    except data.MNISTDataError as error:
+        assert "train-images-idx3-ubyte" in str(error)
+
+
+@settings(
+    max_examples=60, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    height=st.integers(1, 300),
+    width=st.integers(1, 300),
+    mode=st.sampled_from(["L", "RGB", "RGBA", "LA", "P", "1", "I;16"]),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzz_preprocessing_of_random_images(height, width, mode, seed):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGBA").convert(mode)
+    try:
+        result = preprocess.to_mnist(image)
+    except preprocess.ImageError as error:
+        assert "no digit found" in str(error)
+    else:
+        assert result.shape == (1, 28, 28) and result.dtype == torch.uint8
+
+
+@settings(
+    max_examples=80, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    content=st.binary(max_size=4096),
+    suffix=st.sampled_from([".png", ".jpg", ".gif", ".bmp", ".webp", ".tif"]),
+)
+def test_fuzz_image_files_of_random_bytes(content, suffix, tmp_path):
+    path = tmp_path / f"input{suffix}"
+    path.write_bytes(content)
+    try:
+        preprocess.to_mnist(preprocess.load_image(path))
+    except preprocess.ImageError as error:
+        assert str(path) in str(error) or "no digit found" in str(error)
