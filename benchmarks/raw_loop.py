@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mnist_lightning.data import load_mnist, to_model_input
-from mnist_lightning.model import MLP
+from mnist_lightning.network import MLP
 
 epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 device = "cuda" if torch.cuda.is_available() else "cpu"

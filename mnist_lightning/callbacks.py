@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
 
 
-def _tensorboard(trainer: pl.Trainer):
+def tensorboard_writer(trainer: pl.Trainer):
     """The TensorBoard SummaryWriter of the run, or None without a TensorBoard logger."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -112,7 +112,7 @@ class GradientMonitor(pl.Callback):
             pl_module.log_dict(grad_norm(pl_module.net, norm_type=2), on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        writer = _tensorboard(trainer)
+        writer = tensorboard_writer(trainer)
         if self.histograms and writer is not None and trainer.is_global_zero:
             for name, parameter in pl_module.net.named_parameters():
                 writer.add_histogram(
@@ -187,28 +187,29 @@ class TestSetReport(pl.Callback):
                 [f"{pred}/{true}" for _, pred, true in wrong],
                 columns=6,
             )
-        writer = _tensorboard(trainer)
+        writer = tensorboard_writer(trainer)
         for name, figure in made.items():
-            if writer is not None:
-                writer.add_figure(f"test/{name}", figure, close=False)
-            figures.save(figure, self.output_dir / f"{name}.png")
+            figures.publish(figure, self.output_dir / f"{name}.png", writer, f"test/{name}")
 
 
-class NonFiniteLoss(UserError):
-    """Training diverged: the loss became NaN or infinite."""
+class DivergedLoss(UserError):
+    """Training diverged: the loss became NaN, infinite, or absurdly large."""
 
 
-class NonFiniteLossGuard(pl.Callback):
-    """Stop training within a few steps of the loss becoming NaN/inf, before any checkpoint
-    could save the broken weights, with a message naming the step, the loss and the likely cause.
+class DivergenceGuard(pl.Callback):
+    """Stop training within a few steps of the loss becoming NaN/inf or exploding past
+    `max_loss` (cross-entropy over 10 classes starts near ln 10 = 2.3; a sigmoid network at
+    lr 1e4 saturates and sits at finite losses of 1e5), before any checkpoint could save the
+    broken weights, with a message naming the step, the loss and the likely cause.
 
     The finiteness test is accumulated on the device and read every `check_every_n_steps` steps
     (and before each validation, which is where checkpoints are written), so a GPU is not
     synchronised on every step.
     """
 
-    def __init__(self, check_every_n_steps: int = 10) -> None:
+    def __init__(self, check_every_n_steps: int = 10, max_loss: float = 100.0) -> None:
         self.every = max(1, check_every_n_steps)
+        self.max_loss = max_loss
         self.recent: list[tuple[int, torch.Tensor]] = []  # (step, loss) since the last check
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -225,15 +226,18 @@ class NonFiniteLossGuard(pl.Callback):
         if not self.recent:
             return
         losses = torch.stack([loss for _, loss in self.recent])
-        bad = torch.nonzero(~torch.isfinite(losses)).flatten().tolist()  # one sync per check
+        diverged = ~torch.isfinite(losses) | (losses > self.max_loss)
+        bad = torch.nonzero(diverged).flatten().tolist()  # one sync per check
         if not bad:
             self.recent = []
             return
         step, loss = self.recent[bad[0]]
         optimizer = trainer.optimizers[0]
-        raise NonFiniteLoss(
+        value = float(loss)
+        what = f"{value}" if not torch.isfinite(loss) else f"{value:.4g} (above {self.max_loss:g})"
+        raise DivergedLoss(
             f"training stopped at step {step} (epoch {trainer.current_epoch + 1}): the loss became "
-            f"{float(loss)}. The learning rate is probably too high ({type(optimizer).__name__} "
+            f"{what}. The learning rate is probably too high ({type(optimizer).__name__} "
             f"lr={optimizer.param_groups[0]['lr']:g}); try a smaller optimizer.lr. The best checkpoint "
             "so far was not overwritten."
         )

@@ -51,7 +51,7 @@ def _is_number(value) -> bool:
 
 def check_training_config(cfg: DictConfig) -> None:
     """Refuse values that cannot work, before loading data or building anything."""
-    from mnist_lightning.model import ACTIVATIONS
+    from mnist_lightning.network import ACTIVATIONS
 
     problems = []
     batch_size = cfg.data.get("batch_size")

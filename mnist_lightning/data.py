@@ -256,7 +256,9 @@ class InMemoryMNIST(Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         # DataLoader calls this with a batch sampler's whole list of indices.
-        index = torch.as_tensor(indices)
+        index = torch.as_tensor(
+            indices, device=self.images.device
+        )  # on a GPU, the gather stays there
         return self.images[index], self.labels[index]
 
 

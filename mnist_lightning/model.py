@@ -1,8 +1,7 @@
-"""The lesson's network (MLP) and the LightningModule that trains it (MNISTClassifier)."""
+"""MNISTClassifier: the LightningModule that trains the lesson's network (network.py)."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 import lightning.pytorch as pl
@@ -11,39 +10,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "sigmoid": nn.Sigmoid,  # the lesson's choice
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "leaky_relu": nn.LeakyReLU,
-    "prelu": nn.PReLU,  # one learnable slope per layer: +2 parameters
-    "rrelu": nn.RReLU,
-    "elu": nn.ELU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-}
-
-
-class MLP(nn.Sequential):
-    """Flatten -> Linear(784,128) -> act -> Linear(128,256) -> act -> Linear(256,10)."""
-
-    def __init__(self, activation: str = "sigmoid") -> None:
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown model.activation={activation!r}; choose one of {', '.join(ACTIVATIONS)}"
-            )
-        act = ACTIVATIONS[activation]
-        # The lesson's layer names, so logs read `hidden1.weight`, not `1.weight`.
-        super().__init__(
-            OrderedDict(
-                flatten=nn.Flatten(),
-                hidden1=nn.Linear(28 * 28, 128),
-                act1=act(),
-                hidden2=nn.Linear(128, 256),
-                act2=act(),
-                out=nn.Linear(256, 10),
-            )
-        )
+from mnist_lightning.network import ACTIVATIONS, MLP  # noqa: F401  (ACTIVATIONS re-exported)
 
 
 def _instantiate(config: dict[str, Any], **kwargs: Any) -> Any:
@@ -73,6 +40,7 @@ class MNISTClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.automatic_optimization = False  # see training_step
         self.net = MLP(activation)
         # Smoothing regularises training only; val/test losses stay the plain cross-entropy.
         self.train_criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -112,15 +80,39 @@ class MNISTClassifier(pl.LightningModule):
     # handed to self.log once per epoch; Lightning computes and resets them at the epoch's end,
     # before any callback reads them. The raw loss is logged every `log_every_n_steps` steps.
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        # Manual optimization: one optimizer, no accumulation or clipping, so these three lines
+        # are exactly what Lightning's automatic loop does, without its closure and hook
+        # machinery, which costs as much as a whole step of this small network on a CPU.
+        optimizer = self.optimizers()
         loss, preds, targets = self._shared_step(batch, self.train_criterion)
-        self.train_loss.update(loss, weight=len(targets))
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+        self._step_schedulers("step")
+
+        self.train_loss.update(loss.detach(), weight=len(targets))
         self.train_acc.update(preds, targets)
         if batch_idx == 0:
             self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
             self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
-        if (self.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0:
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
-        return loss
+        if self.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
+        return loss.detach()
+
+    def on_train_epoch_end(self) -> None:
+        self._step_schedulers("epoch")
+
+    def _step_schedulers(self, interval: str) -> None:
+        # Manual optimization leaves scheduler stepping to us; interval/monitor come from the
+        # scheduler config (Lightning ignores them in this mode).
+        scheduler = self.lr_schedulers()
+        if scheduler is None or self.scheduler_interval != interval:
+            return
+        if self.scheduler_monitor:  # ReduceLROnPlateau: needs this epoch's validation metric
+            if self.scheduler_monitor in self.trainer.callback_metrics:
+                scheduler.step(self.trainer.callback_metrics[self.scheduler_monitor])
+        else:
+            scheduler.step()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, preds, targets = self._shared_step(batch)
@@ -167,6 +159,8 @@ class MNISTClassifier(pl.LightningModule):
             return optimizer
         config = dict(self.hparams.scheduler)
         lightning_keys = {k: config.pop(k) for k in LIGHTNING_SCHEDULER_KEYS if k in config}
+        self.scheduler_interval = lightning_keys.get("interval", "epoch")
+        self.scheduler_monitor = lightning_keys.get("monitor")
         make_scheduler = _instantiate(config)
         if getattr(make_scheduler, "func", None) is torch.optim.lr_scheduler.OneCycleLR:
             # One cycle spans the whole run, whatever max_epochs and the batch size are.
@@ -175,4 +169,7 @@ class MNISTClassifier(pl.LightningModule):
             )
         else:
             scheduler = make_scheduler(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **lightning_keys}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }

@@ -25,20 +25,14 @@ log = logging.getLogger("mnist_lightning.train")
 
 def describe(cfg: DictConfig) -> str:
     """The composed config in one line per part that matters (the full one is in .hydra/)."""
-    choices = {}
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choices = HydraConfig.get().runtime.choices
-    except ValueError:  # composed outside @hydra.main (tests)
-        pass
     optimizer = {k: v for k, v in cfg.optimizer.items() if not k.startswith("_")}
-    scheduler = choices.get("scheduler", "none") if cfg.get("scheduler") else "none"
+    scheduler = _choice("scheduler", cfg) if cfg.get("scheduler") else "none"
+    augment = _choice("augment", cfg) if cfg.get("augment") else "none"
     return "\n".join(
         [
-            f"optimizer: {choices.get('optimizer', cfg.optimizer._target_)} {optimizer}",
+            f"optimizer: {_choice('optimizer', cfg)} {optimizer}",
             f"model: {cfg.model._target_.rsplit('.', 1)[-1]} activation={cfg.model.activation}",
-            f"scheduler: {scheduler}",
+            f"scheduler: {scheduler}  augment: {augment}",
             f"data: batch_size={cfg.data.batch_size} val_size={cfg.data.val_size} "
             f"shuffle={cfg.data.shuffle} normalize={cfg.data.normalize} data_dir={cfg.data.data_dir}",
             f"trainer: accelerator={cfg.trainer.accelerator} max_epochs={cfg.trainer.max_epochs} "
@@ -85,11 +79,10 @@ def show_data(datamodule, trainer, run_dir: Path) -> None:
     from mnist_lightning.data import load_mnist
 
     images, labels = load_mnist(datamodule.data_dir, download=False)["train"]
+    from mnist_lightning.callbacks import tensorboard_writer
+
     figure = figures.digit_grid(images[:9], [str(int(label)) for label in labels[:9]])
-    for logger in trainer.loggers:
-        if hasattr(logger.experiment, "add_figure"):
-            logger.experiment.add_figure("data/samples", figure, close=False)
-    figures.save(figure, run_dir / "samples.png")
+    figures.publish(figure, run_dir / "samples.png", tensorboard_writer(trainer), "data/samples")
 
     x, y = next(iter(datamodule.train_dataloader()))
     x, y = datamodule.on_after_batch_transfer((x, y), 0)
@@ -113,10 +106,19 @@ def quiet_lightning_logs() -> None:
         logger.handlers.clear()
         logger.propagate = True
     for handler in logging.getLogger().handlers:
-        handler.addFilter(lambda record: not any(s in record.getMessage() for s in _NOISE))
+        if _drop_noise not in handler.filters:  # once, even when a sweep trains many jobs
+            handler.addFilter(_drop_noise)
     # Library deprecation chatter that a user can do nothing about.
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # Epoch metrics come from torchmetrics' compute(), which already syncs across DDP processes.
+    warnings.filterwarnings(
+        "ignore", message=".*when logging on epoch level in distributed setting.*"
+    )
+
+
+def _drop_noise(record: logging.LogRecord) -> bool:
+    return not any(s in record.getMessage() for s in _NOISE)
 
 
 _NOISE = ("Tip:", "TPU available", "HPU available", "Skipping setting a default", "LOCAL_RANK")
@@ -185,7 +187,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     if trainer.is_global_zero and checkpoint is None:
-        OmegaConf.save(cfg, run_dir / RUN_CONFIG, resolve=True)
+        saved = OmegaConf.to_container(cfg, resolve=True)
+        saved["choices"] = {
+            group: _choice(group, cfg) for group in ("optimizer", "scheduler", "augment")
+        }
+        OmegaConf.save(saved, run_dir / RUN_CONFIG)
         show_data(datamodule, trainer, run_dir)
 
     started = time.perf_counter()
@@ -228,6 +234,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _choice(group: str, cfg: DictConfig) -> str:
     """The option picked for a config group (`momentum`, not `torch.optim.SGD`)."""
+    if cfg.get("choices") and group in cfg.choices:  # a resumed run's own record
+        return str(cfg.choices[group])
     try:
         from hydra.core.hydra_config import HydraConfig
 

@@ -171,3 +171,30 @@ def test_real_mnist_is_the_official_set(real_data_dir):
     assert images.shape == (60_000, 1, 28, 28) and images.dtype == torch.uint8
     assert loaded["test"][0].shape == (10_000, 1, 28, 28)
     assert torch.bincount(labels).tolist()[:2] == [5923, 6742]  # the official class counts
+
+
+def test_augmentation_applies_to_training_batches_only_with_a_draw_per_image(fixture_data_dir):
+    from types import SimpleNamespace
+
+    augment = {
+        "_target_": "mnist_lightning.augment.BatchAugment",
+        "degrees": 15,
+        "elastic_alpha": 20.0,
+        "elastic_bank": 64,
+    }
+    datamodule = make_datamodule(fixture_data_dir, augment=augment)
+    images, labels = next(iter(datamodule.val_dataloader()))
+    twins = (images[:1].repeat(8, 1, 1, 1), labels[:1].repeat(8))
+
+    datamodule.trainer = SimpleNamespace(training=False)
+    x_eval, _ = datamodule.on_after_batch_transfer(twins, 0)
+    assert torch.equal(x_eval, data.to_model_input(twins[0]))  # validation/test untouched
+
+    datamodule.trainer = SimpleNamespace(training=True)
+    x_train, y_train = datamodule.on_after_batch_transfer(twins, 0)
+    assert x_train.shape == (8, 1, 28, 28) and torch.equal(y_train, twins[1])
+    flat = x_train.flatten(1)
+    assert len({tuple(row.tolist()) for row in flat}) == 8  # eight copies, eight different draws
+    # Space moved in from outside the image is MNIST's black, not grey.
+    background = (0 - data.MNIST_MEAN) / data.MNIST_STD
+    assert x_train.min() >= background - 1e-5

@@ -33,9 +33,19 @@ def summary_rows(sweep_dir: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes(experiment):
+def test_every_experiment_composes(experiment, tmp_path):
+    from mnist_lightning.config import check_training_config
+
     cfg = compose_full([f"experiment={experiment}"])
-    assert cfg.data.batch_size == 64 and cfg.trainer.max_epochs == 10
+    check_training_config(cfg)
+    assert cfg.trainer.max_epochs >= 10 and cfg.data.batch_size in (64, 128)
+
+
+def test_the_best_experiment_keeps_the_lessons_network():
+    cfg = compose_full(["experiment=best"])
+    assert cfg.model._target_ == "mnist_lightning.model.MNISTClassifier"
+    assert cfg.augment.elastic_alpha > 0 and cfg.model.label_smoothing > 0
+    assert cfg.callbacks.weight_averaging._target_.endswith("EMAWeightAveraging")
 
 
 def test_the_lesson_experiment_is_the_lesson():
@@ -204,9 +214,8 @@ def test_a_failed_job_is_a_row_not_a_crash(fixture_data_dir, tmp_path):
     (sweep_dir / "summary.csv").unlink()
     assert report_main([str(sweep_dir)]) == 0
     statuses = sorted(r["status"] for r in summary_rows(sweep_dir))
-    assert statuses[0].startswith("failed: no metrics.json") and statuses[1].startswith(
-        "failed: unknown"
-    )
+    assert statuses[0].startswith("failed: model.activation=not_an_activation")
+    assert statuses[1].startswith("failed: no metrics.json")
     assert (sweep_dir / "summary.png").is_file()
 
 
