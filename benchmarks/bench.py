@@ -46,8 +46,12 @@ def main() -> None:
     env = dict(os.environ)
     env.setdefault("MNIST_DATA_DIR", str(ROOT / "data"))
     extra = sys.argv[1:]  # e.g. trainer.max_epochs=3 for a quick look
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, python {platform.python_version()}"
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, device {device}, "
+        f"{platform.platform()}, python {platform.python_version()}, torch {torch.__version__}"
     )
 
     lesson_s, lesson_mb, lesson_out = run([sys.executable, "benchmarks/lesson_loop.py"], env)
@@ -70,7 +74,9 @@ def main() -> None:
 
     floor_s, _, floor_out = run([sys.executable, "benchmarks/raw_loop.py", "5"], env)
     floor_epoch = last_value(floor_out, "epoch_seconds_median")
-    print(f"raw floor:    epoch median {floor_epoch:.2f} s")
+    print(
+        f"raw floor:    {floor_s:6.1f} s for 5 epochs (whole process)  epoch median {floor_epoch:.2f} s"
+    )
     print()
     print(f"project / lesson loop (whole command): {project_s / lesson_s:.2f}   (goal <= 0.40)")
     print(f"project epoch / raw floor epoch:       {epoch_s / floor_epoch:.2f}   (goal <= 2.0)")
