@@ -90,12 +90,25 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def load_trained(ckpt_path: str | Path):
+    """What evaluate, predict and export need from a `.ckpt` file or run folder, read once
+    safely: (checkpoint path, the model in eval mode on the CPU, the data settings it was
+    trained with: normalisation, split, batch size)."""
+    path = resolve_checkpoint(ckpt_path)
+    checkpoint = read_checkpoint(path)  # refuses unsafe or damaged files with a clear message first
+    return path, _rebuild_model(path), dict(checkpoint.get("datamodule_hyper_parameters", {}))
+
+
 def load_classifier(path: str | Path):
     """Rebuild the trained MNISTClassifier (eval mode, on the CPU) through Lightning's loader."""
-    from mnist_lightning.model import MNISTClassifier
-
     path = Path(path)
     read_checkpoint(path)  # refuses unsafe or damaged files with a clear message first
+    return _rebuild_model(path)
+
+
+def _rebuild_model(path: Path):
+    from mnist_lightning.model import MNISTClassifier
+
     try:
         model = MNISTClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except (RuntimeError, KeyError, TypeError, ValueError) as error:
@@ -105,8 +118,3 @@ def load_classifier(path: str | Path):
             "Pass a checkpoint written by python -m mnist_lightning.train."
         ) from None
     return model.eval()
-
-
-def data_settings(path: str | Path) -> dict[str, Any]:
-    """The data module's settings at training time (normalisation, split, batch size)."""
-    return dict(read_checkpoint(path).get("datamodule_hyper_parameters", {}))

@@ -43,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     import lightning.pytorch as pl
 
     from mnist_lightning.callbacks import TestSetReport
-    from mnist_lightning.checkpoint import data_settings, load_classifier, resolve_checkpoint
+    from mnist_lightning.checkpoint import load_trained
     from mnist_lightning.data import MNISTDataModule
     from mnist_lightning.train import quiet_lightning_logs
 
@@ -52,9 +52,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(
             f"split={cfg.split} is not a split; use split=test (the official test set) or split=val"
         )
-    checkpoint = resolve_checkpoint(cfg.ckpt_path)
-    model = load_classifier(checkpoint)
-    settings = data_settings(checkpoint)
+    checkpoint, model, settings = load_trained(cfg.ckpt_path)
     data_dir = cfg.data_dir or os.environ.get("MNIST_DATA_DIR") or settings.get("data_dir")
     datamodule = MNISTDataModule(
         data_dir=data_dir,

@@ -42,11 +42,10 @@ class ExportedClassifier(nn.Module):
 
 
 def exportable(ckpt_path: str | Path) -> ExportedClassifier:
-    from mnist_lightning.checkpoint import data_settings, load_classifier, resolve_checkpoint
+    from mnist_lightning.checkpoint import load_trained
 
-    checkpoint = resolve_checkpoint(ckpt_path)
-    model = load_classifier(checkpoint)
-    return ExportedClassifier(model.net, data_settings(checkpoint).get("normalize", True)).eval()
+    _, model, settings = load_trained(ckpt_path)
+    return ExportedClassifier(model.net, settings.get("normalize", True)).eval()
 
 
 def export(module: ExportedClassifier, format: str, output: Path) -> Path:

@@ -61,15 +61,14 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     import torch
 
     from mnist_lightning import preprocess
-    from mnist_lightning.checkpoint import data_settings, load_classifier, resolve_checkpoint
+    from mnist_lightning.checkpoint import load_trained
 
     inputs = list(cfg.inputs) if isinstance(cfg.inputs, ListConfig | list) else [str(cfg.inputs)]
     output = Path(cfg.output) if cfg.output else None
     if output is not None and output.suffix.lower() not in (".csv", ".json"):
         raise UserError(f"output={output}: use a .csv or .json file name")
-    checkpoint = resolve_checkpoint(cfg.ckpt_path)
-    model = load_classifier(checkpoint)
-    normalize = data_settings(checkpoint).get("normalize", True)
+    _, model, settings = load_trained(cfg.ckpt_path)
+    normalize = settings.get("normalize", True)
     files, skipped = preprocess.find_images(inputs)
     if skipped:
         log.info("ignored %d non-image file(s) in the folders given", skipped)

@@ -127,8 +127,9 @@ _NOISE = ("Tip:", "TPU available", "HPU available", "Skipping setting a default"
 RUN_CONFIG = "run_config.yaml"  # the resolved config of a run, kept for resuming it
 
 
-def resume_point(cfg: DictConfig) -> Path | None:
-    """The checkpoint to continue from (`resume=<run folder>` or `ckpt_path=<file>`), or None."""
+def resume_point(cfg: DictConfig) -> tuple[Path | None, int]:
+    """The checkpoint to continue from (`resume=<run folder>` or `ckpt_path=<file>`) and the
+    number of epochs it has finished, or (None, 0)."""
     from mnist_lightning.checkpoint import read_checkpoint
 
     if cfg.get("ckpt_path"):
@@ -146,31 +147,29 @@ def resume_point(cfg: DictConfig) -> Path | None:
                 "ended. Start it again instead."
             )
     else:
-        return None
-    read_checkpoint(checkpoint)  # refuse a damaged or unsafe file with a clear message
-    return checkpoint
+        return None, 0
+    state = read_checkpoint(checkpoint)  # refuse a damaged or unsafe file with a clear message
+    return checkpoint, state.get("epoch", -1) + 1
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as the config says; return every final metric (also in metrics.json)."""
     from mnist_lightning.config import check_output_dir, check_training_config
 
-    checkpoint = resume_point(cfg)
+    checkpoint, epochs_done = resume_point(cfg)
     if checkpoint is not None and (Path(cfg.paths.output_dir) / RUN_CONFIG).is_file():
         # A resumed run finishes what it planned: its own saved config, not today's defaults.
         cfg = OmegaConf.load(Path(cfg.paths.output_dir) / RUN_CONFIG)
     check_training_config(cfg)
     run_dir = check_output_dir(cfg.paths.output_dir)
-    if checkpoint is not None and (run_dir / "metrics.json").is_file():
-        from mnist_lightning.checkpoint import read_checkpoint
-
-        if read_checkpoint(checkpoint).get("epoch", -1) + 1 >= cfg.trainer.max_epochs:
-            log.info(
-                "%s already finished its %d epochs; its results are in metrics.json",
-                run_dir,
-                cfg.trainer.max_epochs,
-            )
-            return json.loads((run_dir / "metrics.json").read_text())
+    finished = epochs_done >= cfg.trainer.max_epochs
+    if checkpoint is not None and finished and (run_dir / "metrics.json").is_file():
+        log.info(
+            "%s already finished its %d epochs; its results are in metrics.json",
+            run_dir,
+            cfg.trainer.max_epochs,
+        )
+        return json.loads((run_dir / "metrics.json").read_text())
 
     import lightning.pytorch as pl
 
