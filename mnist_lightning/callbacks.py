@@ -16,6 +16,12 @@ log = logging.getLogger(__name__)
 EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
 
 
+def step_losses(outputs) -> torch.Tensor:
+    """The per-optimizer-step losses a training step returned, as a 1-D tensor."""
+    loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+    return loss.detach().reshape(-1)
+
+
 def tensorboard_writer(trainer: pl.Trainer):
     """The TensorBoard SummaryWriter of the run, or None without a TensorBoard logger."""
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -33,20 +39,29 @@ class ConsoleReport(pl.Callback):
     def __init__(self, print_every_n_batches: int = 400) -> None:
         self.every = print_every_n_batches
         self.epoch_start = 0.0
+        self.epoch_first_step = 0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.epoch_start = time.perf_counter()
+        self.epoch_first_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self.every and (batch_idx + 1) % self.every == 0 and trainer.is_global_zero:
-            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            # .item() syncs with the device; once per N batches costs nothing measurable.
-            log.info(
-                "loss: %.6f  [batch %4d/%d]",
-                loss.item(),
-                batch_idx + 1,
-                trainer.num_training_batches,
+        # A loader item may hold several optimizer batches (`losses`, one per step): count
+        # batches as the lesson did, by optimizer step.
+        if not self.every or not trainer.is_global_zero:
+            return
+        losses = step_losses(outputs)
+        done = trainer.global_step - self.epoch_first_step  # batches finished this epoch
+        first = done - len(losses) + 1
+        for number in range(-(-first // self.every) * self.every, done + 1, self.every):
+            datamodule = getattr(trainer, "datamodule", None)
+            total = (
+                datamodule.steps_per_epoch()
+                if hasattr(datamodule, "steps_per_epoch")
+                else trainer.num_training_batches
             )
+            # .item() syncs with the device; once per N batches costs nothing measurable.
+            log.info("loss: %.6f  [batch %4d/%d]", losses[number - first].item(), number, total)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Runs after the epoch's validation, so one line holds both.
@@ -106,10 +121,15 @@ class GradientMonitor(pl.Callback):
         self.histograms = histograms
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if self.every and trainer.global_step % self.every == 0:
-            from lightning.pytorch.utilities import grad_norm
+        # Straight to the loggers at this optimizer step (as the model's train/loss_step): a
+        # training item spans several steps, and self.log would keep only its last value.
+        if not self.every or trainer.global_step % self.every or not trainer.is_global_zero:
+            return
+        from lightning.pytorch.utilities import grad_norm
 
-            pl_module.log_dict(grad_norm(pl_module.net, norm_type=2), on_step=True, on_epoch=False)
+        norms = {name: float(v) for name, v in grad_norm(pl_module.net, norm_type=2).items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(norms, step=trainer.global_step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         writer = tensorboard_writer(trainer)
@@ -210,12 +230,15 @@ class DivergenceGuard(pl.Callback):
     def __init__(self, check_every_n_steps: int = 10, max_loss: float = 100.0) -> None:
         self.every = max(1, check_every_n_steps)
         self.max_loss = max_loss
-        self.recent: list[tuple[int, torch.Tensor]] = []  # (step, loss) since the last check
+        # (first step, the losses of the steps from there) for each item since the last check
+        self.recent: list[tuple[int, torch.Tensor]] = []
+        self.unchecked = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self.recent.append((trainer.global_step, loss.detach()))
-        if len(self.recent) >= self.every:
+        losses = step_losses(outputs)  # one per optimizer step of this item
+        self.recent.append((trainer.global_step - len(losses) + 1, losses))
+        self.unchecked += len(losses)
+        if self.unchecked >= self.every:
             self._check(trainer)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -225,13 +248,14 @@ class DivergenceGuard(pl.Callback):
     def _check(self, trainer: pl.Trainer) -> None:
         if not self.recent:
             return
-        losses = torch.stack([loss for _, loss in self.recent])
+        losses = torch.cat([losses for _, losses in self.recent])
         diverged = ~torch.isfinite(losses) | (losses > self.max_loss)
         bad = torch.nonzero(diverged).flatten().tolist()  # one sync per check
         if not bad:
-            self.recent = []
+            self.recent, self.unchecked = [], 0
             return
-        step, loss = self.recent[bad[0]]
+        steps = [first + i for first, item in self.recent for i in range(len(item))]
+        step, loss = steps[bad[0]], losses[bad[0]]
         optimizer = trainer.optimizers[0]
         value = float(loss)
         what = f"{value}" if not torch.isfinite(loss) else f"{value:.4g} (above {self.max_loss:g})"

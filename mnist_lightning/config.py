@@ -54,11 +54,14 @@ def check_training_config(cfg: DictConfig) -> None:
     from mnist_lightning.network import ACTIVATIONS
 
     problems = []
-    batch_size = cfg.data.get("batch_size")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
-        problems.append(
-            f"data.batch_size={batch_size}: must be a whole number above 0 (the lesson used 64)"
-        )
+    for key, what in (
+        ("batch_size", "(the lesson used 64)"),
+        ("batches_per_fetch", "(optimizer batches per loader item; 1 = one batch per item)"),
+        ("eval_batch_size", "(images per validation/test batch)"),
+    ):
+        value = cfg.data.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            problems.append(f"data.{key}={value}: must be a whole number above 0 {what}")
     val_size = cfg.data.get("val_size")
     if not isinstance(val_size, int) or not 0 < val_size < MNIST_TRAIN_IMAGES:
         problems.append(

@@ -44,10 +44,13 @@ class MNISTClassifier(pl.LightningModule):
         self.net = MLP(activation)
         # Smoothing regularises training only; val/test losses stay the plain cross-entropy.
         self.train_criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.criterion = nn.CrossEntropyLoss()
+        self.criterion = nn.CrossEntropyLoss(reduction="none")  # per image, for the metrics
         # torch.compile'd forward kept as a plain function, so state_dict keys do not change.
         self._net_forward = torch.compile(self.net.forward) if compile else self.net.forward
-        # No per-update input checks: each one is a host-device sync, and the inputs are ours.
+        # No per-update NaN checks: each one is a host-device sync (DivergenceGuard watches the
+        # loss). With nan_strategy="disable" torchmetrics 1.9 ignores `weight`, so these means
+        # are fed one value per image: the epoch's loss is the per-image mean whatever the
+        # batch sizes.
         self.train_loss, self.val_loss, self.test_loss = (
             MeanMetric(nan_strategy="disable") for _ in range(3)
         )
@@ -60,14 +63,10 @@ class MNISTClassifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._net_forward(x)
 
-    # Losses are weighted by batch size, so an epoch's loss is the per-image mean whatever the
-    # batch size (the last batch is smaller).
-    def _shared_step(
-        self, batch, criterion=None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _shared_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
         logits = self(x)
-        return (criterion or self.criterion)(logits, y), logits.argmax(dim=1), y
+        return self.criterion(logits, y), logits.argmax(dim=1), y  # losses are per image
 
     def on_train_start(self) -> None:
         # The sanity check ran validation batches before training: forget them.
@@ -75,29 +74,61 @@ class MNISTClassifier(pl.LightningModule):
         self.val_acc.reset()
         self.val_acc_best.reset()
 
-    # Per step only accumulate (no .item(), no self.log): a step of this small network is so
-    # short that logging every step would cost a third of the step. The metric objects are
-    # handed to self.log once per epoch; Lightning computes and resets them at the epoch's end,
-    # before any callback reads them. The raw loss is logged every `log_every_n_steps` steps.
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        # Manual optimization: one optimizer, no accumulation or clipping, so these three lines
-        # are exactly what Lightning's automatic loop does, without its closure and hook
+    # A training item is a list of optimizer batches (data.batches_per_fetch of them, see
+    # data.py); a plain (x, y) batch is one. Per step there is no .item() and no self.log: a step
+    # of this small network is so short that either would cost a large share of it. The metric
+    # objects are updated once per item and handed to self.log once per epoch; Lightning
+    # computes and resets them at the epoch's end, before any callback reads them.
+    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        batches = batch if isinstance(batch, list) else [batch]
+        # Manual optimization: one optimizer, no accumulation or clipping, so these lines are
+        # exactly what Lightning's automatic loop does per batch, without its closure and hook
         # machinery, which costs as much as a whole step of this small network on a CPU.
         optimizer = self.optimizers()
-        loss, preds, targets = self._shared_step(batch, self.train_criterion)
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        optimizer.step()
-        self._step_schedulers("step")
-
-        self.train_loss.update(loss.detach(), weight=len(targets))
-        self.train_acc.update(preds, targets)
+        max_steps = self.trainer.max_steps
+        losses, all_preds, all_targets = [], [], []
+        for x, y in batches:
+            if 0 < max_steps <= self.global_step:  # Lightning checks only between items
+                break
+            logits = self(x)
+            loss = self.train_criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            optimizer.step()
+            self._step_schedulers("step")
+            losses.append(loss.detach())
+            all_preds.append(logits.detach().argmax(dim=1))
+            all_targets.append(y)
+            if self.global_step % self._log_every == 0:
+                self._log_step({"train/loss_step": losses[-1]})
+        losses = torch.stack(losses)
+        sizes = [len(y) for y in all_targets]
+        per_image = losses.repeat_interleave(  # each batch's mean once per image; no sync
+            torch.tensor(sizes, device=losses.device), output_size=sum(sizes)
+        )
+        self.train_loss.update(per_image)
+        self.train_acc.update(torch.cat(all_preds), torch.cat(all_targets))
         if batch_idx == 0:
             self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
             self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
-        if self.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
-            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
-        return loss.detach()
+        # Lightning advances the loggers' step once per loader item; this keeps every logged
+        # series (epoch metrics, learning rate, the step values above) on the optimizer-step axis.
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped += len(losses) - 1
+        return {"loss": losses}  # one loss per optimizer step, for callbacks
+
+    @property
+    def _log_every(self) -> int:
+        return max(self.trainer.log_every_n_steps, 1)
+
+    def _log_step(self, values: dict[str, torch.Tensor]) -> None:
+        """Write step values straight to the loggers at the optimizer step: `self.log` would
+        keep only an item's last value. Every `log_every_n_steps` steps, so the sync of the
+        float conversion is rare."""
+        if not self.trainer.is_global_zero or not self.loggers:
+            return
+        scalars = {name: float(value) for name, value in values.items()}
+        for logger in self.loggers:
+            logger.log_metrics(scalars, step=self.global_step)
 
     def on_train_epoch_end(self) -> None:
         self._step_schedulers("epoch")
@@ -116,7 +147,7 @@ class MNISTClassifier(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, preds, targets = self._shared_step(batch)
-        self.val_loss.update(loss, weight=len(targets))
+        self.val_loss.update(loss)
         self.val_acc.update(preds, targets)
 
     def on_validation_epoch_end(self) -> None:
@@ -126,7 +157,7 @@ class MNISTClassifier(pl.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         loss, preds, targets = self._shared_step(batch)
-        self.test_loss.update(loss, weight=len(targets))
+        self.test_loss.update(loss)
         self.test_acc.update(preds, targets)
         return {"preds": preds}  # for callbacks (confusion matrix, misclassified digits)
 
@@ -143,6 +174,17 @@ class MNISTClassifier(pl.LightningModule):
         self.log(f"{stage}/loss", epoch_loss, prog_bar=stage != "test")
         self.log(f"{stage}/acc", epoch_accuracy, prog_bar=stage != "test")
         return epoch_accuracy
+
+    def _planned_steps(self) -> int:
+        """Optimizer steps in the whole fit. Lightning's estimate counts loader items, and an
+        item of MNISTDataModule holds several optimizer batches."""
+        items = int(self.trainer.estimated_stepping_batches)  # also readies the loaders
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not hasattr(datamodule, "steps_per_epoch"):
+            return items
+        steps = datamodule.steps_per_epoch() * self.trainer.max_epochs
+        max_steps = self.trainer.max_steps
+        return min(steps, max_steps) if max_steps and max_steps > 0 else steps
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -164,9 +206,7 @@ class MNISTClassifier(pl.LightningModule):
         make_scheduler = _instantiate(config)
         if getattr(make_scheduler, "func", None) is torch.optim.lr_scheduler.OneCycleLR:
             # One cycle spans the whole run, whatever max_epochs and the batch size are.
-            scheduler = make_scheduler(
-                optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
-            )
+            scheduler = make_scheduler(optimizer, total_steps=self._planned_steps())
         else:
             scheduler = make_scheduler(optimizer)
         return {

@@ -33,7 +33,8 @@ def describe(cfg: DictConfig) -> str:
             f"optimizer: {_choice('optimizer', cfg)} {optimizer}",
             f"model: {cfg.model._target_.rsplit('.', 1)[-1]} activation={cfg.model.activation}",
             f"scheduler: {scheduler}  augment: {augment}",
-            f"data: batch_size={cfg.data.batch_size} val_size={cfg.data.val_size} "
+            f"data: batch_size={cfg.data.batch_size} (x{cfg.data.get('batches_per_fetch', 1)} per "
+            f"fetch) val_size={cfg.data.val_size} "
             f"shuffle={cfg.data.shuffle} normalize={cfg.data.normalize} data_dir={cfg.data.data_dir}",
             f"trainer: accelerator={cfg.trainer.accelerator} max_epochs={cfg.trainer.max_epochs} "
             f"seed={cfg.seed}",
@@ -76,7 +77,7 @@ def build(cfg: DictConfig):
 def show_data(datamodule, trainer, run_dir: Path) -> None:
     """The lesson's look at the data: the first 9 training images, and one batch's shapes."""
     from mnist_lightning import figures
-    from mnist_lightning.data import load_mnist
+    from mnist_lightning.data import load_mnist, to_model_input
 
     images, labels = load_mnist(datamodule.data_dir, download=False)["train"]
     from mnist_lightning.callbacks import tensorboard_writer
@@ -84,8 +85,9 @@ def show_data(datamodule, trainer, run_dir: Path) -> None:
     figure = figures.digit_grid(images[:9], [str(int(label)) for label in labels[:9]])
     figures.publish(figure, run_dir / "samples.png", tensorboard_writer(trainer), "data/samples")
 
-    x, y = next(iter(datamodule.train_dataloader()))
-    x, y = datamodule.on_after_batch_transfer((x, y), 0)
+    images, labels = next(iter(datamodule.train_dataloader()))  # one loader item
+    size = datamodule.hparams.batch_size  # its first optimizer batch, as the model gets it
+    x, y = to_model_input(images[:size], datamodule.hparams.normalize), labels[:size]
     log.info(
         "one batch: x %s %s, y %s %s",
         list(x.shape),

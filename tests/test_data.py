@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from types import SimpleNamespace
 from urllib.error import URLError
 
 import pytest
@@ -30,13 +31,38 @@ def test_split_sizes_and_official_test_set(fixture_data_dir):
 
 
 def test_batches_have_the_lessons_shapes_and_dtypes(fixture_data_dir):
-    datamodule = make_datamodule(fixture_data_dir)
+    datamodule = make_datamodule(fixture_data_dir, batches_per_fetch=4, eval_batch_size=100)
     raw_x, raw_y = next(iter(datamodule.train_dataloader()))
     assert raw_x.dtype == torch.uint8  # scaling happens after the transfer, on the device
-    x, y = datamodule.on_after_batch_transfer((raw_x, raw_y), 0)
-    assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
-    assert y.shape == (64,) and y.dtype == torch.int64
-    assert len(datamodule.train_dataloader()) == -(-(FIXTURE_TRAIN - 128) // 64)
+    assert raw_x.shape == (4 * 64, 1, 28, 28)  # one loader item: four optimizer batches
+    train_images = FIXTURE_TRAIN - 128
+    assert len(datamodule.train_dataloader()) == -(-train_images // 256)
+    assert datamodule.steps_per_epoch() == -(-train_images // 64)
+    datamodule.trainer = SimpleNamespace(training=True)
+    batches = datamodule.on_after_batch_transfer((raw_x, raw_y), 0)
+    assert len(batches) == 4
+    for x, y in batches:
+        assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
+        assert y.shape == (64,) and y.dtype == torch.int64
+    # Evaluation batches stay whole: no optimizer step, only the size differs.
+    datamodule.trainer = SimpleNamespace(training=False)
+    x, y = datamodule.on_after_batch_transfer(next(iter(datamodule.val_dataloader())), 0)
+    assert x.shape == (100, 1, 28, 28) and y.shape == (100,)
+
+
+def test_items_hold_the_same_batches_in_the_same_order_as_a_batch_64_loader(fixture_data_dir):
+    def first_labels(batches_per_fetch: int) -> torch.Tensor:
+        datamodule = make_datamodule(fixture_data_dir, batches_per_fetch=batches_per_fetch)
+        torch.manual_seed(7)
+        return torch.cat([labels for _, labels in datamodule.train_dataloader()])
+
+    epoch_in_items_of_4, epoch_in_batches = first_labels(4), first_labels(1)
+    assert torch.equal(epoch_in_items_of_4, epoch_in_batches)
+    torch.manual_seed(8)
+    assert not torch.equal(
+        torch.cat([labels for _, labels in make_datamodule(fixture_data_dir).train_dataloader()]),
+        epoch_in_batches,
+    )
 
 
 def test_normalisation_and_the_lessons_plain_totensor_input(fixture_data_dir):
@@ -62,9 +88,8 @@ def test_split_is_fixed_and_training_order_follows_the_seed(fixture_data_dir):
     b = next(iter(first.train_dataloader()))[1]
     assert torch.equal(a, b)
     unshuffled = make_datamodule(fixture_data_dir, shuffle=False)
-    assert torch.equal(
-        next(iter(unshuffled.train_dataloader()))[1], unshuffled.splits["train"].labels[:64]
-    )
+    item_labels = next(iter(unshuffled.train_dataloader()))[1]
+    assert torch.equal(item_labels, unshuffled.splits["train"].labels[: len(item_labels)])
 
 
 def test_gz_files_in_a_read_only_folder_are_used_without_network(
@@ -191,7 +216,7 @@ def test_augmentation_applies_to_training_batches_only_with_a_draw_per_image(fix
     assert torch.equal(x_eval, data.to_model_input(twins[0]))  # validation/test untouched
 
     datamodule.trainer = SimpleNamespace(training=True)
-    x_train, y_train = datamodule.on_after_batch_transfer(twins, 0)
+    [(x_train, y_train)] = datamodule.on_after_batch_transfer(twins, 0)  # one optimizer batch
     assert x_train.shape == (8, 1, 28, 28) and torch.equal(y_train, twins[1])
     flat = x_train.flatten(1)
     assert len({tuple(row.tolist()) for row in flat}) == 8  # eight copies, eight different draws

@@ -60,7 +60,8 @@ def fit_briefly(overrides, data_dir, tmp_path):
             f"data.data_dir={data_dir}",
             "data.val_size=128",
             "trainer.max_epochs=2",
-            "+trainer.limit_train_batches=3",
+            "data.batches_per_fetch=2",  # 512 training images: 4 items of 2 batches of 64
+            "+trainer.limit_train_batches=3",  # loader items: 6 optimizer steps per epoch
             "+trainer.limit_val_batches=1",
             "logger=none",
             "~callbacks.model_checkpoint",
@@ -81,7 +82,7 @@ def fit_briefly(overrides, data_dir, tmp_path):
 def test_every_optimizer_config_takes_steps(optimizer, fixture_data_dir, tmp_path):
     cfg, trainer, changed = fit_briefly([f"optimizer={optimizer}"], fixture_data_dir, tmp_path)
     assert changed
-    assert trainer.global_step == 6
+    assert trainer.global_step == 12 and trainer.datamodule.steps_per_epoch() == 6
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(cfg.optimizer.lr)
 
 
@@ -95,6 +96,9 @@ def test_every_scheduler_config_steps_the_learning_rate(scheduler, fixture_data_
     assert changed
     assert len(trainer.lr_scheduler_configs) == 1
     lr = trainer.optimizers[0].param_groups[0]["lr"]
+    if scheduler == "onecycle":
+        # The cycle spans exactly the run's optimizer steps (not its loader items).
+        assert trainer.lr_scheduler_configs[0].scheduler.total_steps == trainer.global_step == 12
     if scheduler == "plateau":
         assert trainer.lightning_module.scheduler_monitor == "val/acc"
     else:
@@ -109,3 +113,46 @@ def test_hyperparameters_are_plain_data(fixture_data_dir, tmp_path):
     assert type(model.hparams.optimizer) is dict and type(model.hparams.scheduler) is dict
     assert model.hparams.optimizer["_target_"] == "torch.optim.Adam"
     assert model.hparams.scheduler["T_max"] == 10  # interpolations resolved
+
+
+def test_epoch_losses_are_per_image_means_whatever_the_batch_sizes(fixture_data_dir, tmp_path):
+    """540 training images are 8 batches of 64 and one of 28; 100 validation images are
+    batches of 64 and 36: a mean of batch means would weigh the small batches too much."""
+    import lightning.pytorch as pl
+
+    from mnist_lightning.data import to_model_input
+
+    class StepLosses(pl.Callback):
+        losses, sizes = [], []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses += outputs["loss"].tolist()
+            self.sizes += [len(y) for _, y in batch]
+
+    cfg = compose(
+        [
+            f"data.data_dir={fixture_data_dir}",
+            "data.val_size=100",
+            "data.eval_batch_size=64",
+            "trainer.max_epochs=1",
+            "logger=none",
+            "~callbacks",
+            "+trainer.enable_checkpointing=false",
+        ],
+        tmp_path,
+    )
+    datamodule, model, trainer = build(cfg)
+    recorder = StepLosses()
+    trainer.callbacks.append(recorder)
+    trainer.fit(model, datamodule=datamodule)
+    assert sorted(set(recorder.sizes)) == [28, 64]
+    weighted = sum(loss * n for loss, n in zip(recorder.losses, recorder.sizes, strict=True))
+    expected = weighted / sum(recorder.sizes)
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(expected, rel=1e-5)
+
+    val = datamodule.splits["val"]
+    model.eval()
+    with torch.no_grad():
+        logits = model(to_model_input(val.images))
+    direct = torch.nn.functional.cross_entropy(logits, val.labels)
+    assert float(trainer.callback_metrics["val/loss"]) == pytest.approx(float(direct), rel=1e-5)

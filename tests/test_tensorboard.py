@@ -67,6 +67,16 @@ def test_event_files_hold_scalars_gradients_images_and_hparams(tensorboard_run):
     assert "weights/hidden1.weight" in tags["histograms"]
     # Gradient norms are real numbers, not placeholders.
     assert all(e.value > 0 for e in events.Scalars("grad_2.0_norm/hidden1.weight"))
+    # One x-axis for everything, the optimizer step, although a loader item holds many steps:
+    # a loss at every step (log_every_n_steps=1), norms every 2nd, epoch metrics at the last.
+    metrics = json.loads((tensorboard_run / "runs" / "one_epoch" / "metrics.json").read_text())
+    steps = metrics["global_step"]
+    assert steps == 8  # 640 - 128 images in batches of 64
+    assert [e.step for e in events.Scalars("train/loss_step")] == list(range(1, steps + 1))
+    assert [e.step for e in events.Scalars("grad_2.0_norm/hidden1.weight")] == [0, 2, 4, 6]
+    # (Lightning logs an epoch's metrics before it counts the epoch's last loader item, as it
+    # does with one batch per item.)
+    assert events.Scalars("val/acc")[-1].step == events.Scalars("train/loss")[-1].step == steps - 1
 
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -85,7 +95,6 @@ def test_event_files_hold_scalars_gradients_images_and_hparams(tensorboard_run):
         "hp/test_loss",
         "hp/val_acc_best",
     }
-    metrics = json.loads((tensorboard_run / "runs" / "one_epoch" / "metrics.json").read_text())
     assert events.Scalars("hp/test_acc")[-1].value == pytest.approx(metrics["test/acc"])
 
 
