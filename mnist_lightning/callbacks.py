@@ -200,6 +200,7 @@ class TestSetReport(pl.Callback):
         wrong = self.wrong[: self.max_misclassified]
         confusion_figure, axes = self.confusion.plot(val=matrix, labels=[str(d) for d in range(10)])
         axes.set_title(f"test set confusion matrix ({int(matrix.sum()):,} images)")
+        confusion_figure.set_layout_engine("none")  # constrained layout doubles the draw time
         made = {"confusion_matrix": confusion_figure}
         if wrong:
             made["misclassified"] = figures.digit_grid(

@@ -20,7 +20,7 @@ class ConfigError(UserError):
     """One or more config values are out of range; one line each."""
 
 
-def _progress_refresh_rate(rate: int = 20) -> int:
+def _progress_refresh_rate(rate: int = 1) -> int:
     # A progress bar redrawn into a log file or CI output floods it; show one only on a terminal.
     return rate if sys.stdout.isatty() else 0
 

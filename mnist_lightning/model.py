@@ -59,6 +59,9 @@ class MNISTClassifier(pl.LightningModule):
             for _ in range(3)
         )
         self.val_acc_best = MaxMetric()
+        # From the scheduler config, in configure_optimizers: when to step it, on what metric.
+        self.scheduler_interval: str | None = None
+        self.scheduler_monitor: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._net_forward(x)
@@ -85,29 +88,32 @@ class MNISTClassifier(pl.LightningModule):
         # exactly what Lightning's automatic loop does per batch, without its closure and hook
         # machinery, which costs as much as a whole step of this small network on a CPU.
         optimizer = self.optimizers()
-        max_steps = self.trainer.max_steps
-        losses, all_preds, all_targets = [], [], []
+        step, max_steps = self.global_step, self.trainer.max_steps
+        log_every = max(self.trainer.log_every_n_steps, 1)
+        losses, all_logits, all_targets = [], [], []
         for x, y in batches:
-            if 0 < max_steps <= self.global_step:  # Lightning checks only between items
+            if 0 < max_steps <= step:  # Lightning checks only between items
                 break
             logits = self(x)
             loss = self.train_criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             optimizer.step()
-            self._step_schedulers("step")
+            step += 1
+            if self.scheduler_interval == "step":
+                self._step_schedulers("step")
             losses.append(loss.detach())
-            all_preds.append(logits.detach().argmax(dim=1))
+            all_logits.append(logits.detach())
             all_targets.append(y)
-            if self.global_step % self._log_every == 0:
-                self._log_step({"train/loss_step": losses[-1]})
+            if step % log_every == 0:
+                self._log_step({"train/loss_step": losses[-1]}, step)
         losses = torch.stack(losses)
         sizes = [len(y) for y in all_targets]
         per_image = losses.repeat_interleave(  # each batch's mean once per image; no sync
             torch.tensor(sizes, device=losses.device), output_size=sum(sizes)
         )
         self.train_loss.update(per_image)
-        self.train_acc.update(torch.cat(all_preds), torch.cat(all_targets))
+        self.train_acc.update(torch.cat(all_logits).argmax(dim=1), torch.cat(all_targets))
         if batch_idx == 0:
             self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
             self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -116,11 +122,7 @@ class MNISTClassifier(pl.LightningModule):
         self.trainer.fit_loop.epoch_loop._batches_that_stepped += len(losses) - 1
         return {"loss": losses}  # one loss per optimizer step, for callbacks
 
-    @property
-    def _log_every(self) -> int:
-        return max(self.trainer.log_every_n_steps, 1)
-
-    def _log_step(self, values: dict[str, torch.Tensor]) -> None:
+    def _log_step(self, values: dict[str, torch.Tensor], step: int) -> None:
         """Write step values straight to the loggers at the optimizer step: `self.log` would
         keep only an item's last value. Every `log_every_n_steps` steps, so the sync of the
         float conversion is rare."""
@@ -128,7 +130,7 @@ class MNISTClassifier(pl.LightningModule):
             return
         scalars = {name: float(value) for name, value in values.items()}
         for logger in self.loggers:
-            logger.log_metrics(scalars, step=self.global_step)
+            logger.log_metrics(scalars, step=step)
 
     def on_train_epoch_end(self) -> None:
         self._step_schedulers("epoch")
