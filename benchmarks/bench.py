@@ -5,11 +5,13 @@
    TensorBoard, checkpoints);
 3. the raw floor (benchmarks/raw_loop.py): same network, bare loop over pre-loaded tensors.
 
-Each runs as its own process, one after the other; peak memory is the child's max RSS.
+Each runs as its own process; the lesson loop and the project alternate `--repeat` times
+(default 2) and their medians are compared. Peak memory is the child's max RSS.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -43,9 +45,17 @@ def last_value(output: str, key: str) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=int(os.environ.get("BENCH_REPEAT", 2)),
+        help="lesson/project pairs, run alternately; medians are reported (default 2)",
+    )
+    parser.add_argument("overrides", nargs="*", help="for the project, e.g. trainer.max_epochs=3")
+    args = parser.parse_args()
     env = dict(os.environ)
     env.setdefault("MNIST_DATA_DIR", str(ROOT / "data"))
-    extra = sys.argv[1:]  # e.g. trainer.max_epochs=3 for a quick look
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -54,33 +64,57 @@ def main() -> None:
         f"{platform.platform()}, python {platform.python_version()}, torch {torch.__version__}"
     )
 
-    lesson_s, lesson_mb, lesson_out = run([sys.executable, "benchmarks/lesson_loop.py"], env)
-    print(
-        f"lesson loop:  {lesson_s:6.1f} s  peak {lesson_mb:5.0f} MB  test/acc {last_value(lesson_out, 'test/acc'):.4f}"
-    )
-
-    with tempfile.TemporaryDirectory() as run_dir:
-        started = time.time()
-        project_s, project_mb, _ = run(
-            [sys.executable, "-m", "mnist_lightning.train", f"hydra.run.dir={run_dir}", *extra], env
+    # Alternating pairs: this machine's speed drifts by tens of percent within minutes, and
+    # a drift then hits both sides of a ratio instead of one.
+    lesson_times, project_times, project_runs = [], [], []
+    for pair in range(1, args.repeat + 1):
+        lesson_s, lesson_mb, lesson_out = run([sys.executable, "benchmarks/lesson_loop.py"], env)
+        lesson_times.append(lesson_s)
+        print(
+            f"[{pair}] lesson loop: {lesson_s:6.1f} s  peak {lesson_mb:5.0f} MB  "
+            f"test/acc {last_value(lesson_out, 'test/acc'):.4f}",
+            flush=True,
         )
-        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-    startup_s = metrics["first_step_at"] - started
-    epoch_s = statistics.median(metrics["history"]["epoch_seconds"])
-    print(
-        f"project:      {project_s:6.1f} s  peak {project_mb:5.0f} MB  test/acc {metrics['test/acc']:.4f}  "
-        f"start-up {startup_s:.1f} s  epoch median {epoch_s:.2f} s (validation included)"
-    )
+        with tempfile.TemporaryDirectory() as run_dir:
+            started = time.time()
+            project_s, project_mb, _ = run(
+                [sys.executable, "-m", "mnist_lightning.train", f"hydra.run.dir={run_dir}"]
+                + args.overrides,
+                env,
+            )
+            metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+        startup_s = metrics["first_step_at"] - started
+        epoch_s = statistics.median(metrics["history"]["epoch_seconds"])
+        project_times.append(project_s)
+        project_runs.append((project_mb, startup_s, epoch_s))
+        print(
+            f"[{pair}] project:     {project_s:6.1f} s  peak {project_mb:5.0f} MB  "
+            f"test/acc {metrics['test/acc']:.4f}  start-up {startup_s:.1f} s  "
+            f"epoch median {epoch_s:.2f} s (validation included)",
+            flush=True,
+        )
 
     floor_s, _, floor_out = run([sys.executable, "benchmarks/raw_loop.py", "5"], env)
     floor_epoch = last_value(floor_out, "epoch_seconds_median")
     print(
-        f"raw floor:    {floor_s:6.1f} s for 5 epochs (whole process)  epoch median {floor_epoch:.2f} s"
+        f"raw floor:       {floor_s:6.1f} s for 5 epochs (whole process)  "
+        f"epoch median {floor_epoch:.2f} s"
     )
+    lesson_s, project_s = statistics.median(lesson_times), statistics.median(project_times)
+    epoch_s = statistics.median(epoch for _, _, epoch in project_runs)
+    peak_mb = max(mb for mb, _, _ in project_runs)
+    ratios = [p / q for p, q in zip(project_times, lesson_times, strict=True)]
     print()
-    print(f"project / lesson loop (whole command): {project_s / lesson_s:.2f}   (goal <= 0.40)")
+    print(f"medians of {args.repeat}: lesson loop {lesson_s:.1f} s, project {project_s:.1f} s")
+    print(
+        f"project / lesson loop (whole command): {project_s / lesson_s:.2f}   (goal <= 0.40; "
+        f"pairs {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
     print(f"project epoch / raw floor epoch:       {epoch_s / floor_epoch:.2f}   (goal <= 2.0)")
-    print(f"project peak memory:                   {project_mb:.0f} MB (goal < 2048)")
+    print(
+        f"project start-up (until the first step): {statistics.median(s for _, s, _ in project_runs):.1f} s"
+    )
+    print(f"project peak memory:                   {peak_mb:.0f} MB (goal < 2048)")
 
 
 if __name__ == "__main__":
