@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from mnist_lightning.errors import UserError
 
@@ -289,3 +290,22 @@ class InterruptCheckpoint(pl.Callback):
             path,
             run_dir,
         )
+
+
+class StepwiseEMA(EMAWeightAveraging):
+    """Lightning's EMA of the weights, updated after every optimizer step.
+
+    Lightning's WeightAveraging updates in `on_train_batch_end`, once per loader item; an item of
+    MNISTDataModule holds `batches_per_fetch` optimizer steps, so a decay meant per step would
+    act per 32 steps. The steps inside an item are averaged here, just before the next step
+    changes the weights; Lightning's own hook still takes the item's last step.
+    """
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        # The weights now are those after step `global_step` (0: not trained yet).
+        step = trainer.global_step
+        if self._average_model is None or step <= self._latest_update_step:
+            return
+        if self.should_update(step_idx=step - 1):  # Lightning's indexing: step 1 has index 0
+            self._average_model.update_parameters(pl_module)
+            self._latest_update_step = step

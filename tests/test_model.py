@@ -156,3 +156,51 @@ def test_epoch_losses_are_per_image_means_whatever_the_batch_sizes(fixture_data_
         logits = model(to_model_input(val.images))
     direct = torch.nn.functional.cross_entropy(logits, val.labels)
     assert float(trainer.callback_metrics["val/loss"]) == pytest.approx(float(direct), rel=1e-5)
+
+
+def test_stepwise_ema_averages_after_every_optimizer_step(fixture_data_dir, tmp_path):
+    """Loader items of 4 batches: the average must still take each of the 8 steps' weights."""
+    import lightning.pytorch as pl
+
+    from mnist_lightning.callbacks import StepwiseEMA
+
+    class WeightsAfterEachStep(pl.Callback):
+        def __init__(self):
+            self.after: dict[int, list[torch.Tensor]] = {}
+
+        def _keep(self, trainer, pl_module):
+            if trainer.global_step > 0:
+                self.after[trainer.global_step] = [
+                    p.detach().clone() for p in pl_module.parameters()
+                ]
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self._keep(trainer, pl_module)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self._keep(trainer, pl_module)
+
+    cfg = compose(
+        [
+            f"data.data_dir={fixture_data_dir}",
+            "data.val_size=128",
+            "data.batches_per_fetch=4",
+            "trainer.max_epochs=1",
+            "logger=none",
+            "~callbacks",
+            "+trainer.enable_checkpointing=false",
+        ],
+        tmp_path,
+    )
+    datamodule, model, trainer = build(cfg)
+    weights = WeightsAfterEachStep()
+    trainer.callbacks += [weights, StepwiseEMA(decay=0.5)]
+    trainer.fit(model, datamodule=datamodule)
+
+    assert sorted(weights.after) == list(range(1, 9))
+    average = weights.after[1]
+    for step in range(2, 9):
+        average = [0.5 * a + 0.5 * w for a, w in zip(average, weights.after[step], strict=True)]
+    # At the end of training the average replaces the weights.
+    for expected, actual in zip(average, model.parameters(), strict=True):
+        torch.testing.assert_close(actual, expected)
