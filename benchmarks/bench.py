@@ -89,7 +89,7 @@ def main() -> None:
         project_runs.append((project_mb, startup_s, epoch_s))
         print(
             f"[{pair}] project:     {project_s:6.1f} s  peak {project_mb:5.0f} MB  "
-            f"test/acc {metrics['test/acc']:.4f}  start-up {startup_s:.1f} s  "
+            f"test/acc {metrics['test/acc']:.4f} (loss {metrics['test/loss']:.4f})  start-up {startup_s:.1f} s  "
             f"epoch median {epoch_s:.2f} s (validation included)",
             flush=True,
         )

@@ -117,6 +117,8 @@ def test_a_diverging_loss_stops_early_and_keeps_the_best_checkpoint(fixture_data
     [
         ("data.batch_size=0", "data.batch_size=0: must be a whole number above 0"),
         ("data.batch_size=-3", "data.batch_size=-3: must be"),
+        ("data.batches_per_fetch=0", "data.batches_per_fetch=0: must be a whole number above 0"),
+        ("data.eval_batch_size=1.5", "data.eval_batch_size=1.5: must be a whole number above 0"),
         ("data.val_size=0", "data.val_size=0: must be a whole number between 1 and 59,999"),
         ("data.val_size=60000", "data.val_size=60000: must be"),
         ("optimizer.lr=0", "optimizer.lr=0: the learning rate must be a number above 0"),
