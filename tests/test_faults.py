@@ -34,6 +34,9 @@ def start_training(args: list[str], data_dir: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A shell starts background jobs with SIGINT ignored, and Python then never turns it into
+        # KeyboardInterrupt: give the run a terminal's Ctrl-C however the tests were started.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
