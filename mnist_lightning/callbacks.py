@@ -23,6 +23,17 @@ def step_losses(outputs) -> torch.Tensor:
     return loss.detach().reshape(-1)
 
 
+def log_at_step(trainer: pl.Trainer, values: dict[str, torch.Tensor], step: int) -> None:
+    """Write step values straight to the loggers at an optimizer step. `self.log` would keep only
+    a loader item's last value (an item spans several steps); callers do this every N steps, so
+    the sync of the float conversion is rare."""
+    if not trainer.is_global_zero or not trainer.loggers:
+        return
+    scalars = {name: float(value) for name, value in values.items()}
+    for logger in trainer.loggers:
+        logger.log_metrics(scalars, step=step)
+
+
 def tensorboard_writer(trainer: pl.Trainer):
     """The TensorBoard SummaryWriter of the run, or None without a TensorBoard logger."""
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -54,13 +65,16 @@ class ConsoleReport(pl.Callback):
         losses = step_losses(outputs)
         done = trainer.global_step - self.epoch_first_step  # batches finished this epoch
         first = done - len(losses) + 1
-        for number in range(-(-first // self.every) * self.every, done + 1, self.every):
-            datamodule = getattr(trainer, "datamodule", None)
-            total = (
-                datamodule.steps_per_epoch()
-                if hasattr(datamodule, "steps_per_epoch")
-                else trainer.num_training_batches
-            )
+        numbers = range(-(-first // self.every) * self.every, done + 1, self.every)
+        if not numbers:
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        total = (
+            datamodule.steps_per_epoch()
+            if hasattr(datamodule, "steps_per_epoch")
+            else trainer.num_training_batches
+        )
+        for number in numbers:
             # .item() syncs with the device; once per N batches costs nothing measurable.
             log.info("loss: %.6f  [batch %4d/%d]", losses[number - first].item(), number, total)
 
@@ -122,15 +136,11 @@ class GradientMonitor(pl.Callback):
         self.histograms = histograms
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        # Straight to the loggers at this optimizer step (as the model's train/loss_step): a
-        # training item spans several steps, and self.log would keep only its last value.
         if not self.every or trainer.global_step % self.every or not trainer.is_global_zero:
             return
         from lightning.pytorch.utilities import grad_norm
 
-        norms = {name: float(v) for name, v in grad_norm(pl_module.net, norm_type=2).items()}
-        for logger in trainer.loggers:
-            logger.log_metrics(norms, step=trainer.global_step)
+        log_at_step(trainer, grad_norm(pl_module.net, norm_type=2), trainer.global_step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         writer = tensorboard_writer(trainer)

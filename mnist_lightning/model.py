@@ -10,6 +10,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mnist_lightning.callbacks import log_at_step
 from mnist_lightning.network import ACTIVATIONS, MLP  # noqa: F401  (ACTIVATIONS re-exported)
 
 
@@ -100,13 +101,12 @@ class MNISTClassifier(pl.LightningModule):
             self.manual_backward(loss)
             optimizer.step()
             step += 1
-            if self.scheduler_interval == "step":
-                self._step_schedulers("step")
+            self._step_schedulers("step")
             losses.append(loss.detach())
             all_logits.append(logits.detach())
             all_targets.append(y)
-            if step % log_every == 0:
-                self._log_step({"train/loss_step": losses[-1]}, step)
+            if step % log_every == 0:  # straight to the loggers: self.log keeps an item's last
+                log_at_step(self.trainer, {"train/loss_step": losses[-1]}, step)
         losses = torch.stack(losses)
         sizes = [len(y) for y in all_targets]
         per_image = losses.repeat_interleave(  # each batch's mean once per image; no sync
@@ -122,24 +122,16 @@ class MNISTClassifier(pl.LightningModule):
         self.trainer.fit_loop.epoch_loop._batches_that_stepped += len(losses) - 1
         return {"loss": losses}  # one loss per optimizer step, for callbacks
 
-    def _log_step(self, values: dict[str, torch.Tensor], step: int) -> None:
-        """Write step values straight to the loggers at the optimizer step: `self.log` would
-        keep only an item's last value. Every `log_every_n_steps` steps, so the sync of the
-        float conversion is rare."""
-        if not self.trainer.is_global_zero or not self.loggers:
-            return
-        scalars = {name: float(value) for name, value in values.items()}
-        for logger in self.loggers:
-            logger.log_metrics(scalars, step=step)
-
     def on_train_epoch_end(self) -> None:
         self._step_schedulers("epoch")
 
     def _step_schedulers(self, interval: str) -> None:
         # Manual optimization leaves scheduler stepping to us; interval/monitor come from the
         # scheduler config (Lightning ignores them in this mode).
+        if self.scheduler_interval != interval:  # first: this runs at every optimizer step
+            return
         scheduler = self.lr_schedulers()
-        if scheduler is None or self.scheduler_interval != interval:
+        if scheduler is None:
             return
         if self.scheduler_monitor:  # ReduceLROnPlateau: needs this epoch's validation metric
             if self.scheduler_monitor in self.trainer.callback_metrics:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -115,36 +116,46 @@ def test_hyperparameters_are_plain_data(fixture_data_dir, tmp_path):
     assert model.hparams.scheduler["T_max"] == 10  # interpolations resolved
 
 
-def test_epoch_losses_are_per_image_means_whatever_the_batch_sizes(fixture_data_dir, tmp_path):
-    """540 training images are 8 batches of 64 and one of 28; 100 validation images are
-    batches of 64 and 36: a mean of batch means would weigh the small batches too much."""
-    import lightning.pytorch as pl
+class StepLosses(pl.Callback):
+    """Every optimizer step's loss and batch size, as the training step returned them."""
 
-    from mnist_lightning.data import to_model_input
+    def __init__(self):
+        self.losses, self.sizes = [], []
 
-    class StepLosses(pl.Callback):
-        losses, sizes = [], []
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses += outputs["loss"].tolist()
+        self.sizes += [len(y) for _, y in batch]
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.losses += outputs["loss"].tolist()
-            self.sizes += [len(y) for _, y in batch]
 
+def fit_one_epoch(overrides, callbacks, data_dir, tmp_path):
+    """One epoch with no logger and only the given callbacks; returns datamodule, model, trainer."""
     cfg = compose(
         [
-            f"data.data_dir={fixture_data_dir}",
-            "data.val_size=100",
-            "data.eval_batch_size=64",
+            f"data.data_dir={data_dir}",
             "trainer.max_epochs=1",
             "logger=none",
             "~callbacks",
             "+trainer.enable_checkpointing=false",
+            *overrides,
         ],
         tmp_path,
     )
     datamodule, model, trainer = build(cfg)
-    recorder = StepLosses()
-    trainer.callbacks.append(recorder)
+    trainer.callbacks += callbacks
     trainer.fit(model, datamodule=datamodule)
+    return datamodule, model, trainer
+
+
+def test_epoch_losses_are_per_image_means_whatever_the_batch_sizes(fixture_data_dir, tmp_path):
+    """540 training images are 8 batches of 64 and one of 28; 100 validation images are
+    batches of 64 and 36: a mean of batch means would weigh the small batches too much."""
+
+    from mnist_lightning.data import to_model_input
+
+    recorder = StepLosses()
+    datamodule, model, trainer = fit_one_epoch(
+        ["data.val_size=100", "data.eval_batch_size=64"], [recorder], fixture_data_dir, tmp_path
+    )
     assert sorted(set(recorder.sizes)) == [28, 64]
     weighted = sum(loss * n for loss, n in zip(recorder.losses, recorder.sizes, strict=True))
     expected = weighted / sum(recorder.sizes)
@@ -160,7 +171,6 @@ def test_epoch_losses_are_per_image_means_whatever_the_batch_sizes(fixture_data_
 
 def test_stepwise_ema_averages_after_every_optimizer_step(fixture_data_dir, tmp_path):
     """Loader items of 4 batches: the average must still take each of the 8 steps' weights."""
-    import lightning.pytorch as pl
 
     from mnist_lightning.callbacks import StepwiseEMA
 
@@ -180,22 +190,13 @@ def test_stepwise_ema_averages_after_every_optimizer_step(fixture_data_dir, tmp_
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self._keep(trainer, pl_module)
 
-    cfg = compose(
-        [
-            f"data.data_dir={fixture_data_dir}",
-            "data.val_size=128",
-            "data.batches_per_fetch=4",
-            "trainer.max_epochs=1",
-            "logger=none",
-            "~callbacks",
-            "+trainer.enable_checkpointing=false",
-        ],
+    weights = WeightsAfterEachStep()
+    _, model, _ = fit_one_epoch(
+        ["data.val_size=128", "data.batches_per_fetch=4"],
+        [weights, StepwiseEMA(decay=0.5)],
+        fixture_data_dir,
         tmp_path,
     )
-    datamodule, model, trainer = build(cfg)
-    weights = WeightsAfterEachStep()
-    trainer.callbacks += [weights, StepwiseEMA(decay=0.5)]
-    trainer.fit(model, datamodule=datamodule)
 
     assert sorted(weights.after) == list(range(1, 9))
     average = weights.after[1]
@@ -204,3 +205,26 @@ def test_stepwise_ema_averages_after_every_optimizer_step(fixture_data_dir, tmp_
     # At the end of training the average replaces the weights.
     for expected, actual in zip(average, model.parameters(), strict=True):
         torch.testing.assert_close(actual, expected)
+
+
+def test_console_counts_batches_by_optimizer_step_across_loader_items(
+    fixture_data_dir, tmp_path, caplog
+):
+    """Items of 4 batches, a line every 3 batches: batches 3 and 6 of 8, with their own loss."""
+    import logging
+
+    from mnist_lightning.callbacks import ConsoleReport
+
+    recorder = StepLosses()
+    with caplog.at_level(logging.INFO, logger="mnist_lightning.callbacks"):
+        fit_one_epoch(
+            ["data.val_size=128", "data.batches_per_fetch=4"],
+            [recorder, ConsoleReport(print_every_n_batches=3)],
+            fixture_data_dir,
+            tmp_path,
+        )
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loss:")]
+    assert lines == [
+        f"loss: {recorder.losses[2]:.6f}  [batch    3/8]",
+        f"loss: {recorder.losses[5]:.6f}  [batch    6/8]",
+    ]
