@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_lightning.callbacks import log_at_step
 from mnist_lightning.network import ACTIVATIONS, MLP  # noqa: F401  (ACTIVATIONS re-exported)
+from mnist_lightning.stepping import DirectStep
 
 
 def _instantiate(config: dict[str, Any], **kwargs: Any) -> Any:
@@ -63,6 +64,7 @@ class MNISTClassifier(pl.LightningModule):
         # From the scheduler config, in configure_optimizers: when to step it, on what metric.
         self.scheduler_interval: str | None = None
         self.scheduler_monitor: str | None = None
+        self._backward_and_step: DirectStep | None = None  # set up per fit, in on_train_start
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._net_forward(x)
@@ -77,6 +79,7 @@ class MNISTClassifier(pl.LightningModule):
         self.val_loss.reset()
         self.val_acc.reset()
         self.val_acc_best.reset()
+        self._backward_and_step = DirectStep.for_trainer(self.trainer, self)
 
     # A training item is a list of optimizer batches (data.batches_per_fetch of them, see
     # data.py); a plain (x, y) batch is one. Per step there is no .item() and no self.log: a step
@@ -88,7 +91,10 @@ class MNISTClassifier(pl.LightningModule):
         # Manual optimization: one optimizer, no accumulation or clipping, so these lines are
         # exactly what Lightning's automatic loop does per batch, without its closure and hook
         # machinery, which costs as much as a whole step of this small network on a CPU.
+        # backward_and_step: manual_backward + optimizer.step, or the same hooks without
+        # Lightning's dispatch where nothing needs it (stepping.py).
         optimizer = self.optimizers()
+        backward_and_step = self._backward_and_step or DirectStep(self, None)
         step, max_steps = self.global_step, self.trainer.max_steps
         log_every = max(self.trainer.log_every_n_steps, 1)
         losses, all_logits, all_targets = [], [], []
@@ -98,8 +104,7 @@ class MNISTClassifier(pl.LightningModule):
             logits = self(x)
             loss = self.train_criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            optimizer.step()
+            backward_and_step(loss, optimizer)
             step += 1
             self._step_schedulers("step")
             losses.append(loss.detach())

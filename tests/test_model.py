@@ -228,3 +228,52 @@ def test_console_counts_batches_by_optimizer_step_across_loader_items(
         f"loss: {recorder.losses[2]:.6f}  [batch    3/8]",
         f"loss: {recorder.losses[5]:.6f}  [batch    6/8]",
     ]
+
+
+class StepHooks(pl.Callback):
+    """What each per-step hook saw: its name, the step count and whether gradients existed."""
+
+    def __init__(self):
+        self.calls = []
+
+    def _record(self, hook, trainer, pl_module):
+        has_grads = all(p.grad is not None for p in pl_module.parameters())
+        self.calls.append((hook, trainer.global_step, has_grads, pl_module._current_fx_name))
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        self._record("on_before_backward", trainer, pl_module)
+
+    def on_after_backward(self, trainer, pl_module):
+        self._record("on_after_backward", trainer, pl_module)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self._record("on_before_optimizer_step", trainer, pl_module)
+
+
+def test_the_direct_step_matches_lightnings_step_path(fixture_data_dir, tmp_path):
+    """Same weights to the bit, same step count, same hooks in the same order with the same
+    state; a profiler (something the direct step cannot serve) switches to Lightning's path."""
+    runs = {}
+    for name, extra in (("direct", []), ("lightning", ["+trainer.profiler=simple"])):
+        pl.seed_everything(3)
+        hooks = StepHooks()
+        _, model, trainer = fit_one_epoch(
+            ["data.val_size=128", "data.batches_per_fetch=4", "optimizer=momentum", *extra],
+            [hooks],
+            fixture_data_dir,
+            tmp_path / name,
+        )
+        runs[name] = (model, trainer, hooks.calls)
+
+    (direct, direct_trainer, direct_calls), (plain, plain_trainer, plain_calls) = runs.values()
+    assert direct._backward_and_step.direct and not plain._backward_and_step.direct
+    assert direct_trainer.global_step == plain_trainer.global_step == 8
+    assert direct_calls == plain_calls
+    assert [c[:2] for c in direct_calls[:3]] == [
+        ("on_before_backward", 0),
+        ("on_after_backward", 0),
+        ("on_before_optimizer_step", 0),
+    ]
+    assert len(direct_calls) == 3 * 8
+    for a, b in zip(direct.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(a, b)
