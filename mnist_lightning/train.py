@@ -301,18 +301,20 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except Exception as error:
         user_error = isinstance(error, UserError)
         if _in_multirun():
             # One failed job must not stop the sweep: record it, tell the sweeper "no value".
+            # None, not NaN: the Optuna sweeper records a non-number as a failed trial, but
+            # hands NaN to study.tell, which raises and ends the whole search.
             record_failure(cfg, error)
             log.error(
                 "job failed: %s", error if user_error else repr(error), exc_info=not user_error
             )
-            return float("nan")
+            return None
         if user_error:
             log.error("error: %s", error)
             sys.exit(1)
@@ -320,8 +322,8 @@ def main(cfg: DictConfig) -> float:
     finally:
         if _in_multirun():
             gc.unfreeze()  # let the next job's collections free this job's objects
-    # Hydra sweepers (optuna) maximise what main returns.
-    return metrics.get("val/acc_best", float("nan"))
+    # Hydra sweepers (optuna) maximise what main returns; None (no validation) is no value.
+    return metrics.get("val/acc_best")
 
 
 if __name__ == "__main__":

@@ -141,6 +141,11 @@ def _optuna_trials(sweep_dir: Path):
     return study.get_trials(deepcopy=False)
 
 
+def _job_failures(sweep_dir: Path) -> str:
+    """Every job's failure.json, for an assertion's message."""
+    return "\n".join(p.read_text() for p in sorted(sweep_dir.glob("*/failure.json")))
+
+
 def test_optuna_search_resumes_an_interrupted_study(fixture_data_dir, tmp_path):
     sweep_dir = tmp_path / "optuna"
     command = [
@@ -149,6 +154,9 @@ def test_optuna_search_resumes_an_interrupted_study(fixture_data_dir, tmp_path):
         "mnist_lightning.train",
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
+        # Only settings that cannot diverge: this test is about resuming, not failed trials.
+        'hydra.sweeper.params={optimizer:"choice(sgd)",optimizer.lr:"interval(0.01, 0.1)",'
+        'model.activation:"choice(relu, sigmoid)",data.batch_size:"choice(64)"}',
         *FAST,
         f"hydra.sweep.dir={sweep_dir}",
     ]
@@ -175,7 +183,7 @@ def test_optuna_search_resumes_an_interrupted_study(fixture_data_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 of 2 trials finished, 1 to go" in result.stdout + result.stderr
     trials = _optuna_trials(sweep_dir)
-    assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2, _job_failures(sweep_dir)
     assert sorted(t.state.name for t in trials) == [
         "COMPLETE",
         "COMPLETE",
@@ -190,6 +198,46 @@ def test_optuna_search_resumes_an_interrupted_study(fixture_data_dir, tmp_path):
     again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert "2 of 2 trials finished, 0 to go" in again.stdout + again.stderr
     assert len(_optuna_trials(sweep_dir)) == len(trials)
+
+
+def test_a_failed_optuna_trial_is_recorded_and_the_search_goes_on(fixture_data_dir, tmp_path):
+    """A failed job (here an unknown activation) is a FAIL trial; the others still run and the
+    best trial is reported. Before, the NaN it returned made study.tell end the search."""
+    sweep_dir = tmp_path / "optuna_failed_trial"
+    result = run_module(
+        "mnist_lightning.train",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        'hydra.sweeper.params={model.activation:"choice(relu, not_an_activation)"}',
+        *FAST,
+        f"hydra.sweep.dir={sweep_dir}",
+        data_dir=fixture_data_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = _optuna_trials(sweep_dir)
+    # The seeded sampler draws both choices among the three trials.
+    states = {(t.params["model.activation"], t.state.name) for t in trials}
+    assert states == {("relu", "COMPLETE"), ("not_an_activation", "FAIL")}
+    assert len(trials) == 3
+    assert "Best value:" in result.stdout + result.stderr
+    statuses = [r["status"] for r in summary_rows(sweep_dir)]
+    assert sum(s == "ok" for s in statuses) == sum(t.state.name == "COMPLETE" for t in trials)
+
+    # When every trial fails there is no best trial: a message, and still the summary.
+    all_failed = tmp_path / "optuna_all_failed"
+    result = run_module(
+        "mnist_lightning.train",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        'hydra.sweeper.params={model.activation:"choice(not_an_activation)"}',
+        *FAST,
+        f"hydra.sweep.dir={all_failed}",
+        data_dir=fixture_data_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "No trial of study 'mnist' completed: every job failed" in result.stdout + result.stderr
+    assert [t.state.name for t in _optuna_trials(all_failed)] == ["FAIL", "FAIL"]
+    assert all(r["status"].startswith("failed:") for r in summary_rows(all_failed))
 
 
 def test_a_failed_job_is_a_row_not_a_crash(fixture_data_dir, tmp_path):

@@ -4,6 +4,8 @@ The plugin already reloads a stored study (`load_if_exists`), but it would then 
 `n_trials` more and number the new jobs from 0 again, over the old job folders. This subclass
 counts the trials the study already finished, runs only the rest, numbers new jobs after the
 old ones, and marks trials left RUNNING by a killed search as failed (they are run again).
+When every trial failed, the plugin's request for the best trial raises; this ends the search
+with a message instead, so the sweep summary (which lists each job's failure) is still written.
 """
 
 from __future__ import annotations
@@ -27,7 +29,25 @@ if OptunaSweeper is not None:
             Path(impl.sweep_dir).mkdir(parents=True, exist_ok=True)
             if impl.storage and impl.study_name:
                 self._continue_study(impl)
-            return super().sweep(arguments)
+            try:
+                return super().sweep(arguments)
+            except ValueError:  # optuna: no best trial ("Record does not exist")
+                if not impl.storage or self._any_trial_complete(impl):
+                    raise
+                log.error(
+                    "No trial of study %r completed: every job failed. Each job folder under %s "
+                    "holds its failure.json; the sweep summary lists them.",
+                    impl.study_name,
+                    impl.sweep_dir,
+                )
+
+        @staticmethod
+        def _any_trial_complete(impl) -> bool:
+            import optuna
+            from optuna.trial import TrialState
+
+            study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
+            return any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
 
         @staticmethod
         def _continue_study(impl) -> None:
