@@ -200,20 +200,28 @@ def test_optuna_search_resumes_an_interrupted_study(fixture_data_dir, tmp_path):
     assert len(_optuna_trials(sweep_dir)) == len(trials)
 
 
+def _optuna_search_over_activations(activations: str, n_trials: int, sweep_dir, data_dir):
+    """The Optuna search with `activations` as the activation's choices; returns the process."""
+    result = run_module(
+        "mnist_lightning.train",
+        "hparams_search=optuna",
+        f"hydra.sweeper.n_trials={n_trials}",
+        f'hydra.sweeper.params={{model.activation:"choice({activations})"}}',
+        *FAST,
+        f"hydra.sweep.dir={sweep_dir}",
+        data_dir=data_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def test_a_failed_optuna_trial_is_recorded_and_the_search_goes_on(fixture_data_dir, tmp_path):
     """A failed job (here an unknown activation) is a FAIL trial; the others still run and the
     best trial is reported. Before, the NaN it returned made study.tell end the search."""
     sweep_dir = tmp_path / "optuna_failed_trial"
-    result = run_module(
-        "mnist_lightning.train",
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=3",
-        'hydra.sweeper.params={model.activation:"choice(relu, not_an_activation)"}',
-        *FAST,
-        f"hydra.sweep.dir={sweep_dir}",
-        data_dir=fixture_data_dir,
+    result = _optuna_search_over_activations(
+        "relu, not_an_activation", 3, sweep_dir, fixture_data_dir
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     trials = _optuna_trials(sweep_dir)
     # The seeded sampler draws both choices among the three trials.
     states = {(t.params["model.activation"], t.state.name) for t in trials}
@@ -225,16 +233,7 @@ def test_a_failed_optuna_trial_is_recorded_and_the_search_goes_on(fixture_data_d
 
     # When every trial fails there is no best trial: a message, and still the summary.
     all_failed = tmp_path / "optuna_all_failed"
-    result = run_module(
-        "mnist_lightning.train",
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=2",
-        'hydra.sweeper.params={model.activation:"choice(not_an_activation)"}',
-        *FAST,
-        f"hydra.sweep.dir={all_failed}",
-        data_dir=fixture_data_dir,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _optuna_search_over_activations("not_an_activation", 2, all_failed, fixture_data_dir)
     assert "No trial of study 'mnist' completed: every job failed" in result.stdout + result.stderr
     assert [t.state.name for t in _optuna_trials(all_failed)] == ["FAIL", "FAIL"]
     assert all(r["status"].startswith("failed:") for r in summary_rows(all_failed))
