@@ -76,6 +76,18 @@ def check_training_config(cfg: DictConfig) -> None:
         problems.append(
             f"model.activation={activation}: unknown; choose one of {', '.join(ACTIVATIONS)}"
         )
+    scheduler = cfg.get("scheduler") or {}
+    interval, frequency = scheduler.get("interval", "epoch"), scheduler.get("frequency", 1)
+    if interval not in ("epoch", "step"):
+        problems.append(
+            f"scheduler.interval={interval}: use epoch (step the schedule after each epoch) or "
+            "step (after each optimizer step)"
+        )
+    if not isinstance(frequency, int) or isinstance(frequency, bool) or frequency < 1:
+        problems.append(
+            f"scheduler.frequency={frequency}: must be a whole number, at least 1 (step the "
+            "schedule every N epochs or optimizer steps)"
+        )
     epochs = cfg.trainer.get("max_epochs")
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         problems.append(f"trainer.max_epochs={epochs}: must be a whole number, at least 1")

@@ -64,6 +64,7 @@ class MNISTClassifier(pl.LightningModule):
         # From the scheduler config, in configure_optimizers: when to step it, on what metric.
         self.scheduler_interval: str | None = None
         self.scheduler_monitor: str | None = None
+        self.scheduler_frequency = 1
         self._backward_and_step: DirectStep | None = None  # set up per fit, in on_train_start
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,9 +132,13 @@ class MNISTClassifier(pl.LightningModule):
         self._step_schedulers("epoch")
 
     def _step_schedulers(self, interval: str) -> None:
-        # Manual optimization leaves scheduler stepping to us; interval/monitor come from the
-        # scheduler config (Lightning ignores them in this mode).
+        # Manual optimization leaves scheduler stepping to us; interval/frequency/monitor come
+        # from the scheduler config (Lightning ignores them in this mode). Every `frequency`
+        # epochs, or optimizer steps counted over the whole run.
         if self.scheduler_interval != interval:  # first: this runs at every optimizer step
+            return
+        count = self.global_step if interval == "step" else self.current_epoch + 1
+        if count % self.scheduler_frequency:
             return
         scheduler = self.lr_schedulers()
         if scheduler is None:
@@ -202,6 +207,7 @@ class MNISTClassifier(pl.LightningModule):
         lightning_keys = {k: config.pop(k) for k in LIGHTNING_SCHEDULER_KEYS if k in config}
         self.scheduler_interval = lightning_keys.get("interval", "epoch")
         self.scheduler_monitor = lightning_keys.get("monitor")
+        self.scheduler_frequency = int(lightning_keys.get("frequency", 1))
         make_scheduler = _instantiate(config)
         if getattr(make_scheduler, "func", None) is torch.optim.lr_scheduler.OneCycleLR:
             # One cycle spans the whole run, whatever max_epochs and the batch size are.
@@ -210,5 +216,9 @@ class MNISTClassifier(pl.LightningModule):
             scheduler = make_scheduler(optimizer)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": self.scheduler_interval,
+                "frequency": self.scheduler_frequency,
+            },
         }

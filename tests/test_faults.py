@@ -131,11 +131,19 @@ def test_a_diverging_loss_stops_early_and_keeps_the_best_checkpoint(fixture_data
             "model.activation=sigmod: unknown; choose one of sigmoid, relu",
         ),
         ("trainer.max_epochs=0", "trainer.max_epochs=0: must be a whole number, at least 1"),
+        (
+            "scheduler=step scheduler.interval=batch",
+            "scheduler.interval=batch: use epoch (step the schedule after each epoch) or step",
+        ),
+        (
+            "scheduler=cosine +scheduler.frequency=0",
+            "scheduler.frequency=0: must be a whole number, at least 1",
+        ),
     ],
 )
 def test_each_bad_value_is_refused_in_one_line(override, expected, tmp_path):
     with pytest.raises(ConfigError) as error:
-        check_training_config(compose([override], tmp_path))
+        check_training_config(compose(override.split(), tmp_path))
     assert str(error.value) == next(
         line for line in str(error.value).splitlines() if line.startswith(expected)
     )

@@ -116,6 +116,28 @@ def test_hyperparameters_are_plain_data(fixture_data_dir, tmp_path):
     assert model.hparams.scheduler["T_max"] == 10  # interpolations resolved
 
 
+@pytest.mark.parametrize(
+    "interval, frequency, expected_steps",
+    [("epoch", 2, 1), ("step", 4, 3)],  # 2 epochs of 6 optimizer steps
+)
+def test_the_scheduler_steps_every_frequency_epochs_or_steps(
+    interval, frequency, expected_steps, fixture_data_dir, tmp_path
+):
+    cfg, trainer, _ = fit_briefly(
+        [
+            "scheduler=step",
+            "scheduler.step_size=1",
+            f"scheduler.interval={interval}",
+            f"+scheduler.frequency={frequency}",
+        ],
+        fixture_data_dir,
+        tmp_path,
+    )
+    assert trainer.global_step == 12
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == pytest.approx(cfg.optimizer.lr * cfg.scheduler.gamma**expected_steps)
+
+
 class StepLosses(pl.Callback):
     """Every optimizer step's loss and batch size, as the training step returned them."""
 
