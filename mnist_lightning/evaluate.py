@@ -45,7 +45,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from mnist_lightning.callbacks import TestSetReport
     from mnist_lightning.checkpoint import load_trained
     from mnist_lightning.data import MNISTDataModule
-    from mnist_lightning.train import quiet_lightning_logs
+    from mnist_lightning.train import imported_objects_frozen, quiet_lightning_logs
 
     quiet_lightning_logs()
     if cfg.split not in ("test", "val"):
@@ -74,7 +74,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         enable_model_summary=False,
         enable_checkpointing=False,
     )
-    tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    with imported_objects_frozen():
+        tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     results = {
         "checkpoint": str(checkpoint),
         "split": cfg.split,

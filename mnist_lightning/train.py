@@ -12,6 +12,8 @@ import logging
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,21 @@ def quiet_lightning_logs() -> None:
     )
 
 
+@contextmanager
+def imported_objects_frozen() -> Iterator[None]:
+    """Torch, Lightning, SciPy and the rest leave ~450,000 long-lived objects that every full
+    garbage collection walks (0.3 s each), and the interpreter's exit once more (over 1 s).
+    Frozen, they are left alone; what the work creates is collected as usual. The freeze stays
+    for the exit; in a sweep whose jobs share this process it ends with the job, so that the
+    next job's collections can free this one's objects."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if _in_multirun():
+            gc.unfreeze()
+
+
 def _drop_noise(record: logging.LogRecord) -> bool:
     return not any(s in record.getMessage() for s in _NOISE)
 
@@ -196,14 +213,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         OmegaConf.save(saved, run_dir / RUN_CONFIG)
         show_data(datamodule, trainer, run_dir)
 
-    # Torch, Lightning, SciPy and the rest leave ~450,000 long-lived objects that every full
-    # garbage collection walks (0.3 s each), and the interpreter's exit once more (over 1 s).
-    # Frozen, they are left alone; what training creates is collected as usual. In a sweep
-    # whose jobs share this process, main() unfreezes after each job so nothing is kept.
-    gc.freeze()
-    started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
-    fit_seconds = time.perf_counter() - started
+    with imported_objects_frozen():
+        started = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+        fit_seconds = time.perf_counter() - started
     metrics = _scalars(trainer.callback_metrics)
     history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
     if history is not None:
@@ -319,9 +332,6 @@ def main(cfg: DictConfig) -> float | None:
             log.error("error: %s", error)
             sys.exit(1)
         raise
-    finally:
-        if _in_multirun():
-            gc.unfreeze()  # let the next job's collections free this job's objects
     # Hydra sweepers (optuna) maximise what main returns; None (no validation) is no value.
     return metrics.get("val/acc_best")
 
