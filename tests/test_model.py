@@ -299,3 +299,16 @@ def test_the_direct_step_matches_lightnings_step_path(fixture_data_dir, tmp_path
     assert len(direct_calls) == 3 * 8
     for a, b in zip(direct.parameters(), plain.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_mixed_precision_takes_lightnings_step_path_and_trains(fixture_data_dir, tmp_path):
+    pl.seed_everything(3)
+    _, model, trainer = fit_one_epoch(
+        ["data.val_size=128", "data.batches_per_fetch=4", "trainer.precision=bf16-mixed"],
+        [],
+        fixture_data_dir,
+        tmp_path,
+    )
+    assert not model._backward_and_step.direct  # the precision plugin casts and scales
+    assert trainer.global_step == 8
+    assert 0.0 < float(trainer.callback_metrics["train/loss"]) < 3.0
