@@ -77,6 +77,12 @@ def check_training_config(cfg: DictConfig) -> None:
             f"model.activation={activation}: unknown; choose one of {', '.join(ACTIVATIONS)}"
         )
     scheduler = cfg.get("scheduler") or {}
+    if scheduler and "_target_" not in scheduler:  # e.g. +scheduler.frequency=2 on `none`
+        settings = " ".join(f"scheduler.{k}={v}" for k, v in scheduler.items())
+        problems.append(
+            f"{settings} is set without a scheduler: choose one as well, "
+            "e.g. scheduler=step (step, cosine, onecycle or plateau)"
+        )
     interval, frequency = scheduler.get("interval", "epoch"), scheduler.get("frequency", 1)
     if interval not in ("epoch", "step"):
         problems.append(

@@ -136,6 +136,10 @@ def test_a_diverging_loss_stops_early_and_keeps_the_best_checkpoint(fixture_data
             "scheduler.interval=batch: use epoch (step the schedule after each epoch) or step",
         ),
         (
+            "+scheduler.frequency=2",
+            "scheduler.frequency=2 is set without a scheduler: choose one as well",
+        ),
+        (
             "scheduler=cosine +scheduler.frequency=0",
             "scheduler.frequency=0: must be a whole number, at least 1",
         ),
