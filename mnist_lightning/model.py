@@ -65,7 +65,8 @@ class MNISTClassifier(pl.LightningModule):
         self.scheduler_interval: str | None = None
         self.scheduler_monitor: str | None = None
         self.scheduler_frequency = 1
-        self._backward_and_step: DirectStep | None = None  # set up per fit, in on_train_start
+        # Lightning's own step path until on_train_start sees, per fit, whether it is needed.
+        self._backward_and_step = DirectStep(self, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._net_forward(x)
@@ -95,7 +96,7 @@ class MNISTClassifier(pl.LightningModule):
         # backward_and_step: manual_backward + optimizer.step, or the same hooks without
         # Lightning's dispatch where nothing needs it (stepping.py).
         optimizer = self.optimizers()
-        backward_and_step = self._backward_and_step or DirectStep(self, None)
+        backward_and_step = self._backward_and_step
         step, max_steps = self.global_step, self.trainer.max_steps
         log_every = max(self.trainer.log_every_n_steps, 1)
         losses, all_logits, all_targets = [], [], []
