@@ -12,7 +12,8 @@ import time
 import torch
 from torch import nn
 
-from mnist_lightning.data import load_mnist, to_model_input
+from mnist_lightning.data import to_model_input
+from mnist_lightning.mnist_files import load_mnist
 from mnist_lightning.network import MLP
 
 epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 5

@@ -8,30 +8,12 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging
 
-from mnist_lightning.errors import UserError
+from mnist_lightning.mnist_files import NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
 EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
-
-
-def step_losses(outputs) -> torch.Tensor:
-    """The per-optimizer-step losses a training step returned, as a 1-D tensor."""
-    loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-    return loss.detach().reshape(-1)
-
-
-def log_at_step(trainer: pl.Trainer, values: dict[str, torch.Tensor], step: int) -> None:
-    """Write step values straight to the loggers at an optimizer step. `self.log` would keep only
-    a loader item's last value (an item spans several steps); callers do this every N steps, so
-    the sync of the float conversion is rare."""
-    if not trainer.is_global_zero or not trainer.loggers:
-        return
-    scalars = {name: float(value) for name, value in values.items()}
-    for logger in trainer.loggers:
-        logger.log_metrics(scalars, step=step)
 
 
 def tensorboard_writer(trainer: pl.Trainer):
@@ -44,111 +26,96 @@ def tensorboard_writer(trainer: pl.Trainer):
     return None
 
 
-class ConsoleReport(pl.Callback):
-    """Plain log lines a person or a CI log can read: the lesson's training loss every N
-    batches, and one line per epoch with the epoch's metrics and time."""
+class EpochReport(pl.Callback):
+    """The run's clock and its plain-text record: the lesson's training loss every N batches,
+    one line per epoch with the epoch's metrics and time, and the per-epoch history that
+    metrics.json and the sweep summaries keep (saved in checkpoints, so a resumed run keeps it)."""
 
     def __init__(self, print_every_n_batches: int = 400) -> None:
         self.every = print_every_n_batches
-        self.epoch_start = 0.0
-        self.epoch_first_step = 0
+        self.history: dict[str, list[float]] = {}
+        self.epoch_started = 0.0
+        self.training_started_at: float | None = None  # wall clock, for start-up measurements
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.training_started_at = time.time()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.epoch_start = time.perf_counter()
-        self.epoch_first_step = trainer.global_step
+        self.epoch_started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        # A loader item may hold several optimizer batches (`losses`, one per step): count
-        # batches as the lesson did, by optimizer step.
-        if not self.every or not trainer.is_global_zero:
-            return
-        losses = step_losses(outputs)
-        done = trainer.global_step - self.epoch_first_step  # batches finished this epoch
-        first = done - len(losses) + 1
-        numbers = range(-(-first // self.every) * self.every, done + 1, self.every)
-        if not numbers:
-            return
-        datamodule = getattr(trainer, "datamodule", None)
-        total = (
-            datamodule.steps_per_epoch()
-            if hasattr(datamodule, "steps_per_epoch")
-            else trainer.num_training_batches
-        )
-        for number in numbers:
-            # .item() syncs with the device; once per N batches costs nothing measurable.
-            log.info("loss: %.6f  [batch %4d/%d]", losses[number - first].item(), number, total)
+        if self.every and (batch_idx + 1) % self.every == 0 and trainer.is_global_zero:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            # One host sync per N batches, as the lesson's loss.item().
+            log.info(
+                "loss: %.6f  [batch %4d/%d]",
+                float(loss),
+                batch_idx + 1,
+                trainer.num_training_batches,
+            )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Runs after the epoch's validation, so one line holds both.
-        if not trainer.is_global_zero:
-            return
-        metrics = trainer.callback_metrics
-        shown = "  ".join(
-            f"{name} {float(metrics[name]):.4f}" for name in EPOCH_METRICS if name in metrics
-        )
-        seconds = time.perf_counter() - self.epoch_start
-        log.info(
-            "epoch %d/%d  %s  (%.1f s)",
-            trainer.current_epoch + 1,
-            trainer.max_epochs,
-            shown,
-            seconds,
-        )
-
-
-class EpochHistory(pl.Callback):
-    """Per-epoch metrics and times, kept for metrics.json and sweep summaries (any logger)."""
-
-    def __init__(self) -> None:
-        self.history: dict[str, list[float]] = {}
-        self.epoch_start = 0.0
-        self.first_step_at: float | None = None  # wall clock, for start-up measurements
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.epoch_start = time.perf_counter()
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if self.first_step_at is None:
-            self.first_step_at = time.time()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        seconds = round(time.perf_counter() - self.epoch_start, 3)  # training + validation
-        self.history.setdefault("epoch_seconds", []).append(seconds)
-        for name in EPOCH_METRICS:
-            if name in trainer.callback_metrics:
-                self.history.setdefault(name, []).append(
-                    round(float(trainer.callback_metrics[name]), 6)
-                )
+        # After the epoch's validation, so one line holds both.
+        seconds = time.perf_counter() - self.epoch_started
+        metrics = {
+            name: float(trainer.callback_metrics[name])
+            for name in EPOCH_METRICS
+            if name in trainer.callback_metrics
+        }
+        self.history.setdefault("epoch_seconds", []).append(round(seconds, 3))
+        for name, value in metrics.items():
+            self.history.setdefault(name, []).append(round(value, 6))
+        if trainer.is_global_zero:
+            shown = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+            log.info(
+                "epoch %d/%d  %s  (%.1f s)",
+                trainer.current_epoch + 1,
+                trainer.max_epochs,
+                shown,
+                seconds,
+            )
 
     def state_dict(self) -> dict:
-        return {"history": self.history}  # survives a resume from a checkpoint
+        return {"history": self.history}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = state_dict.get("history", {})
 
 
 class GradientMonitor(pl.Callback):
-    """Per-layer gradient norms every N steps and weight histograms every epoch, so that the
-    lesson's vanishing gradients (sigmoid against ReLU) can be seen as curves."""
+    """Per-layer gradient norms at the steps the loggers write (`log_every_n_steps`) and weight
+    histograms every epoch, so that the lesson's vanishing gradients (sigmoid against ReLU)
+    can be seen as curves.
 
-    def __init__(self, every_n_steps: int = 50, histograms: bool = True) -> None:
-        self.every = every_n_steps
+    The norms go straight to the loggers, as Lightning's own monitors (LearningRateMonitor,
+    DeviceStatsMonitor) write theirs: values passed to `self.log` stay in Lightning's result
+    collection for the rest of the epoch and are walked again after every step.
+    """
+
+    def __init__(self, histograms: bool = True) -> None:
         self.histograms = histograms
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if not self.every or trainer.global_step % self.every or not trainer.is_global_zero:
+        step, every = trainer.global_step, trainer.log_every_n_steps
+        # The condition and x-axis step of Lightning's own step logging (train/loss_step).
+        if not every or (step + 1) % every or not trainer.loggers or not trainer.is_global_zero:
             return
         from lightning.pytorch.utilities import grad_norm
 
-        log_at_step(trainer, grad_norm(pl_module.net, norm_type=2), trainer.global_step)
+        norms = grad_norm(getattr(pl_module, "net", pl_module), norm_type=2)
+        scalars = {name: float(value) for name, value in norms.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         writer = tensorboard_writer(trainer)
         if self.histograms and writer is not None and trainer.is_global_zero:
-            for name, parameter in pl_module.net.named_parameters():
-                writer.add_histogram(
-                    f"weights/{name}", parameter.detach().cpu(), trainer.current_epoch
-                )
+            net = getattr(pl_module, "net", pl_module)
+            for name, parameter in net.named_parameters():
+                values = parameter.detach().cpu()
+                values = values[values.isfinite()]  # a diverged run's NaNs have no histogram
+                if values.numel():
+                    writer.add_histogram(f"weights/{name}", values, trainer.current_epoch)
 
 
 class TestSetReport(pl.Callback):
@@ -166,7 +133,7 @@ class TestSetReport(pl.Callback):
 
         self.output_dir = Path(output_dir)
         self.max_misclassified = max_misclassified
-        per_class = {"num_classes": 10, "average": None, "validate_args": False}
+        per_class = {"num_classes": NUM_CLASSES, "average": None, "validate_args": False}
         self.per_class = MetricCollection(
             {
                 "precision": MulticlassPrecision(**per_class),
@@ -174,7 +141,7 @@ class TestSetReport(pl.Callback):
                 "accuracy": MulticlassAccuracy(**per_class),
             }
         )
-        self.confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False)
+        self.confusion = MulticlassConfusionMatrix(num_classes=NUM_CLASSES, validate_args=False)
         self.wrong: list[tuple[torch.Tensor, int, int]] = []
         self.results: dict = {}
 
@@ -209,7 +176,8 @@ class TestSetReport(pl.Callback):
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         wrong = self.wrong[: self.max_misclassified]
-        confusion_figure, axes = self.confusion.plot(val=matrix, labels=[str(d) for d in range(10)])
+        digits = [str(d) for d in range(NUM_CLASSES)]
+        confusion_figure, axes = self.confusion.plot(val=matrix, labels=digits)
         axes.set_title(f"test set confusion matrix ({int(matrix.sum()):,} images)")
         confusion_figure.set_layout_engine("none")  # constrained layout doubles the draw time
         made = {"confusion_matrix": confusion_figure}
@@ -222,100 +190,3 @@ class TestSetReport(pl.Callback):
         writer = tensorboard_writer(trainer)
         for name, figure in made.items():
             figures.publish(figure, self.output_dir / f"{name}.png", writer, f"test/{name}")
-
-
-class DivergedLoss(UserError):
-    """Training diverged: the loss became NaN, infinite, or absurdly large."""
-
-
-class DivergenceGuard(pl.Callback):
-    """Stop training within a few steps of the loss becoming NaN/inf or exploding past
-    `max_loss` (cross-entropy over 10 classes starts near ln 10 = 2.3; a sigmoid network at
-    lr 1e4 saturates and sits at finite losses of 1e5), before any checkpoint could save the
-    broken weights, with a message naming the step, the loss and the likely cause.
-
-    The finiteness test is accumulated on the device and read every `check_every_n_steps` steps
-    (and before each validation, which is where checkpoints are written), so a GPU is not
-    synchronised on every step.
-    """
-
-    def __init__(self, check_every_n_steps: int = 10, max_loss: float = 100.0) -> None:
-        self.every = max(1, check_every_n_steps)
-        self.max_loss = max_loss
-        # (first step, the losses of the steps from there) for each item since the last check
-        self.recent: list[tuple[int, torch.Tensor]] = []
-        self.unchecked = 0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        losses = step_losses(outputs)  # one per optimizer step of this item
-        self.recent.append((trainer.global_step - len(losses) + 1, losses))
-        self.unchecked += len(losses)
-        if self.unchecked >= self.every:
-            self._check(trainer)
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._check(trainer)
-
-    def _check(self, trainer: pl.Trainer) -> None:
-        if not self.recent:
-            return
-        losses = torch.cat([losses for _, losses in self.recent])
-        diverged = ~torch.isfinite(losses) | (losses > self.max_loss)
-        bad = torch.nonzero(diverged).flatten().tolist()  # one sync per check
-        if not bad:
-            self.recent, self.unchecked = [], 0
-            return
-        steps = [first + i for first, item in self.recent for i in range(len(item))]
-        step, loss = steps[bad[0]], losses[bad[0]]
-        optimizer = trainer.optimizers[0]
-        value = float(loss)
-        what = f"{value}" if not torch.isfinite(loss) else f"{value:.4g} (above {self.max_loss:g})"
-        raise DivergedLoss(
-            f"training stopped at step {step} (epoch {trainer.current_epoch + 1}): the loss became "
-            f"{what}. The learning rate is probably too high ({type(optimizer).__name__} "
-            f"lr={optimizer.param_groups[0]['lr']:g}); try a smaller optimizer.lr. The best checkpoint "
-            "so far was not overwritten."
-        )
-
-
-class InterruptCheckpoint(pl.Callback):
-    """On Ctrl-C, save `last.ckpt` so nothing finished is lost, and say how to resume."""
-
-    def __init__(self, dirpath: str) -> None:
-        self.dirpath = Path(dirpath)
-
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        if not isinstance(exception, KeyboardInterrupt):
-            return  # a crashed or diverged model is not worth saving over last.ckpt
-        path = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path)
-        run_dir = self.dirpath.parent
-        log.warning(
-            "interrupted at epoch %d, step %d; saved %s\nresume with: python -m mnist_lightning.train resume=%s",
-            trainer.current_epoch + 1,
-            trainer.global_step,
-            path,
-            run_dir,
-        )
-
-
-class StepwiseEMA(EMAWeightAveraging):
-    """Lightning's EMA of the weights, updated after every optimizer step.
-
-    Lightning's WeightAveraging updates in `on_train_batch_end`, once per loader item; an item of
-    MNISTDataModule holds `batches_per_fetch` optimizer steps, so a decay meant per step would
-    act per 32 steps. The steps inside an item are averaged here, just before the next step
-    changes the weights; Lightning's own hook still takes the item's last step.
-    """
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        # The weights now are those after step `global_step` (0: not trained yet).
-        step = trainer.global_step
-        if self._average_model is None or step <= self._latest_update_step:
-            return
-        if self.should_update(step_idx=step - 1):  # Lightning's indexing: step 1 has index 0
-            self._average_model.update_parameters(pl_module)
-            self._latest_update_step = step

@@ -16,11 +16,7 @@ from typing import Any
 
 import torch
 
-from mnist_lightning.errors import UserError
-
-
-class CheckpointError(UserError):
-    """A checkpoint that is missing, damaged, unsafe or not one of this project's."""
+from mnist_lightning.errors import CheckpointError
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -1,5 +1,25 @@
-"""Errors a user can cause and fix; the entry points print their message alone, no traceback."""
+"""Errors a user can cause and fix. The entry points print their message alone, no traceback."""
 
 
 class UserError(RuntimeError):
     """A problem with the user's config, data, files or checkpoint; the message says what to do."""
+
+
+class ConfigError(UserError):
+    """One or more config values cannot work; one line each."""
+
+
+class MNISTDataError(UserError):
+    """The MNIST files are missing, damaged or cannot be fetched."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, damaged, unsafe or not one of this project's."""
+
+
+class ImageError(UserError):
+    """One image given to predict cannot be used."""
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN, infinite or absurdly large."""

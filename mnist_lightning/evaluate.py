@@ -19,12 +19,13 @@ from omegaconf import DictConfig
 
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.errors import UserError
+from mnist_lightning.mnist_files import NUM_CLASSES
 
 log = logging.getLogger("mnist_lightning.evaluate")
 
 
 def confusion_text(matrix: list[list[int]]) -> str:
-    header = "true\\pred " + " ".join(f"{d:>5}" for d in range(10))
+    header = "true\\pred " + " ".join(f"{d:>5}" for d in range(NUM_CLASSES))
     rows = [
         f"{true:>9} " + " ".join(f"{n:>5}" for n in counts) for true, counts in enumerate(matrix)
     ]
@@ -33,7 +34,7 @@ def confusion_text(matrix: list[list[int]]) -> str:
 
 def per_class_text(per_class: dict[str, list[float]]) -> str:
     lines = ["digit  precision  recall  accuracy"]
-    for digit in range(10):
+    for digit in range(NUM_CLASSES):
         p, r, a = (per_class[k][digit] for k in ("precision", "recall", "accuracy"))
         lines.append(f"{digit:>5}  {p:>9.4f}  {r:>6.4f}  {a:>8.4f}")
     return "\n".join(lines)
@@ -45,7 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from mnist_lightning.callbacks import TestSetReport
     from mnist_lightning.checkpoint import load_trained
     from mnist_lightning.data import MNISTDataModule
-    from mnist_lightning.train import imported_objects_frozen, quiet_lightning_logs
+    from mnist_lightning.runtime import imported_objects_frozen, quiet_lightning_logs
 
     quiet_lightning_logs()
     if cfg.split not in ("test", "val"):

@@ -20,7 +20,7 @@ from torch import nn
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import MNIST_MEAN, MNIST_STD
 from mnist_lightning.errors import UserError
-from mnist_lightning.train import imported_objects_frozen
+from mnist_lightning.runtime import imported_objects_frozen
 
 log = logging.getLogger("mnist_lightning.export")
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}

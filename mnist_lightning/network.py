@@ -9,6 +9,8 @@ from collections import OrderedDict
 
 from torch import nn
 
+from mnist_lightning.mnist_files import IMAGE_SIZE, NUM_CLASSES
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,  # the lesson's choice
     "relu": nn.ReLU,
@@ -35,10 +37,10 @@ class MLP(nn.Sequential):
         super().__init__(
             OrderedDict(
                 flatten=nn.Flatten(),
-                hidden1=nn.Linear(28 * 28, 128),
+                hidden1=nn.Linear(IMAGE_SIZE * IMAGE_SIZE, 128),
                 act1=act(),
                 hidden2=nn.Linear(128, 256),
                 act2=act(),
-                out=nn.Linear(256, 10),
+                out=nn.Linear(256, NUM_CLASSES),
             )
         )

@@ -62,7 +62,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
 
     from mnist_lightning import preprocess
     from mnist_lightning.checkpoint import load_trained
-    from mnist_lightning.train import imported_objects_frozen
+    from mnist_lightning.runtime import imported_objects_frozen
 
     inputs = list(cfg.inputs) if isinstance(cfg.inputs, ListConfig | list) else [str(cfg.inputs)]
     output = Path(cfg.output) if cfg.output else None

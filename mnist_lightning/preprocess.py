@@ -14,16 +14,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_lightning.errors import UserError
+from mnist_lightning.errors import ImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 WORKING_SIZE = 512  # big photos are shrunk first: the result is 28x28 anyway
 MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding them
 MIN_CONTRAST = 24  # ink must differ from the paper by this much (of 255)
-
-
-class ImageError(UserError):
-    """This one image cannot be used; the message says why."""
 
 
 def load_image(path: str | Path) -> Image.Image:

@@ -1,19 +1,15 @@
 """Train the lesson's network: `python -m mnist_lightning.train [overrides]`.
 
 Composes the config, shows the data, fits, tests the best checkpoint on the official test set,
-writes `metrics.json` and returns `val/acc_best` for Hydra sweepers.
+writes `metrics.json` and returns `optimized_metric` (val/acc_best) for Hydra sweepers.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import sys
 import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +17,78 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lightning.config import CONFIG_DIR
-from mnist_lightning.errors import UserError
+from mnist_lightning.errors import TrainingDiverged, UserError
+from mnist_lightning.runtime import in_multirun
 
 log = logging.getLogger("mnist_lightning.train")
+
+RUN_CONFIG = "run_config.yaml"  # the resolved config of a run, kept for resuming it
+STAGES = ("train/", "val/", "test/")  # the prefixes of the metrics metrics.json keeps
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test as the config says; return every final metric (also in metrics.json)."""
+    from mnist_lightning.checks import check_output_dir, check_training_config
+
+    checkpoint, epochs_done = resume_point(cfg)
+    if checkpoint is not None and (Path(cfg.paths.output_dir) / RUN_CONFIG).is_file():
+        # A resumed run finishes what it planned: its own saved config, not today's defaults.
+        cfg = OmegaConf.load(Path(cfg.paths.output_dir) / RUN_CONFIG)
+    check_training_config(cfg)
+    run_dir = check_output_dir(cfg.paths.output_dir)
+    finished = checkpoint is not None and epochs_done >= cfg.trainer.max_epochs
+    if finished and (run_dir / "metrics.json").is_file():
+        log.info("%s already finished its %d epochs; results in metrics.json", run_dir, epochs_done)
+        return json.loads((run_dir / "metrics.json").read_text())
+
+    start_process(cfg)
+    log.info("%s\nrun dir: %s", describe(cfg), run_dir)
+    datamodule, model, trainer = build(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    if checkpoint is None:
+        show_data(datamodule, trainer, run_dir)
+        if cfg.get("lr_find"):
+            from mnist_lightning.tuning import find_learning_rate
+
+            cfg.optimizer.lr = find_learning_rate(trainer, model, datamodule, run_dir)
+        save_run_config(cfg, run_dir, trainer)
+    else:
+        log.info("resuming from %s", checkpoint)
+
+    fit_seconds = fit(trainer, model, datamodule, checkpoint)
+    metrics = final_metrics(trainer, fit_seconds)
+    if cfg.get("test", True):
+        metrics.update(test_best_checkpoint(trainer, model, datamodule))
+    if trainer.is_global_zero:  # under DDP, one metrics.json, written by rank zero
+        write_results(cfg, trainer, metrics, run_dir)
+    return metrics
+
+
+def start_process(cfg: DictConfig) -> None:
+    """Seed, CPU threads and library logs, before anything is built."""
+    import lightning.pytorch as pl
+
+    from mnist_lightning.runtime import quiet_lightning_logs, set_cpu_threads
+
+    quiet_lightning_logs()
+    set_cpu_threads(cfg.get("cpu_threads"))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
 
 def describe(cfg: DictConfig) -> str:
     """The composed config in one line per part that matters (the full one is in .hydra/)."""
     optimizer = {k: v for k, v in cfg.optimizer.items() if not k.startswith("_")}
-    scheduler = _choice("scheduler", cfg) if cfg.get("scheduler") else "none"
-    augment = _choice("augment", cfg) if cfg.get("augment") else "none"
+    data = cfg.data
     return "\n".join(
         [
             f"optimizer: {_choice('optimizer', cfg)} {optimizer}",
             f"model: {cfg.model._target_.rsplit('.', 1)[-1]} activation={cfg.model.activation}",
-            f"scheduler: {scheduler}  augment: {augment}",
-            f"data: batch_size={cfg.data.batch_size} (x{cfg.data.get('batches_per_fetch', 1)} per "
-            f"fetch) val_size={cfg.data.val_size} "
-            f"shuffle={cfg.data.shuffle} normalize={cfg.data.normalize} data_dir={cfg.data.data_dir}",
+            f"scheduler: {_choice('scheduler', cfg)}  augment: {_choice('augment', cfg)}",
+            f"data: batch_size={data.batch_size} val_size={data.val_size} shuffle={data.shuffle} "
+            f"normalize={data.normalize} data_dir={data.data_dir}",
             f"trainer: accelerator={cfg.trainer.accelerator} max_epochs={cfg.trainer.max_epochs} "
-            f"seed={cfg.seed}",
+            f"seed={cfg.seed} cpu_threads={cfg.get('cpu_threads')}",
         ]
     )
 
@@ -59,6 +107,17 @@ def _construct(node: DictConfig, **configs: Any):
     return get_class(node._target_)(**kwargs, **configs)
 
 
+def _instantiate_group(group: DictConfig | None) -> list:
+    """Every entry of a config group that names a `_target_` (callbacks, loggers)."""
+    from hydra.utils import instantiate
+
+    return [
+        instantiate(node)
+        for node in (group or {}).values()
+        if isinstance(node, DictConfig) and "_target_" in node
+    ]
+
+
 def build(cfg: DictConfig):
     """Instantiate the datamodule, model, loggers, callbacks and trainer from the config."""
     from hydra.utils import instantiate
@@ -67,12 +126,8 @@ def build(cfg: DictConfig):
     model = _construct(
         cfg.model, optimizer=_plain(cfg.optimizer), scheduler=_plain(cfg.get("scheduler"))
     )
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    callbacks = []
-    for name, callback_cfg in (cfg.get("callbacks") or {}).items():
-        if name == "learning_rate_monitor" and not loggers:
-            continue  # it has nowhere to write without a logger
-        callbacks.append(instantiate(callback_cfg))
+    loggers = _instantiate_group(cfg.get("logger"))
+    callbacks = _instantiate_group(cfg.get("callbacks"))
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     return datamodule, model, trainer
 
@@ -80,71 +135,135 @@ def build(cfg: DictConfig):
 def show_data(datamodule, trainer, run_dir: Path) -> None:
     """The lesson's look at the data: the first 9 training images, and one batch's shapes."""
     from mnist_lightning import figures
-    from mnist_lightning.data import load_mnist, to_model_input
-
-    images, labels = load_mnist(datamodule.data_dir, download=False)["train"]
     from mnist_lightning.callbacks import tensorboard_writer
+    from mnist_lightning.data import to_model_input
 
+    if not trainer.is_global_zero:
+        return
+    images, labels = datamodule.mnist["train"]
     figure = figures.digit_grid(images[:9], [str(int(label)) for label in labels[:9]])
     figures.publish(figure, run_dir / "samples.png", tensorboard_writer(trainer), "data/samples")
 
-    images, labels = next(iter(datamodule.train_dataloader()))  # one loader item
-    size = datamodule.hparams.batch_size  # its first optimizer batch, as the model gets it
-    x, y = to_model_input(images[:size], datamodule.hparams.normalize), labels[:size]
+    images, labels = next(iter(datamodule.train_dataloader()))
+    x = to_model_input(images, datamodule.hparams.normalize)  # as the model gets it
     log.info(
         "one batch: x %s %s, y %s %s",
         list(x.shape),
         str(x.dtype).removeprefix("torch."),
-        list(y.shape),
-        str(y.dtype).removeprefix("torch."),
+        list(labels.shape),
+        str(labels.dtype).removeprefix("torch."),
     )
 
 
-def _scalars(metrics: dict) -> dict[str, float]:
-    return {name: float(value) for name, value in metrics.items()}
+def save_run_config(cfg: DictConfig, run_dir: Path, trainer) -> None:
+    """The resolved config, with the options chosen per group: what `resume=` continues with."""
+    if not trainer.is_global_zero:
+        return
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    saved["choices"] = {
+        group: _choice(group, cfg) for group in ("optimizer", "scheduler", "augment")
+    }
+    OmegaConf.save(saved, run_dir / RUN_CONFIG)
 
 
-def quiet_lightning_logs() -> None:
-    """Route Lightning's messages through Hydra's logging (console + train.log), minus its tips."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics"):
-        logger = logging.getLogger(name)
-        logger.handlers.clear()
-        logger.propagate = True
-    for handler in logging.getLogger().handlers:
-        if _drop_noise not in handler.filters:  # once, even when a sweep trains many jobs
-            handler.addFilter(_drop_noise)
-    # Library deprecation chatter that a user can do nothing about.
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    # Epoch metrics come from torchmetrics' compute(), which already syncs across DDP processes.
-    warnings.filterwarnings(
-        "ignore", message=".*when logging on epoch level in distributed setting.*"
+def fit(trainer, model, datamodule, checkpoint: Path | None) -> float:
+    """trainer.fit, from `checkpoint` when resuming; the seconds it took. A diverged loss (the
+    divergence stop, conf/callbacks/) ends in TrainingDiverged."""
+    from mnist_lightning.runtime import imported_objects_frozen
+
+    with imported_objects_frozen():
+        started = time.perf_counter()
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+        except SystemExit:
+            if trainer.interrupted:  # Ctrl-C: Lightning saved last.ckpt (save_on_exception)
+                run_dir = Path(trainer.default_root_dir)
+                log.warning(
+                    "interrupted in epoch %d at step %d\nresume with: python -m mnist_lightning.train resume=%s",
+                    trainer.current_epoch + 1,
+                    trainer.global_step,
+                    run_dir,
+                )
+            raise
+        seconds = time.perf_counter() - started
+    diverged = divergence(trainer)
+    if diverged:
+        raise TrainingDiverged(diverged)
+    return seconds
+
+
+def divergence(trainer) -> str | None:
+    """Why an EarlyStopping callback stopped the fit on a NaN or exploding metric, or None."""
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+    diverged = (EarlyStoppingReason.NON_FINITE_METRIC, EarlyStoppingReason.DIVERGENCE_THRESHOLD)
+    for callback in trainer.callbacks:
+        if isinstance(callback, EarlyStopping) and callback.stopping_reason in diverged:
+            optimizer = trainer.optimizers[0]
+            value = float(trainer.callback_metrics.get(callback.monitor, float("nan")))
+            best = (
+                trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            )
+            return (
+                f"training stopped in epoch {callback.stopped_epoch + 1}: {callback.monitor} became "
+                f"{value:.4g}. The learning rate is probably too high ({type(optimizer).__name__} "
+                f"lr={optimizer.param_groups[0]['lr']:g}); try a smaller optimizer.lr. "
+                + (
+                    f"The best checkpoint so far is kept: {best}"
+                    if best
+                    else "No checkpoint was kept."
+                )
+            )
+    return None
+
+
+def final_metrics(trainer, fit_seconds: float) -> dict[str, Any]:
+    """The fit's last epoch metrics, its per-epoch history and its size."""
+    from mnist_lightning.callbacks import EpochReport
+
+    metrics: dict[str, Any] = _stage_scalars(trainer.callback_metrics)
+    report = next((c for c in trainer.callbacks if isinstance(c, EpochReport)), None)
+    if report is not None:
+        metrics.update(history=dict(report.history), training_started_at=report.training_started_at)
+    metrics.update(
+        fit_seconds=round(fit_seconds, 2),
+        epochs=trainer.current_epoch,
+        global_step=trainer.global_step,
+        world_size=trainer.world_size,
+    )
+    return metrics
+
+
+def test_best_checkpoint(trainer, model, datamodule) -> dict[str, Any]:
+    """The official test set, once, on the best checkpoint by val/acc (or the final weights)."""
+    from mnist_lightning.checkpoint import read_checkpoint
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        # Only the weights, read as data (weights_only): restoring the whole checkpoint would
+        # also rewind callbacks, and weight averaging would swap its average back out.
+        model.load_state_dict(read_checkpoint(best)["state_dict"])
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    return {**_stage_scalars(trainer.callback_metrics), "test_checkpoint": best or "final weights"}
+
+
+def write_results(cfg: DictConfig, trainer, metrics: dict[str, Any], run_dir: Path) -> None:
+    """metrics.json, TensorBoard's HParams entry and the one summary line."""
+    log_hparams(trainer, cfg, metrics)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    log.info(
+        "test/acc %.4f  test/loss %.4f  epochs %d  time %.1f s  run dir %s",
+        metrics.get("test/acc", float("nan")),
+        metrics.get("test/loss", float("nan")),
+        metrics["epochs"],
+        metrics["fit_seconds"],
+        run_dir,
     )
 
 
-@contextmanager
-def imported_objects_frozen() -> Iterator[None]:
-    """Torch, Lightning, SciPy and the rest leave ~450,000 long-lived objects that every full
-    garbage collection walks (0.3 s each), and the interpreter's exit once more (over 1 s).
-    Frozen, they are left alone; what the work creates is collected as usual. The freeze stays
-    for the exit; in a sweep whose jobs share this process it ends with the job, so that the
-    next job's collections can free this one's objects."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        if _in_multirun():
-            gc.unfreeze()
-
-
-def _drop_noise(record: logging.LogRecord) -> bool:
-    return not any(s in record.getMessage() for s in _NOISE)
-
-
-_NOISE = ("Tip:", "TPU available", "HPU available", "Skipping setting a default", "LOCAL_RANK")
-
-
-RUN_CONFIG = "run_config.yaml"  # the resolved config of a run, kept for resuming it
+def _stage_scalars(metrics: dict) -> dict[str, float]:
+    return {name: float(v) for name, v in metrics.items() if name.startswith(STAGES)}
 
 
 def resume_point(cfg: DictConfig) -> tuple[Path | None, int]:
@@ -170,86 +289,6 @@ def resume_point(cfg: DictConfig) -> tuple[Path | None, int]:
         return None, 0
     state = read_checkpoint(checkpoint)  # refuse a damaged or unsafe file with a clear message
     return checkpoint, state.get("epoch", -1) + 1
-
-
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test as the config says; return every final metric (also in metrics.json)."""
-    from mnist_lightning.config import check_output_dir, check_training_config
-
-    checkpoint, epochs_done = resume_point(cfg)
-    if checkpoint is not None and (Path(cfg.paths.output_dir) / RUN_CONFIG).is_file():
-        # A resumed run finishes what it planned: its own saved config, not today's defaults.
-        cfg = OmegaConf.load(Path(cfg.paths.output_dir) / RUN_CONFIG)
-    check_training_config(cfg)
-    run_dir = check_output_dir(cfg.paths.output_dir)
-    finished = epochs_done >= cfg.trainer.max_epochs
-    if checkpoint is not None and finished and (run_dir / "metrics.json").is_file():
-        log.info(
-            "%s already finished its %d epochs; its results are in metrics.json",
-            run_dir,
-            cfg.trainer.max_epochs,
-        )
-        return json.loads((run_dir / "metrics.json").read_text())
-
-    import lightning.pytorch as pl
-
-    from mnist_lightning.callbacks import EpochHistory
-    from mnist_lightning.checkpoint import read_checkpoint
-
-    quiet_lightning_logs()
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    log.info("%s\nrun dir: %s", describe(cfg), run_dir)
-    if checkpoint is not None:
-        log.info("resuming from %s", checkpoint)
-
-    datamodule, model, trainer = build(cfg)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    if trainer.is_global_zero and checkpoint is None:
-        saved = OmegaConf.to_container(cfg, resolve=True)
-        saved["choices"] = {
-            group: _choice(group, cfg) for group in ("optimizer", "scheduler", "augment")
-        }
-        OmegaConf.save(saved, run_dir / RUN_CONFIG)
-        show_data(datamodule, trainer, run_dir)
-
-    with imported_objects_frozen():
-        started = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
-        fit_seconds = time.perf_counter() - started
-    metrics = _scalars(trainer.callback_metrics)
-    history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
-    if history is not None:
-        metrics.update(history=dict(history.history), first_step_at=history.first_step_at)
-
-    if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if best:
-            # Only the weights, read as data (weights_only): restoring the whole checkpoint would
-            # also rewind callbacks, and weight averaging would swap its average back out.
-            model.load_state_dict(read_checkpoint(best)["state_dict"])
-        trainer.test(model, datamodule=datamodule, verbose=False)
-        metrics.update(_scalars(trainer.callback_metrics))
-        metrics["test_checkpoint"] = best or "final weights"
-
-    metrics.update(
-        fit_seconds=round(fit_seconds, 2),
-        epochs=trainer.current_epoch,
-        global_step=trainer.global_step,
-        world_size=trainer.world_size,
-    )
-    if trainer.is_global_zero:  # under DDP, one metrics.json, written by rank zero
-        log_hparams(trainer, cfg, metrics)
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        log.info(
-            "test/acc %.4f  test/loss %.4f  epochs %d  time %.1f s  run dir %s",
-            metrics.get("test/acc", float("nan")),
-            metrics.get("test/loss", float("nan")),
-            metrics["epochs"],
-            fit_seconds,
-            run_dir,
-        )
-    return metrics
 
 
 def _choice(group: str, cfg: DictConfig) -> str:
@@ -292,13 +331,6 @@ def log_hparams(trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
             logger.experiment.flush()
 
 
-def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def record_failure(cfg: DictConfig, error: BaseException) -> None:
     """Leave `failure.json` in the job's folder so the sweep summary can say what failed."""
     import traceback
@@ -319,7 +351,7 @@ def main(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
     except Exception as error:
         user_error = isinstance(error, UserError)
-        if _in_multirun():
+        if in_multirun():
             # One failed job must not stop the sweep: record it, tell the sweeper "no value".
             # None, not NaN: the Optuna sweeper records a non-number as a failed trial, but
             # hands NaN to study.tell, which raises and ends the whole search.
@@ -332,8 +364,8 @@ def main(cfg: DictConfig) -> float | None:
             log.error("error: %s", error)
             sys.exit(1)
         raise
-    # Hydra sweepers (optuna) maximise what main returns; None (no validation) is no value.
-    return metrics.get("val/acc_best")
+    # What a sweeper optimises (conf/train.yaml); None (no validation) is no value.
+    return metrics.get(cfg.get("optimized_metric", "val/acc_best"))
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def real_data_dir() -> Path:
 FAST = [
     "data.val_size=128",
     "trainer.max_epochs=1",
-    "callbacks.console_report.print_every_n_batches=0",
+    "callbacks.epoch_report.print_every_n_batches=0",
 ]
 
 

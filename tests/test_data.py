@@ -10,8 +10,9 @@ from urllib.error import URLError
 import pytest
 import torch
 
-from mnist_lightning import data
-from mnist_lightning.data import MNISTDataError, MNISTDataModule
+from mnist_lightning import data, mnist_files
+from mnist_lightning.data import MNISTDataModule
+from mnist_lightning.errors import MNISTDataError
 from tests.conftest import FIXTURE_TEST, FIXTURE_TRAIN
 
 
@@ -31,38 +32,38 @@ def test_split_sizes_and_official_test_set(fixture_data_dir):
 
 
 def test_batches_have_the_lessons_shapes_and_dtypes(fixture_data_dir):
-    datamodule = make_datamodule(fixture_data_dir, batches_per_fetch=4, eval_batch_size=100)
+    datamodule = make_datamodule(fixture_data_dir, eval_batch_size=100)
     raw_x, raw_y = next(iter(datamodule.train_dataloader()))
     assert raw_x.dtype == torch.uint8  # scaling happens after the transfer, on the device
-    assert raw_x.shape == (4 * 64, 1, 28, 28)  # one loader item: four optimizer batches
-    train_images = FIXTURE_TRAIN - 128
-    assert len(datamodule.train_dataloader()) == -(-train_images // 256)
-    assert datamodule.steps_per_epoch() == -(-train_images // 64)
+    assert raw_x.shape == (64, 1, 28, 28)  # one loader item is one optimizer batch
+    assert len(datamodule.train_dataloader()) == -(-(FIXTURE_TRAIN - 128) // 64)
     datamodule.trainer = SimpleNamespace(training=True)
-    batches = datamodule.on_after_batch_transfer((raw_x, raw_y), 0)
-    assert len(batches) == 4
-    for x, y in batches:
-        assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
-        assert y.shape == (64,) and y.dtype == torch.int64
-    # Evaluation batches stay whole: no optimizer step, only the size differs.
+    x, y = datamodule.on_after_batch_transfer((raw_x, raw_y), 0)
+    assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
+    assert y.shape == (64,) and y.dtype == torch.int64
+    # Evaluation batches are larger: no optimizer step, only the speed differs.
     datamodule.trainer = SimpleNamespace(training=False)
     x, y = datamodule.on_after_batch_transfer(next(iter(datamodule.val_dataloader())), 0)
     assert x.shape == (100, 1, 28, 28) and y.shape == (100,)
 
 
-def test_items_hold_the_same_batches_in_the_same_order_as_a_batch_64_loader(fixture_data_dir):
-    def first_labels(batches_per_fetch: int) -> torch.Tensor:
-        datamodule = make_datamodule(fixture_data_dir, batches_per_fetch=batches_per_fetch)
-        torch.manual_seed(7)
-        return torch.cat([labels for _, labels in datamodule.train_dataloader()])
-
-    epoch_in_items_of_4, epoch_in_batches = first_labels(4), first_labels(1)
-    assert torch.equal(epoch_in_items_of_4, epoch_in_batches)
-    torch.manual_seed(8)
-    assert not torch.equal(
-        torch.cat([labels for _, labels in make_datamodule(fixture_data_dir).train_dataloader()]),
-        epoch_in_batches,
-    )
+def test_an_epoch_of_batches_is_each_training_image_once_with_its_label(fixture_data_dir):
+    datamodule = make_datamodule(fixture_data_dir)
+    train = datamodule.splits["train"]
+    label_of = {
+        image.numpy().tobytes(): int(label)
+        for image, label in zip(train.images, train.labels, strict=True)
+    }
+    torch.manual_seed(7)
+    batches = list(datamodule.train_dataloader())
+    seen = [
+        (image.numpy().tobytes(), int(label))
+        for x, y in batches
+        for image, label in zip(x, y, strict=True)
+    ]
+    assert len(seen) == len(train) and len({image for image, _ in seen}) == len(label_of)
+    assert all(label_of[image] == label for image, label in seen)
+    assert not torch.equal(batches[0][1], train.labels[:64])  # shuffled
 
 
 def test_normalisation_and_the_lessons_plain_totensor_input(fixture_data_dir):
@@ -88,24 +89,26 @@ def test_split_is_fixed_and_training_order_follows_the_seed(fixture_data_dir):
     b = next(iter(first.train_dataloader()))[1]
     assert torch.equal(a, b)
     unshuffled = make_datamodule(fixture_data_dir, shuffle=False)
-    item_labels = next(iter(unshuffled.train_dataloader()))[1]
-    assert torch.equal(item_labels, unshuffled.splits["train"].labels[: len(item_labels)])
+    batch_labels = next(iter(unshuffled.train_dataloader()))[1]
+    assert torch.equal(batch_labels, unshuffled.splits["train"].labels[: len(batch_labels)])
 
 
 def test_gz_files_in_a_read_only_folder_are_used_without_network(
     fresh_data_dir, tmp_path, monkeypatch
 ):
     raw = fresh_data_dir / "MNIST" / "raw"
-    for name in data.RAW_FILES:
+    for name in mnist_files.RAW_FILES:
         with (raw / name).open("rb") as src, gzip.open(raw / f"{name}.gz", "wb") as dst:
             shutil.copyfileobj(src, dst)
         (raw / name).unlink()
-    monkeypatch.setattr(data, "_writable", lambda folder: folder != raw)  # root ignores chmod
+    monkeypatch.setattr(
+        mnist_files, "_writable", lambda folder: folder != raw
+    )  # root ignores chmod
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "_download", lambda *a: pytest.fail("must not download"))
-    loaded = data.load_mnist(fresh_data_dir)
+    monkeypatch.setattr(mnist_files, "_download", lambda *a: pytest.fail("must not download"))
+    loaded = mnist_files.load_mnist(fresh_data_dir)
     assert loaded["train"][0].shape == (FIXTURE_TRAIN, 1, 28, 28)
-    assert sorted(p.name for p in raw.iterdir()) == sorted(f"{n}.gz" for n in data.RAW_FILES)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(f"{n}.gz" for n in mnist_files.RAW_FILES)
     assert (
         tmp_path / "cache" / "mnist_lightning" / "MNIST" / "raw" / "train-images-idx3-ubyte"
     ).is_file()
@@ -120,9 +123,9 @@ def test_missing_data_without_network_ends_in_one_clear_message(tmp_path, monkey
 
     monkeypatch.setattr("torchvision.datasets.mnist.download_and_extract_archive", offline)
     with pytest.raises(MNISTDataError) as error:
-        data.load_mnist(tmp_path / "empty")
+        mnist_files.load_mnist(tmp_path / "empty")
     message = str(error.value)
-    for name in data.RAW_FILES:
+    for name in mnist_files.RAW_FILES:
         assert name in message
     assert str(tmp_path / "empty" / "MNIST" / "raw") in message
     assert "data.data_dir" in message and "MNIST_DATA_DIR" in message
@@ -132,7 +135,7 @@ def test_missing_data_without_network_ends_in_one_clear_message(tmp_path, monkey
 
 def test_missing_data_with_download_off(tmp_path):
     with pytest.raises(MNISTDataError, match="MNIST is missing.*MNIST_DATA_DIR"):
-        data.load_mnist(tmp_path, download=False)
+        mnist_files.load_mnist(tmp_path, download=False)
 
 
 @pytest.mark.parametrize(
@@ -149,7 +152,7 @@ def test_a_damaged_file_is_named_with_the_fix(fresh_data_dir, damage, expected):
     victim = fresh_data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte"
     damage(victim)
     with pytest.raises(MNISTDataError) as error:
-        data.load_mnist(fresh_data_dir, download=False)
+        mnist_files.load_mnist(fresh_data_dir, download=False)
     assert str(victim) in str(error.value)
     assert expected in str(error.value)
     assert "Delete it and run again" in str(error.value)
@@ -160,7 +163,7 @@ def test_a_corrupt_gz_file_is_named(fresh_data_dir):
     (raw / "t10k-labels-idx1-ubyte").unlink()
     (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b\x08garbage")
     with pytest.raises(MNISTDataError, match="t10k-labels-idx1-ubyte.gz is not a readable gzip"):
-        data.load_mnist(fresh_data_dir, download=False)
+        mnist_files.load_mnist(fresh_data_dir, download=False)
     assert not (raw / "t10k-labels-idx1-ubyte").exists()  # no half-written file left behind
 
 
@@ -170,7 +173,7 @@ def test_labels_outside_0_to_9_are_refused(fresh_data_dir):
     content[-1] = 42
     path.write_bytes(bytes(content))
     with pytest.raises(MNISTDataError, match="label 42"):
-        data.load_mnist(fresh_data_dir, download=False)
+        mnist_files.load_mnist(fresh_data_dir, download=False)
 
 
 def test_image_and_label_counts_must_agree(fresh_data_dir, tmp_path):
@@ -182,7 +185,7 @@ def test_image_and_label_counts_must_agree(fresh_data_dir, tmp_path):
         fresh_data_dir / "MNIST" / "raw" / "train-labels-idx1-ubyte",
     )
     with pytest.raises(MNISTDataError, match="holds 640 images but"):
-        data.load_mnist(fresh_data_dir, download=False)
+        mnist_files.load_mnist(fresh_data_dir, download=False)
 
 
 def test_val_size_must_leave_training_images(fixture_data_dir):
@@ -191,7 +194,7 @@ def test_val_size_must_leave_training_images(fixture_data_dir):
 
 
 def test_real_mnist_is_the_official_set(real_data_dir):
-    loaded = data.load_mnist(real_data_dir, download=False)
+    loaded = mnist_files.load_mnist(real_data_dir, download=False)
     images, labels = loaded["train"]
     assert images.shape == (60_000, 1, 28, 28) and images.dtype == torch.uint8
     assert loaded["test"][0].shape == (10_000, 1, 28, 28)
@@ -216,7 +219,7 @@ def test_augmentation_applies_to_training_batches_only_with_a_draw_per_image(fix
     assert torch.equal(x_eval, data.to_model_input(twins[0]))  # validation/test untouched
 
     datamodule.trainer = SimpleNamespace(training=True)
-    [(x_train, y_train)] = datamodule.on_after_batch_transfer(twins, 0)  # one optimizer batch
+    x_train, y_train = datamodule.on_after_batch_transfer(twins, 0)
     assert x_train.shape == (8, 1, 28, 28) and torch.equal(y_train, twins[1])
     flat = x_train.flatten(1)
     assert len({tuple(row.tolist()) for row in flat}) == 8  # eight copies, eight different draws

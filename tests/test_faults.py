@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mnist_lightning import data, preprocess
-from mnist_lightning.config import ConfigError, check_output_dir, check_training_config
-from mnist_lightning.errors import UserError
+from mnist_lightning import mnist_files, preprocess
+from mnist_lightning.checks import check_output_dir, check_training_config
+from mnist_lightning.errors import ConfigError, MNISTDataError, TrainingDiverged, UserError
 from mnist_lightning.train import train
 from tests.conftest import FAST, ROOT, compose, run_module
 
@@ -103,12 +103,12 @@ def test_a_diverging_loss_stops_early_and_keeps_the_best_checkpoint(fixture_data
         "scheduler.step_size=1",
         "scheduler.gamma=100000",
     ]
-    with pytest.raises(UserError) as error:
+    with pytest.raises(TrainingDiverged) as error:
         train(compose(overrides, tmp_path))
     message = str(error.value)
-    assert "training stopped at step" in message and "epoch 2" in message
-    assert "nan" in message or "inf" in message or "(above 100)" in message
-    assert "learning rate is probably too high" in message
+    assert message.startswith("training stopped in epoch 2: train/loss became")
+    assert "learning rate is probably too high (SGD lr=" in message
+    assert "The best checkpoint so far is kept: " in message
     best = [p for p in (tmp_path / "checkpoints").glob("epoch=*.ckpt")]
     assert [p.name.split("-")[0] for p in best] == ["epoch=00"]
     state = torch.load(best[0], weights_only=True)["state_dict"]
@@ -120,7 +120,7 @@ def test_a_diverging_loss_stops_early_and_keeps_the_best_checkpoint(fixture_data
     [
         ("data.batch_size=0", "data.batch_size=0: must be a whole number above 0"),
         ("data.batch_size=-3", "data.batch_size=-3: must be"),
-        ("data.batches_per_fetch=0", "data.batches_per_fetch=0: must be a whole number above 0"),
+        ("cpu_threads=0", "cpu_threads=0: must be a whole number, at least 1, or null"),
         ("data.eval_batch_size=1.5", "data.eval_batch_size=1.5: must be a whole number above 0"),
         ("data.val_size=0", "data.val_size=0: must be a whole number between 1 and 59,999"),
         ("data.val_size=60000", "data.val_size=60000: must be"),
@@ -180,11 +180,9 @@ def test_an_unwritable_output_folder_is_reported_before_training(tmp_path):
 
 
 def test_a_read_only_data_folder_without_files_says_why(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_writable", lambda folder: False)
-    with pytest.raises(
-        data.MNISTDataError, match="cannot be written, so it cannot be downloaded there"
-    ):
-        data.load_mnist(tmp_path / "readonly")
+    monkeypatch.setattr(mnist_files, "_writable", lambda folder: False)
+    with pytest.raises(MNISTDataError, match="cannot be written, so it cannot be downloaded there"):
+        mnist_files.load_mnist(tmp_path / "readonly")
 
 
 def test_a_crash_during_a_checkpoint_save_leaves_the_previous_file_readable(
@@ -253,7 +251,7 @@ def test_submitit_local_sweep_with_one_diverging_job(fixture_data_dir, tmp_path)
     with (sweep_dir / "summary.csv").open() as f:
         rows = {r["overrides"]: r for r in csv.DictReader(f)}
     assert rows["optimizer.lr=0.05"]["status"] == "ok"
-    assert rows["optimizer.lr=10000"]["status"].startswith("failed: training stopped at step")
+    assert rows["optimizer.lr=10000"]["status"].startswith("failed: training stopped in epoch 1")
 
 
 # --- fuzzing: every input ends in a result or a clear error, quickly and in bounded memory ---
@@ -262,13 +260,13 @@ def test_submitit_local_sweep_with_one_diverging_job(fixture_data_dir, tmp_path)
 @settings(
     max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(content=st.binary(max_size=2048), name=st.sampled_from(sorted(data.RAW_FILES)))
+@given(content=st.binary(max_size=2048), name=st.sampled_from(sorted(mnist_files.RAW_FILES)))
 def test_fuzz_idx_header_reader(content, name, tmp_path):
     path = tmp_path / name
     path.write_bytes(content)
     try:
-        dims = data.read_idx_header(path)
-    except data.MNISTDataError as error:
+        dims = mnist_files.read_idx_header(path)
+    except MNISTDataError as error:
         assert str(path) in str(error)
     else:
         assert path.stat().st_size == (16 if len(dims) == 3 else 8) + int(np.prod(dims))
@@ -284,8 +282,8 @@ def test_fuzz_lying_headers_never_allocate_what_they_claim(dims, body, tmp_path)
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(struct.pack(">I3I", 0x803, *dims) + body)
     try:
-        data.read_idx_header(path)
-    except data.MNISTDataError as error:
+        mnist_files.read_idx_header(path)
+    except MNISTDataError as error:
         assert "train-images-idx3-ubyte" in str(error)
 
 

@@ -34,7 +34,7 @@ def summary_rows(sweep_dir: Path) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment, tmp_path):
-    from mnist_lightning.config import check_training_config
+    from mnist_lightning.checks import check_training_config
 
     cfg = compose_full([f"experiment={experiment}"])
     check_training_config(cfg)
@@ -45,7 +45,7 @@ def test_the_best_experiment_keeps_the_lessons_network():
     cfg = compose_full(["experiment=best"])
     assert cfg.model._target_ == "mnist_lightning.model.MNISTClassifier"
     assert cfg.augment.elastic_alpha > 0 and cfg.model.label_smoothing > 0
-    assert cfg.callbacks.weight_averaging._target_.endswith("StepwiseEMA")
+    assert cfg.callbacks.weight_averaging._target_.endswith(".EMAWeightAveraging")
 
 
 def test_the_lesson_experiment_is_the_lesson():

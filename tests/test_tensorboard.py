@@ -27,8 +27,7 @@ def tensorboard_run(fixture_data_dir, tmp_path_factory) -> Path:
             f"data.data_dir={fixture_data_dir}",
             *FAST,
             "optimizer=adam",
-            "trainer.log_every_n_steps=1",
-            "callbacks.gradient_monitor.every_n_steps=2",
+            "trainer.log_every_n_steps=2",
         ],
         run_dir,
     )
@@ -67,15 +66,13 @@ def test_event_files_hold_scalars_gradients_images_and_hparams(tensorboard_run):
     assert "weights/hidden1.weight" in tags["histograms"]
     # Gradient norms are real numbers, not placeholders.
     assert all(e.value > 0 for e in events.Scalars("grad_2.0_norm/hidden1.weight"))
-    # One x-axis for everything, the optimizer step, although a loader item holds many steps:
-    # a loss at every step (log_every_n_steps=1), norms every 2nd, epoch metrics at the last.
+    # One x-axis for everything, Lightning's step: the step loss and the gradient norms at
+    # every 2nd step (log_every_n_steps=2; Lightning counts from 0), epoch metrics at the last.
     metrics = json.loads((tensorboard_run / "runs" / "one_epoch" / "metrics.json").read_text())
     steps = metrics["global_step"]
     assert steps == 8  # 640 - 128 images in batches of 64
-    assert [e.step for e in events.Scalars("train/loss_step")] == list(range(1, steps + 1))
-    assert [e.step for e in events.Scalars("grad_2.0_norm/hidden1.weight")] == [0, 2, 4, 6]
-    # (Lightning logs an epoch's metrics before it counts the epoch's last loader item, as it
-    # does with one batch per item.)
+    assert [e.step for e in events.Scalars("train/loss_step")] == [1, 3, 5, 7]
+    assert [e.step for e in events.Scalars("grad_2.0_norm/hidden1.weight")] == [1, 3, 5, 7]
     assert events.Scalars("val/acc")[-1].step == events.Scalars("train/loss")[-1].step == steps - 1
 
     from tensorboard.plugins.hparams import plugin_data_pb2

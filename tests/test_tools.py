@@ -22,7 +22,8 @@ from mnist_lightning.checkpoint import (
     resolve_checkpoint,
 )
 from mnist_lightning.config import CONFIG_DIR
-from mnist_lightning.data import load_mnist, to_model_input
+from mnist_lightning.data import to_model_input
+from mnist_lightning.mnist_files import load_mnist
 from mnist_lightning.train import train
 from tests.conftest import FAST, compose, run_module
 

@@ -76,15 +76,15 @@ def test_one_epoch_on_real_mnist_reaches_90_percent(real_data_dir, tmp_path):
 def test_import_objects_stay_frozen_for_the_exit_but_not_past_a_sweep_job(monkeypatch):
     import gc
 
-    import mnist_lightning.train as train_module
+    from mnist_lightning import runtime
 
     try:
-        monkeypatch.setattr(train_module, "_in_multirun", lambda: False)
-        with train_module.imported_objects_frozen():
+        monkeypatch.setattr(runtime, "in_multirun", lambda: False)
+        with runtime.imported_objects_frozen():
             assert gc.get_freeze_count() > 0
         assert gc.get_freeze_count() > 0  # a single run keeps it: the exit skips them
-        monkeypatch.setattr(train_module, "_in_multirun", lambda: True)
-        with train_module.imported_objects_frozen():
+        monkeypatch.setattr(runtime, "in_multirun", lambda: True)
+        with runtime.imported_objects_frozen():
             assert gc.get_freeze_count() > 0
         assert gc.get_freeze_count() == 0  # the next job's collections may free them
     finally:
