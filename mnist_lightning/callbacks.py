@@ -35,10 +35,13 @@ class EpochReport(pl.Callback):
         self.every = print_every_n_batches
         self.history: dict[str, list[float]] = {}
         self.epoch_started = 0.0
+        self.elapsed_in_epoch = 0.0  # restored from a checkpoint saved mid-epoch
         self.training_started_at: float | None = None  # wall clock, for start-up measurements
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.training_started_at = time.time()
+        # Resumed in the middle of an epoch (no on_train_epoch_start): its clock goes on.
+        self.epoch_started = time.perf_counter() - self.elapsed_in_epoch
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.epoch_started = time.perf_counter()
@@ -76,10 +79,12 @@ class EpochReport(pl.Callback):
             )
 
     def state_dict(self) -> dict:
-        return {"history": self.history}
+        elapsed = time.perf_counter() - self.epoch_started if self.epoch_started else 0.0
+        return {"history": self.history, "elapsed_in_epoch": elapsed}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = state_dict.get("history", {})
+        self.elapsed_in_epoch = state_dict.get("elapsed_in_epoch", 0.0)
 
 
 class GradientMonitor(pl.Callback):

@@ -1,8 +1,9 @@
-"""Checkpoints are data, not code: find, read safely, and rebuild the model and its data settings.
+"""Checkpoints are data, not code: written whole, found, read safely, and turned back into the
+model and its data settings.
 
 Every read is `torch.load(weights_only=True)` (directly, or through Lightning's
 `load_from_checkpoint(weights_only=True)`): a checkpoint that carries pickled Python objects is
-refused before anything in it runs.
+refused before anything in it runs. Every write goes through `AtomicCheckpointIO`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mnist_lightning.atomic import write_atomically
 from mnist_lightning.errors import CheckpointError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic on any filesystem.
+
+    Lightning writes through fsspec, which stages the file in the system's temp folder and then
+    copies it into place when that is another filesystem: a kill during the copy, or a full disk,
+    left a truncated file under the final name. Here the file is written beside its final name
+    and renamed, and a failed write ends in one line naming the folder.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        write_atomically(path, lambda temporary: torch.save(checkpoint, temporary))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -84,6 +102,24 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "Pass a .ckpt file from a run's checkpoints/ folder."
         )
     return checkpoint
+
+
+def check_checkpoint_fits(model: torch.nn.Module, path: str | Path) -> None:
+    """Refuse, in one line, a checkpoint whose weights do not fit `model`."""
+    saved = read_checkpoint(path)["state_dict"]
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name not in saved:
+            raise CheckpointError(
+                f"{path} has no {name}: it was not written by this run's model. Resume it with "
+                "the config it was trained with, or start a new run."
+            )
+        if tuple(saved[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{path} holds another network ({name} is {tuple(saved[name].shape)}, this run's "
+                f"model has {tuple(tensor.shape)}). Resume it with the config it was trained "
+                "with, or start a new run."
+            )
 
 
 def load_trained(ckpt_path: str | Path):

@@ -11,9 +11,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
 
 
-def _progress_refresh_rate(rate: int = 20) -> int:
-    # A progress bar redrawn into a log file or CI output floods it; show one only on a terminal.
-    return rate if sys.stdout.isatty() else 0
+def _on_terminal(value=True, otherwise=None):
+    """`value` when the output is a terminal, else `otherwise`: a progress bar redrawn into a
+    log file floods it, and one that is switched off still costs a callback call every step."""
+    return value if sys.stdout.isatty() else otherwise
 
 
 def _run_dir(resume, ckpt_path, new_dir: str) -> str:
@@ -32,7 +33,7 @@ def _run_dir(resume, ckpt_path, new_dir: str) -> str:
 
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
-    OmegaConf.register_new_resolver("progress_refresh_rate", _progress_refresh_rate, replace=True)
+    OmegaConf.register_new_resolver("on_terminal", _on_terminal, replace=True)
     OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
 
 

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Dataset
 
 from mnist_lightning.errors import MNISTDataError
-from mnist_lightning.mnist_files import default_data_dir, ensure_raw_files, load_mnist
+from mnist_lightning.mnist_files import MIRRORS, default_data_dir, ensure_raw_files, load_mnist
 
 # The training set's pixel mean and standard deviation (of values in [0, 1]).
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -61,6 +61,8 @@ class MNISTDataModule(pl.LightningDataModule):
     """MNIST with a seeded train/val split of the 60,000 training images and the official test set.
 
     `augment` is a Hydra config (conf/augment/), kept as plain data in checkpoints and built here.
+    `expected_files` (name -> {"md5", "items"}) is None for the official files; only the tests
+    set it, for their small stand-in files.
     """
 
     def __init__(
@@ -73,6 +75,8 @@ class MNISTDataModule(pl.LightningDataModule):
         normalize: bool = True,
         split_seed: int = 0,
         download: bool = True,
+        mirrors: list[str] | tuple[str, ...] = MIRRORS,
+        expected_files: dict | None = None,
         augment: dict | None = None,
     ) -> None:
         super().__init__()
@@ -87,17 +91,24 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         # Once per node: find, decompress or download, and check the files.
-        ensure_raw_files(self.data_dir, download=self.hparams.download)
+        ensure_raw_files(self.data_dir, **self._file_settings(download=self.hparams.download))
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
-            self.mnist = load_mnist(self.data_dir, download=False)
+            self.mnist = load_mnist(self.data_dir, **self._file_settings(download=False))
             self.splits = self._split()
         device = self.trainer.strategy.root_device if self.trainer is not None else None
         if device is not None and device.type == "cuda":
             # All of MNIST is ~55 MB as uint8: keep it on the GPU, no copy per batch.
             for split in self.splits.values():
                 split.images, split.labels = split.images.to(device), split.labels.to(device)
+
+    def _file_settings(self, download: bool) -> dict:
+        return {
+            "download": download,
+            "mirrors": self.hparams.mirrors,
+            "expected_files": self.hparams.expected_files,
+        }
 
     def _split(self) -> dict[str, InMemoryMNIST]:
         images, labels = self.mnist["train"]
@@ -137,6 +148,12 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", self.hparams.eval_batch_size)
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        # A batch is always (images, labels): two tensors moved directly, without Lightning's
+        # generic walk through nested collections (a visible share of this small step).
+        images, labels = batch
+        return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch

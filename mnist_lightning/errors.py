@@ -23,3 +23,7 @@ class ImageError(UserError):
 
 class TrainingDiverged(UserError):
     """The training loss became NaN, infinite or absurdly large."""
+
+
+class OutputError(UserError):
+    """A result cannot be written: a full disk, a folder without write permission, a path in use."""

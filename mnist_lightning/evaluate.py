@@ -17,6 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.errors import UserError
 from mnist_lightning.mnist_files import NUM_CLASSES
@@ -55,13 +56,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     checkpoint, model, settings = load_trained(cfg.ckpt_path)
     data_dir = cfg.data_dir or os.environ.get("MNIST_DATA_DIR") or settings.get("data_dir")
+    # The data settings the checkpoint was trained with (its split, normalisation, files).
+    kept = (
+        "val_size",
+        "batch_size",
+        "eval_batch_size",
+        "normalize",
+        "split_seed",
+        "mirrors",
+        "expected_files",
+    )
     datamodule = MNISTDataModule(
-        data_dir=data_dir,
-        val_size=settings.get("val_size", 5_000),
-        batch_size=settings.get("batch_size", 64),
-        normalize=settings.get("normalize", True),
-        split_seed=settings.get("split_seed", 0),
-        shuffle=False,
+        data_dir=data_dir, shuffle=False, **{k: settings[k] for k in kept if k in settings}
     )
     datamodule.test_split = cfg.split
     output_dir = Path(cfg.paths.output_dir)
@@ -86,7 +92,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "data": {k: settings.get(k) for k in ("normalize", "val_size", "split_seed", "batch_size")},
         **report.results,
     }
-    (output_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomically(output_dir / "eval.json", json.dumps(results, indent=2) + "\n")
     log.info(
         "checkpoint %s\n%s split, %d images: accuracy %.4f  loss %.4f\n\n%s\n\nconfusion matrix "
         "(rows: true digit, columns: predicted)\n%s\n\nwrote eval.json, confusion_matrix.png, "

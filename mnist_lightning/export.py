@@ -8,6 +8,7 @@ returns the 10 logits per image.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from mnist_lightning.atomic import write_atomically
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import MNIST_MEAN, MNIST_STD
 from mnist_lightning.errors import UserError
@@ -49,24 +51,46 @@ def exportable(ckpt_path: str | Path) -> ExportedClassifier:
     return ExportedClassifier(model.net, settings.get("normalize", True)).eval()
 
 
-def export(module: ExportedClassifier, format: str, output: Path) -> Path:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.rand(2, 1, 28, 28)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # both exporters announce their own deprecations
-        if format == "onnx":
-            torch.onnx.export(
-                module,
-                (example,),
-                str(output),
-                input_names=["images"],
-                output_names=["logits"],
-                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                dynamo=False,
-            )
-        else:
-            torch.jit.script(module).save(str(output))
+def check_output(output: Path, checkpoint: Path) -> Path:
+    """Refuse, before any work, an output that would destroy the input or cannot be written."""
+    if output.exists() and (output.suffix == ".ckpt" or output.resolve() == checkpoint.resolve()):
+        raise UserError(
+            f"output={output} is a checkpoint (the one being exported, or another); writing the "
+            "export there would destroy it. Choose another file name, e.g. model.onnx."
+        )
+    if output.is_dir():
+        raise UserError(f"output={output} is a folder; give a file name, e.g. {output}/model.onnx")
+    folder = output.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"output={output}: its folder cannot be made ({error.strerror}).") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"output={output}: the folder {folder} cannot be written.")
     return output
+
+
+def export(module: ExportedClassifier, format: str, output: Path) -> Path:
+    """Write the model in `format` to `output`, atomically (an existing file is replaced whole)."""
+    example = torch.rand(2, 1, 28, 28)
+
+    def write(temporary: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # both exporters announce their own deprecations
+            if format == "onnx":
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    str(temporary),
+                    input_names=["images"],
+                    output_names=["logits"],
+                    dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                    dynamo=False,
+                )
+            else:
+                torch.jit.script(module).save(str(temporary))
+
+    return write_atomically(output, write)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="export", version_base="1.3")
@@ -76,11 +100,14 @@ def main(cfg: DictConfig) -> None:
             raise UserError(
                 f"format={cfg.format} is not supported; use format=onnx or format=torchscript"
             )
+        from mnist_lightning.checkpoint import resolve_checkpoint
+
         output = (
             Path(cfg.output)
             if cfg.output
             else Path(cfg.paths.output_dir) / f"model{FORMATS[cfg.format]}"
         )
+        check_output(output.expanduser(), resolve_checkpoint(cfg.ckpt_path))
         module = exportable(cfg.ckpt_path)
         with imported_objects_frozen():  # and the exit is 1 s shorter
             path = export(module, cfg.format, output)

@@ -54,8 +54,10 @@ def save(figure: Figure | np.ndarray, path: str | Path) -> np.ndarray:
     """Save a figure (or an already rendered one) as PNG; returns the RGB array."""
     from PIL import Image
 
+    from mnist_lightning.atomic import write_atomically
+
     image = figure if isinstance(figure, np.ndarray) else render(figure)
-    Image.fromarray(image).save(path)
+    write_atomically(path, lambda temporary: Image.fromarray(image).save(temporary, format="PNG"))
     return image
 
 

@@ -2,16 +2,22 @@
 
 MNIST comes as IDX files (a big-endian header, then raw uint8): 60,000 training and 10,000
 test images of 28x28 pixels with their labels 0-9. torchvision's `MNIST` reads them into
-tensors; everything here makes sure that what it reads is whole and is MNIST.
+tensors; everything here makes sure that what it reads is whole and is MNIST: every file, local
+or downloaded from any mirror, is checked the same way, by its number of items and the MD5 of
+the uncompressed file.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import os
 import shutil
+import socket
 import struct
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -31,8 +37,21 @@ RAW_FILES = {
     "t10k-images-idx3-ubyte": (0x00000803, 3),
     "t10k-labels-idx1-ubyte": (0x00000801, 1),
 }
+# The official files: the MD5 of each uncompressed file and the number of items it holds.
+OFFICIAL_FILES = {
+    "train-images-idx3-ubyte": {"md5": "6bbc9ace898e44ae57da46a324031adb", "items": 60_000},
+    "train-labels-idx1-ubyte": {"md5": "a25bea736e30d166cdddb491f175f624", "items": 60_000},
+    "t10k-images-idx3-ubyte": {"md5": "2646ac647ad5339dbf082846283269ea", "items": 10_000},
+    "t10k-labels-idx1-ubyte": {"md5": "27ae3e4e09519cfbb04c329615203637", "items": 10_000},
+}
+# Where `<name>.gz` can be downloaded from, the working ones first (torchvision's list).
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
 # The official images are 60,000 + 10,000; a header claiming far more is lying.
 MAX_IDX_ITEMS = 10_000_000
+DOWNLOAD_TIMEOUT_S = 60
 
 
 def default_data_dir() -> Path:
@@ -148,68 +167,152 @@ def locate_raw_files(data_dir: Path) -> Path | None:
     return root
 
 
-def _download(data_dir: Path) -> None:
-    from torchvision.datasets import MNIST
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
+
+_verified: set[tuple] = set()  # files that passed, by path, size, time and expected MD5
+
+
+def verify_file(path: Path, expected: Mapping[str, object]) -> None:
+    """Check one uncompressed file: a whole IDX file, its number of items, its MD5."""
+    stat = path.stat()
+    stamp = (str(path), stat.st_size, stat.st_mtime_ns, expected["md5"])
+    if stamp in _verified:  # once per process: the datamodule checks before and after download
+        return
+    items = read_idx_header(path)[0]
+    official = expected["items"]
+    if items != official:
+        swapped = (
+            " (train and test files swapped?)" if {items, official} == {60_000, 10_000} else ""
+        )
+        raise MNISTDataError(
+            f"MNIST file {path} holds {items:,} items where the expected file holds "
+            f"{official:,}{swapped}. Replace it with a good copy of the official file."
+        )
+    md5 = _md5(path)
+    if md5 != expected["md5"]:
+        raise MNISTDataError(
+            f"MNIST file {path} is not the expected file (MD5 {md5}, expected {expected['md5']}). "
+            "Delete it and run again to download a fresh copy, or replace it with a good copy."
+        )
+    _verified.add(stamp)
+
+
+def _download_one(name: str, raw_dir: Path, mirrors: Sequence[str], expected: Mapping) -> str:
+    """Fetch `<name>.gz` from the first mirror that serves the expected file; return the mirror.
+
+    Each try lands in a temporary folder beside the final file and moves into place only once
+    decompressed and verified, so a failed or interrupted download leaves nothing behind.
+    """
+    from torchvision.datasets.utils import download_url
+
+    problems = []
+    for mirror in mirrors:
+        url = f"{mirror.rstrip('/')}/{name}.gz"
+        with tempfile.TemporaryDirectory(dir=raw_dir, prefix=".download-") as scratch:
+            scratch = Path(scratch)
+            previous_timeout = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a silent mirror must not hang the run
+            try:
+                download_url(url, scratch, f"{name}.gz")
+                _decompress(scratch / f"{name}.gz", scratch / name)
+                verify_file(scratch / name, expected)
+            except (OSError, RuntimeError, ValueError, EOFError, MNISTDataError) as error:
+                reason = (
+                    str(error).strip().splitlines()[0]
+                    if str(error).strip()
+                    else type(error).__name__
+                )
+                problems.append(f"{url}: {reason[:160]}")
+                continue
+            finally:
+                socket.setdefaulttimeout(previous_timeout)
+            os.replace(scratch / name, raw_dir / name)
+            return mirror
+    raise MNISTDataError(
+        f"Could not download {name} from any mirror ({'; '.join(problems)}). {_fix_hint(raw_dir)}"
+    )
+
+
+def _download(data_dir: Path, mirrors: Sequence[str], expected_files: Mapping) -> None:
     raw_dir = data_dir / "MNIST" / "raw"
     if not _writable(raw_dir):
         raise MNISTDataError(
             f"MNIST is not in {raw_dir} and that folder cannot be written, so it cannot be "
             f"downloaded there. {_fix_hint(raw_dir)}"
         )
+    if not mirrors:
+        raise MNISTDataError(f"MNIST is missing and data.mirrors is empty. {_fix_hint(raw_dir)}")
+    for name in RAW_FILES:
+        if (raw_dir / name).is_file() or (raw_dir / f"{name}.gz").is_file():
+            continue
+        log.info("downloading %s into %s", name, raw_dir)
+        mirror = _download_one(name, raw_dir, mirrors, expected_files[name])
+        log.info("downloaded %s from %s", name, mirror)
 
-    class WorkingMirrorFirst(MNIST):
-        # yann.lecun.com now serves an error page that fails the MD5 check; some torchvision
-        # releases list it first and give up before trying the next mirror.
-        mirrors = sorted(MNIST.mirrors, key=lambda url: "lecun" in url)
 
-    log.info("MNIST not found in %s; downloading it", raw_dir)
+def _data_folder(data_dir: str | Path) -> Path:
     try:
-        WorkingMirrorFirst(str(data_dir), train=True, download=True)
-    except Exception as err:  # any network, HTTP or checksum failure ends the same way
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        folder = Path(data_dir).expanduser().resolve()
+    except (OSError, RuntimeError) as error:  # a symlink loop, an unreadable parent
         raise MNISTDataError(
-            f"Could not download MNIST ({first_line}). {_fix_hint(raw_dir)}"
+            f"data.data_dir={data_dir} cannot be opened ({error}); point it at a folder that "
+            "holds MNIST/raw/."
         ) from None
-
-
-def ensure_raw_files(data_dir: str | Path, download: bool = True) -> Path:
-    """Find (decompress, or download) and check the four files; return the root holding MNIST/raw/."""
-    data_dir = Path(data_dir).expanduser().resolve()
-    if data_dir.exists() and not data_dir.is_dir():
+    if folder.exists() and not folder.is_dir():
         raise MNISTDataError(
-            f"data.data_dir={data_dir} is a file; it must be a folder holding MNIST/raw/."
+            f"data.data_dir={folder} is a file; it must be a folder holding MNIST/raw/."
         )
-    root = locate_raw_files(data_dir)
-    if root is None and download:
-        _download(data_dir)
+    return folder
+
+
+def ensure_raw_files(
+    data_dir: str | Path,
+    download: bool = True,
+    mirrors: Sequence[str] = MIRRORS,
+    expected_files: Mapping[str, Mapping] | None = None,
+) -> Path:
+    """Find (decompress, or download) and check the four files; return the root holding MNIST/raw/.
+
+    `expected_files` (name -> {"md5", "items"}) defaults to the official files; only the tests
+    give others, for their small stand-in files.
+    """
+    expected_files = expected_files or OFFICIAL_FILES
+    data_dir = _data_folder(data_dir)
+    try:
         root = locate_raw_files(data_dir)
-    if root is None:
-        raise MNISTDataError(f"MNIST is missing. {_fix_hint(data_dir / 'MNIST' / 'raw')}")
-    raw_dir = root / "MNIST" / "raw"
-    counts = {name: read_idx_header(raw_dir / name)[0] for name in RAW_FILES}
-    for split in ("train", "t10k"):
-        n_images, n_labels = (
-            counts[f"{split}-images-idx3-ubyte"],
-            counts[f"{split}-labels-idx1-ubyte"],
-        )
-        if n_images != n_labels:
-            raise MNISTDataError(
-                f"{raw_dir}/{split}-images-idx3-ubyte holds {n_images:,} images but "
-                f"{split}-labels-idx1-ubyte holds {n_labels:,} labels; one of them is from another "
-                "dataset or corrupt. Replace both with good copies of the official files."
-            )
+        if root is None and download:
+            _download(data_dir, mirrors, expected_files)
+            root = locate_raw_files(data_dir)
+        if root is None:
+            raise MNISTDataError(f"MNIST is missing. {_fix_hint(data_dir / 'MNIST' / 'raw')}")
+        raw_dir = root / "MNIST" / "raw"
+        for name in RAW_FILES:
+            verify_file(raw_dir / name, expected_files[name])
+    except PermissionError as error:
+        raise MNISTDataError(
+            f"cannot read {error.filename} (permission denied); fix its permissions or point "
+            "data.data_dir at a readable copy of MNIST."
+        ) from None
     return root
 
 
 def load_mnist(
-    data_dir: str | Path, download: bool = True
+    data_dir: str | Path,
+    download: bool = True,
+    mirrors: Sequence[str] = MIRRORS,
+    expected_files: Mapping[str, Mapping] | None = None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """MNIST as {"train": (images, labels), "test": (...)}: images uint8 [N, 1, 28, 28], labels
     int64 [N], read through torchvision's `MNIST` after the files passed their checks."""
     from torchvision.datasets import MNIST
 
-    root = ensure_raw_files(data_dir, download)
+    root = ensure_raw_files(data_dir, download, mirrors, expected_files)
     raw_dir = root / "MNIST" / "raw"
     splits = {}
     for split, train in (("train", True), ("test", False)):

@@ -59,7 +59,9 @@ class MNISTClassifier(pl.LightningModule):
         self.train_loss, self.val_loss, self.test_loss = _epoch_mean(), _epoch_mean(), _epoch_mean()
         self.train_acc, self.val_acc, self.test_acc = _accuracy(), _accuracy(), _accuracy()
         self.val_acc_best = MaxMetric()
-        self.val_acc_best.persistent(True)  # in checkpoints: a resumed run keeps its best
+        # In checkpoints: a run resumed, even mid-epoch, reports what an uninterrupted one would.
+        for metric in (self.train_loss, self.train_acc, self.val_acc_best):
+            metric.persistent(True)
 
     @property
     def lr(self) -> float:
@@ -79,6 +81,12 @@ class MNISTClassifier(pl.LightningModule):
         logits = self(x)
         losses = F.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing)
         return losses, logits.argmax(dim=1), y
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning resets them at each epoch's end too; this also drops what a checkpoint saved
+        # at an epoch's end carried over (a mid-epoch resume skips this hook and keeps its sums).
+        self.train_loss.reset()
+        self.train_acc.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         # Label smoothing regularises training only; val/test losses stay the plain cross-entropy.

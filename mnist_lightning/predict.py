@@ -43,18 +43,22 @@ def classify(model, images, normalize: bool, top_k: int = 3) -> list[dict[str, A
 
 
 def write_results(results: list[dict[str, Any]], output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
+    import io
+
+    from mnist_lightning.atomic import write_text_atomically
+
     if output.suffix.lower() == ".json":
-        output.write_text(json.dumps(results, indent=2) + "\n")
+        write_text_atomically(output, json.dumps(results, indent=2) + "\n")
         return
-    with output.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "digit", "probability", "top", "error"])
-        for r in results:
-            top = " ".join(f"{d}:{p:.4f}" for d, p in r.get("top", []))
-            writer.writerow(
-                [r["file"], r.get("digit", ""), r.get("probability", ""), top, r.get("error", "")]
-            )
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["file", "digit", "probability", "top", "error"])
+    for r in results:
+        top = " ".join(f"{d}:{p:.4f}" for d, p in r.get("top", []))
+        writer.writerow(
+            [r["file"], r.get("digit", ""), r.get("probability", ""), top, r.get("error", "")]
+        )
+    write_text_atomically(output, text.getvalue())
 
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:

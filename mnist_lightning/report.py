@@ -10,6 +10,7 @@ failed sweep.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import sys
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+
+from mnist_lightning.atomic import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -144,15 +147,16 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     rows, common = collect_jobs(sweep_dir)
     if not rows:
         raise FileNotFoundError(f"{sweep_dir} holds no Hydra job folders (*/.hydra/overrides.yaml)")
-    with (sweep_dir / "summary.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(
-            {k: _cell(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows
-        )
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(
+        {k: _cell(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows
+    )
+    write_text_atomically(sweep_dir / "summary.csv", text.getvalue())
     table = markdown_table(rows)
     header = f"Sweep {sweep_dir}\n\nCommon overrides: {' '.join(common) or '(none)'}\n\n"
-    (sweep_dir / "summary.md").write_text(header + table + "\n")
+    write_text_atomically(sweep_dir / "summary.md", header + table + "\n")
     figures.save(summary_figure(rows), sweep_dir / "summary.png")
     failed = sum(r["status"] != "ok" for r in rows)
     log.info("%s%s\n%d jobs, %d failed; summary in %s", header, table, len(rows), failed, sweep_dir)

@@ -10,59 +10,107 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.config import CONFIG_DIR
-from mnist_lightning.errors import TrainingDiverged, UserError
+from mnist_lightning.errors import ConfigError, OutputError, TrainingDiverged, UserError
 from mnist_lightning.runtime import in_multirun
 
 log = logging.getLogger("mnist_lightning.train")
 
-RUN_CONFIG = "run_config.yaml"  # the resolved config of a run, kept for resuming it
 STAGES = ("train/", "val/", "test/")  # the prefixes of the metrics metrics.json keeps
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as the config says; return every final metric (also in metrics.json)."""
     from mnist_lightning.checks import check_output_dir, check_training_config
+    from mnist_lightning.runs import RunFolderLock, finished_metrics
 
-    checkpoint, epochs_done = resume_point(cfg)
-    if checkpoint is not None and (Path(cfg.paths.output_dir) / RUN_CONFIG).is_file():
-        # A resumed run finishes what it planned: its own saved config, not today's defaults.
-        cfg = OmegaConf.load(Path(cfg.paths.output_dir) / RUN_CONFIG)
+    cfg, checkpoint = continue_or_start(cfg)
     check_training_config(cfg)
     run_dir = check_output_dir(cfg.paths.output_dir)
-    finished = checkpoint is not None and epochs_done >= cfg.trainer.max_epochs
-    if finished and (run_dir / "metrics.json").is_file():
-        log.info("%s already finished its %d epochs; results in metrics.json", run_dir, epochs_done)
-        return json.loads((run_dir / "metrics.json").read_text())
+    with RunFolderLock(run_dir) if is_rank_zero() else nullcontext():
+        if checkpoint is not None and (done := finished_metrics(run_dir)):
+            log.info("%s already finished; its results are in metrics.json", run_dir)
+            return done
+        start_process(cfg)
+        log.info("%s\nrun dir: %s", describe(cfg), run_dir)
+        datamodule, model, trainer = build(cfg)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        if checkpoint is None:
+            show_data(datamodule, trainer, run_dir)
+            if cfg.get("lr_find"):
+                from mnist_lightning.tuning import find_learning_rate
 
-    start_process(cfg)
-    log.info("%s\nrun dir: %s", describe(cfg), run_dir)
-    datamodule, model, trainer = build(cfg)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    if checkpoint is None:
-        show_data(datamodule, trainer, run_dir)
-        if cfg.get("lr_find"):
-            from mnist_lightning.tuning import find_learning_rate
+                cfg.optimizer.lr = find_learning_rate(trainer, model, datamodule, run_dir)
+            save_run_config(cfg, run_dir, trainer)
+        else:
+            log.info("resuming from %s", checkpoint)
 
-            cfg.optimizer.lr = find_learning_rate(trainer, model, datamodule, run_dir)
-        save_run_config(cfg, run_dir, trainer)
-    else:
-        log.info("resuming from %s", checkpoint)
-
-    fit_seconds = fit(trainer, model, datamodule, checkpoint)
-    metrics = final_metrics(trainer, fit_seconds)
-    if cfg.get("test", True):
-        metrics.update(test_best_checkpoint(trainer, model, datamodule))
-    if trainer.is_global_zero:  # under DDP, one metrics.json, written by rank zero
-        write_results(cfg, trainer, metrics, run_dir)
+        fit_seconds = fit(trainer, model, datamodule, checkpoint)
+        metrics = final_metrics(trainer, fit_seconds)
+        if cfg.get("test", True):
+            metrics.update(test_best_checkpoint(trainer, model, datamodule))
+        if trainer.is_global_zero:  # under DDP, one metrics.json, written by rank zero
+            write_results(cfg, trainer, metrics, run_dir)
     return metrics
+
+
+def continue_or_start(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
+    """The config to train with, and the checkpoint to continue from (None: a new run).
+
+    `resume=`/`ckpt_path=` continue a run with its own saved config. A sweep run again with
+    the same `hydra.sweep.dir` keeps its finished jobs and continues the killed ones. Any other
+    run refuses a folder that already holds a run, rather than mix two runs' files.
+    """
+    from mnist_lightning import runs
+
+    run_dir = Path(cfg.paths.output_dir)
+    overrides = runs.task_overrides()
+    checkpoint = runs.checkpoint_to_resume(cfg)
+    if checkpoint is not None:
+        runs.refuse_overrides_on_resume(overrides, run_dir)
+    elif (run_dir / runs.RUN_CONFIG).is_file() and is_rank_zero():
+        # (Under DDP the other processes start after rank zero wrote the folder's config.)
+        if not in_multirun():
+            raise OutputError(
+                f"{run_dir} already holds a run; continue it with resume={run_dir}, or choose "
+                "another folder (hydra.run.dir=<folder>)."
+            )
+        saved = runs.load_run_config(run_dir)
+        if list(saved.get("overrides") or []) != overrides:
+            raise ConfigError(
+                f"{run_dir} holds another sweep job ({' '.join(saved.get('overrides') or [])}); "
+                "run this sweep in a new folder (hydra.sweep.dir=<folder>)."
+            )
+        last = run_dir / "checkpoints" / "last.ckpt"
+        checkpoint = last if last.is_file() else None
+    if checkpoint is None or not (run_dir / runs.RUN_CONFIG).is_file():
+        return cfg, checkpoint
+    saved = runs.load_run_config(run_dir)
+    if is_rank_zero():
+        runs.forget_logged_after(saved, run_dir, read_checkpoint_step(checkpoint))
+    return saved, checkpoint
+
+
+def read_checkpoint_step(checkpoint: Path) -> int:
+    from mnist_lightning.checkpoint import read_checkpoint
+
+    return int(read_checkpoint(checkpoint).get("global_step", 0))
+
+
+def is_rank_zero() -> bool:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def start_process(cfg: DictConfig) -> None:
@@ -114,7 +162,7 @@ def _instantiate_group(group: DictConfig | None) -> list:
     return [
         instantiate(node)
         for node in (group or {}).values()
-        if isinstance(node, DictConfig) and "_target_" in node
+        if isinstance(node, Mapping) and "_target_" in node
     ]
 
 
@@ -156,14 +204,13 @@ def show_data(datamodule, trainer, run_dir: Path) -> None:
 
 
 def save_run_config(cfg: DictConfig, run_dir: Path, trainer) -> None:
-    """The resolved config, with the options chosen per group: what `resume=` continues with."""
-    if not trainer.is_global_zero:
-        return
-    saved = OmegaConf.to_container(cfg, resolve=True)
-    saved["choices"] = {
-        group: _choice(group, cfg) for group in ("optimizer", "scheduler", "augment")
-    }
-    OmegaConf.save(saved, run_dir / RUN_CONFIG)
+    """The resolved config, with the options chosen per group and the command's overrides:
+    what `resume=` continues with."""
+    from mnist_lightning import runs
+
+    if trainer.is_global_zero:
+        choices = {group: _choice(group, cfg) for group in ("optimizer", "scheduler", "augment")}
+        runs.save_run_config(cfg, run_dir, choices, runs.task_overrides())
 
 
 def fit(trainer, model, datamodule, checkpoint: Path | None) -> float:
@@ -171,6 +218,10 @@ def fit(trainer, model, datamodule, checkpoint: Path | None) -> float:
     divergence stop, conf/callbacks/) ends in TrainingDiverged."""
     from mnist_lightning.runtime import imported_objects_frozen
 
+    if checkpoint is not None:
+        from mnist_lightning.checkpoint import check_checkpoint_fits
+
+        check_checkpoint_fits(model, checkpoint)
     with imported_objects_frozen():
         started = time.perf_counter()
         try:
@@ -225,6 +276,9 @@ def final_metrics(trainer, fit_seconds: float) -> dict[str, Any]:
     metrics: dict[str, Any] = _stage_scalars(trainer.callback_metrics)
     report = next((c for c in trainer.callbacks if isinstance(c, EpochReport)), None)
     if report is not None:
+        # The history is the record, also when a resumed fit had nothing left to do.
+        metrics.update({name: values[-1] for name, values in report.history.items() if values})
+        metrics.pop("epoch_seconds", None)
         metrics.update(history=dict(report.history), training_started_at=report.training_started_at)
     metrics.update(
         fit_seconds=round(fit_seconds, 2),
@@ -251,7 +305,9 @@ def test_best_checkpoint(trainer, model, datamodule) -> dict[str, Any]:
 def write_results(cfg: DictConfig, trainer, metrics: dict[str, Any], run_dir: Path) -> None:
     """metrics.json, TensorBoard's HParams entry and the one summary line."""
     log_hparams(trainer, cfg, metrics)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_text_atomically(
+        run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+    )
     log.info(
         "test/acc %.4f  test/loss %.4f  epochs %d  time %.1f s  run dir %s",
         metrics.get("test/acc", float("nan")),
@@ -264,31 +320,6 @@ def write_results(cfg: DictConfig, trainer, metrics: dict[str, Any], run_dir: Pa
 
 def _stage_scalars(metrics: dict) -> dict[str, float]:
     return {name: float(v) for name, v in metrics.items() if name.startswith(STAGES)}
-
-
-def resume_point(cfg: DictConfig) -> tuple[Path | None, int]:
-    """The checkpoint to continue from (`resume=<run folder>` or `ckpt_path=<file>`) and the
-    number of epochs it has finished, or (None, 0)."""
-    from mnist_lightning.checkpoint import read_checkpoint
-
-    if cfg.get("ckpt_path"):
-        checkpoint = Path(cfg.ckpt_path).expanduser()
-    elif cfg.get("resume"):
-        run = Path(cfg.resume).expanduser()
-        if not (run / RUN_CONFIG).is_file() and not (run / "checkpoints").is_dir():
-            raise UserError(
-                f"resume={run}: not a run folder of this project (no {RUN_CONFIG}, no checkpoints/)"
-            )
-        checkpoint = run / "checkpoints" / "last.ckpt"
-        if not checkpoint.is_file():
-            raise UserError(
-                f"resume={run}: it has no checkpoints/last.ckpt; the run stopped before its first epoch "
-                "ended. Start it again instead."
-            )
-    else:
-        return None, 0
-    state = read_checkpoint(checkpoint)  # refuse a damaged or unsafe file with a clear message
-    return checkpoint, state.get("epoch", -1) + 1
 
 
 def _choice(group: str, cfg: DictConfig) -> str:
@@ -342,7 +373,7 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
         "message": str(error),
         "traceback": "".join(traceback.format_exception(error)),
     }
-    (run_dir / "failure.json").write_text(json.dumps(details, indent=2) + "\n")
+    write_text_atomically(run_dir / "failure.json", json.dumps(details, indent=2) + "\n")
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import struct
 import subprocess
@@ -52,20 +53,55 @@ def synthetic_digits(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]
     return images.maximum(noise), labels.to(torch.uint8)
 
 
-def write_idx(path: Path, data: torch.Tensor) -> None:
+def idx_bytes(data: torch.Tensor) -> bytes:
     magic = 0x00000800 | data.dim()
     header = struct.pack(f">I{data.dim()}I", magic, *data.shape)
-    path.write_bytes(header + data.contiguous().numpy().tobytes())
+    return header + data.contiguous().numpy().tobytes()
+
+
+def fixture_files(train: int = FIXTURE_TRAIN, test: int = FIXTURE_TEST) -> dict[str, bytes]:
+    """The four IDX files of the stand-in MNIST, by name."""
+    files = {}
+    for split, count, seed in (("train", train, 0), ("t10k", test, 1)):
+        images, labels = synthetic_digits(count, seed)
+        files[f"{split}-images-idx3-ubyte"] = idx_bytes(images)
+        files[f"{split}-labels-idx1-ubyte"] = idx_bytes(labels)
+    return files
 
 
 def write_mnist(root: Path, train: int = FIXTURE_TRAIN, test: int = FIXTURE_TEST) -> Path:
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    for split, count, seed in (("train", train, 0), ("t10k", test, 1)):
-        images, labels = synthetic_digits(count, seed)
-        write_idx(raw / f"{split}-images-idx3-ubyte", images)
-        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    for name, content in fixture_files(train, test).items():
+        (raw / name).write_bytes(content)
     return root
+
+
+def expected_files(files: dict[str, bytes]) -> dict[str, dict]:
+    """What data.expected_files must say for these files: their MD5s and item counts."""
+    return {
+        name: {
+            "md5": hashlib.md5(content).hexdigest(),
+            "items": struct.unpack(">I", content[4:8])[0],
+        }
+        for name, content in files.items()
+    }
+
+
+# The project accepts only the official MNIST files unless data.expected_files names others:
+# the one setting that lets the tests use their small stand-ins.
+FIXTURE_EXPECTED = expected_files(fixture_files())
+_ENTRIES = ",".join(
+    f"{name}:{{md5:'{v['md5']}',items:{v['items']}}}" for name, v in FIXTURE_EXPECTED.items()
+)
+FIXTURE_FILES_OVERRIDE = f"data.expected_files={{{_ENTRIES}}}"
+
+
+def load_fixture(data_dir: Path):
+    """The stand-in files read as the project reads MNIST."""
+    from mnist_lightning.mnist_files import load_mnist
+
+    return load_mnist(data_dir, download=False, expected_files=FIXTURE_EXPECTED)
 
 
 @pytest.fixture(scope="session")
@@ -90,6 +126,7 @@ def real_data_dir() -> Path:
 
 # Overrides that make a run fit the tiny files and finish in seconds.
 FAST = [
+    FIXTURE_FILES_OVERRIDE,
     "data.val_size=128",
     "trainer.max_epochs=1",
     "callbacks.epoch_report.print_every_n_batches=0",

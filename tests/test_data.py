@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import socket
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
-from urllib.error import URLError
 
 import pytest
 import torch
@@ -13,12 +16,23 @@ import torch
 from mnist_lightning import data, mnist_files
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.errors import MNISTDataError
-from tests.conftest import FIXTURE_TEST, FIXTURE_TRAIN
+from tests.conftest import (
+    FAST,
+    FIXTURE_EXPECTED,
+    FIXTURE_TEST,
+    FIXTURE_TRAIN,
+    fixture_files,
+    load_fixture,
+    run_module,
+)
 
 
 def make_datamodule(data_dir, **kwargs) -> MNISTDataModule:
     datamodule = MNISTDataModule(
-        data_dir=str(data_dir), val_size=kwargs.pop("val_size", 128), **kwargs
+        data_dir=str(data_dir),
+        val_size=kwargs.pop("val_size", 128),
+        expected_files=FIXTURE_EXPECTED,
+        **kwargs,
     )
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -106,7 +120,7 @@ def test_gz_files_in_a_read_only_folder_are_used_without_network(
     )  # root ignores chmod
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(mnist_files, "_download", lambda *a: pytest.fail("must not download"))
-    loaded = mnist_files.load_mnist(fresh_data_dir)
+    loaded = mnist_files.load_mnist(fresh_data_dir, expected_files=FIXTURE_EXPECTED)
     assert loaded["train"][0].shape == (FIXTURE_TRAIN, 1, 28, 28)
     assert sorted(p.name for p in raw.iterdir()) == sorted(f"{n}.gz" for n in mnist_files.RAW_FILES)
     assert (
@@ -114,23 +128,110 @@ def test_gz_files_in_a_read_only_folder_are_used_without_network(
     ).is_file()
 
 
-def test_missing_data_without_network_ends_in_one_clear_message(tmp_path, monkeypatch):
-    tried = []
+@contextmanager
+def http_mirror(files: dict[str, bytes]):
+    """A real HTTP server on 127.0.0.1 serving `files` by name (404 for anything else)."""
 
-    def offline(url, *args, **kwargs):
-        tried.append(url)
-        raise URLError("no network")
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = files.get(self.path.lstrip("/"))
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    monkeypatch.setattr("torchvision.datasets.mnist.download_and_extract_archive", offline)
-    with pytest.raises(MNISTDataError) as error:
-        mnist_files.load_mnist(tmp_path / "empty")
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def gz_files(files: dict[str, bytes]) -> dict[str, bytes]:
+    return {f"{name}.gz": gzip.compress(content) for name, content in files.items()}
+
+
+GOOD = gz_files(fixture_files())
+ERROR_PAGE = {name: b"<html><body>Access denied</body></html>" for name in GOOD}
+TRUNCATED = {name: content[: len(content) // 2] for name, content in GOOD.items()}
+
+
+def test_the_first_run_downloads_mnist_where_the_loader_reads_it(tmp_path):
+    """End to end: an empty data folder, a mirror serving an error page, one serving truncated
+    files, one serving the right files; training runs on what was downloaded."""
+    data_dir = tmp_path / "data"
+    with http_mirror(ERROR_PAGE) as bad, http_mirror(TRUNCATED) as cut, http_mirror(GOOD) as good:
+        result = run_module(
+            "mnist_lightning.train",
+            f"data.data_dir={data_dir}",
+            f"data.mirrors=[{bad},{cut},{good}]",
+            *FAST,
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    raw = data_dir / "MNIST" / "raw"
+    assert sorted(p.name for p in data_dir.iterdir()) == ["MNIST"]  # no stray folder
+    assert sorted(p.name for p in raw.iterdir()) == sorted(mnist_files.RAW_FILES)
+    assert (raw / "train-images-idx3-ubyte").read_bytes() == fixture_files()[
+        "train-images-idx3-ubyte"
+    ]
+    assert f"downloaded t10k-labels-idx1-ubyte from {good}" in result.stdout
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_a_download_that_fails_everywhere_says_why_in_one_line(tmp_path):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    refused = f"http://127.0.0.1:{closed.getsockname()[1]}/"  # bound, never listening
+    with (
+        http_mirror(ERROR_PAGE) as bad,
+        http_mirror(TRUNCATED) as cut,
+        pytest.raises(MNISTDataError) as error,
+    ):
+        mnist_files.ensure_raw_files(tmp_path, mirrors=[bad, cut, refused])
+    closed.close()
     message = str(error.value)
+    assert "\n" not in message and message.startswith("Could not download train-images-idx3-ubyte")
+    assert f"{bad}train-images-idx3-ubyte.gz: " in message and "not a readable gzip" in message
+    assert f"{cut}train-images-idx3-ubyte.gz: " in message
+    assert f"{refused}train-images-idx3-ubyte.gz: " in message
+    assert "MNIST_DATA_DIR" in message
+    leftovers = [p.name for p in (tmp_path / "MNIST" / "raw").iterdir()]
+    assert leftovers == []  # nothing half-downloaded under any name
+
+
+def test_a_mirror_serving_other_files_is_refused_by_md5(tmp_path):
+    labels = fixture_files()["t10k-labels-idx1-ubyte"]
+    other = dict(GOOD)  # the same files but one label changed: same size, same count
+    other["t10k-labels-idx1-ubyte.gz"] = gzip.compress(labels[:-1] + bytes([(labels[-1] + 1) % 10]))
+    with (
+        http_mirror(other) as mirror,
+        pytest.raises(MNISTDataError, match="is not the expected file .MD5"),
+    ):
+        mnist_files.ensure_raw_files(tmp_path, mirrors=[mirror], expected_files=FIXTURE_EXPECTED)
+
+
+def test_swapped_train_and_test_files_are_named(real_data_dir, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
     for name in mnist_files.RAW_FILES:
-        assert name in message
-    assert str(tmp_path / "empty" / "MNIST" / "raw") in message
-    assert "data.data_dir" in message and "MNIST_DATA_DIR" in message
-    assert "\n" not in message  # one message, not a wall of mirror errors
-    assert tried and "lecun" not in tried[0]  # the working mirror is tried first
+        swapped = name.replace("train", "T").replace("t10k", "train").replace("T", "t10k")
+        shutil.copyfile(real_data_dir / "MNIST" / "raw" / swapped, raw / name)
+    with pytest.raises(
+        MNISTDataError,
+        match="holds 10,000 items where the expected file holds 60,000 .train and test files swapped",
+    ):
+        mnist_files.ensure_raw_files(tmp_path, download=False)
 
 
 def test_missing_data_with_download_off(tmp_path):
@@ -152,7 +253,7 @@ def test_a_damaged_file_is_named_with_the_fix(fresh_data_dir, damage, expected):
     victim = fresh_data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte"
     damage(victim)
     with pytest.raises(MNISTDataError) as error:
-        mnist_files.load_mnist(fresh_data_dir, download=False)
+        load_fixture(fresh_data_dir)
     assert str(victim) in str(error.value)
     assert expected in str(error.value)
     assert "Delete it and run again" in str(error.value)
@@ -163,17 +264,22 @@ def test_a_corrupt_gz_file_is_named(fresh_data_dir):
     (raw / "t10k-labels-idx1-ubyte").unlink()
     (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b\x08garbage")
     with pytest.raises(MNISTDataError, match="t10k-labels-idx1-ubyte.gz is not a readable gzip"):
-        mnist_files.load_mnist(fresh_data_dir, download=False)
+        load_fixture(fresh_data_dir)
     assert not (raw / "t10k-labels-idx1-ubyte").exists()  # no half-written file left behind
 
 
 def test_labels_outside_0_to_9_are_refused(fresh_data_dir):
-    path = fresh_data_dir / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    from tests.conftest import expected_files
+
+    raw = fresh_data_dir / "MNIST" / "raw"
+    path = raw / "t10k-labels-idx1-ubyte"
     content = bytearray(path.read_bytes())
     content[-1] = 42
     path.write_bytes(bytes(content))
+    # Expected as they are now, so that the label check itself is what refuses them.
+    damaged = expected_files({name: (raw / name).read_bytes() for name in mnist_files.RAW_FILES})
     with pytest.raises(MNISTDataError, match="label 42"):
-        mnist_files.load_mnist(fresh_data_dir, download=False)
+        mnist_files.load_mnist(fresh_data_dir, download=False, expected_files=damaged)
 
 
 def test_image_and_label_counts_must_agree(fresh_data_dir, tmp_path):
@@ -184,8 +290,8 @@ def test_image_and_label_counts_must_agree(fresh_data_dir, tmp_path):
         other / "MNIST" / "raw" / "train-labels-idx1-ubyte",
         fresh_data_dir / "MNIST" / "raw" / "train-labels-idx1-ubyte",
     )
-    with pytest.raises(MNISTDataError, match="holds 640 images but"):
-        mnist_files.load_mnist(fresh_data_dir, download=False)
+    with pytest.raises(MNISTDataError, match="holds 650 items where the expected file holds 640"):
+        load_fixture(fresh_data_dir)
 
 
 def test_val_size_must_leave_training_images(fixture_data_dir):

@@ -19,7 +19,7 @@ from mnist_lightning.checkpoint import read_checkpoint
 from mnist_lightning.data import to_model_input
 from mnist_lightning.model import MNISTClassifier
 from mnist_lightning.train import build, train
-from tests.conftest import FAST, compose
+from tests.conftest import FAST, compose, load_fixture
 
 # 512 training images in batches of 16: 32 optimizer steps an epoch.
 SMALL_BATCHES = ["data.val_size=128", "data.batch_size=16", "trainer.max_epochs=1"]
@@ -27,6 +27,7 @@ SMALL_BATCHES = ["data.val_size=128", "data.batch_size=16", "trainer.max_epochs=
 
 def fit(overrides, data_dir, tmp_path, callbacks=()):
     cfg = compose([f"data.data_dir={data_dir}", *FAST, *overrides], tmp_path)
+    pl.seed_everything(0)
     datamodule, model, trainer = build(cfg)
     trainer.callbacks += list(callbacks)
     trainer.fit(model, datamodule=datamodule)
@@ -186,9 +187,7 @@ def test_lr_find_suggests_a_rate_and_the_fit_trains_with_it(fixture_data_dir, tm
 
 
 def test_the_classifier_trains_with_a_plain_dataloader_and_a_bare_trainer(fixture_data_dir):
-    from mnist_lightning.mnist_files import load_mnist
-
-    images, labels = load_mnist(fixture_data_dir)["train"]
+    images, labels = load_fixture(fixture_data_dir)["train"]
     loader = DataLoader(TensorDataset(to_model_input(images), labels), batch_size=64, shuffle=True)
     model = MNISTClassifier(activation="relu")
     trainer = pl.Trainer(
@@ -200,8 +199,6 @@ def test_the_classifier_trains_with_a_plain_dataloader_and_a_bare_trainer(fixtur
 
 
 def test_ema_weights_are_the_ones_validated_checkpointed_and_tested(fixture_data_dir, tmp_path):
-    from mnist_lightning.mnist_files import load_mnist
-
     metrics = train(
         compose(
             [
@@ -219,7 +216,7 @@ def test_ema_weights_are_the_ones_validated_checkpointed_and_tested(fixture_data
     average, current = checkpoint["state_dict"], checkpoint["current_model_state"]
     assert not torch.equal(average["net.hidden1.weight"], current["net.hidden1.weight"])
 
-    images, labels = load_mnist(fixture_data_dir)["test"]
+    images, labels = load_fixture(fixture_data_dir)["test"]
     model = MNISTClassifier().eval()
 
     def test_loss(state) -> float:
@@ -295,3 +292,14 @@ def test_metrics_json_keeps_global_step_and_epoch_times(fixture_data_dir, tmp_pa
     assert len(saved["history"]["epoch_seconds"]) == 2
     assert len(saved["history"]["train/loss"]) == len(saved["history"]["val/acc"]) == 2
     assert Path(saved["test_checkpoint"]).is_file()
+
+
+def test_stochastic_weight_averaging_moves_the_rate_and_averages(fixture_data_dir, tmp_path):
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    swa = StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=1, annealing_epochs=1)
+    _, model, trainer = fit(
+        ["trainer.max_epochs=3", "logger=none"], fixture_data_dir, tmp_path, [swa]
+    )
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05)  # from 0.2
+    assert swa.n_averaged is not None and int(swa.n_averaged) >= 2  # averaged over epochs

@@ -10,7 +10,7 @@ import torch
 
 from mnist_lightning.network import ACTIVATIONS, MLP
 from mnist_lightning.train import build
-from tests.conftest import compose
+from tests.conftest import FIXTURE_FILES_OVERRIDE, compose
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
@@ -60,6 +60,7 @@ def fit_briefly(overrides, data_dir, tmp_path):
     cfg = compose(
         [
             f"data.data_dir={data_dir}",
+            FIXTURE_FILES_OVERRIDE,
             "data.val_size=128",
             "trainer.max_epochs=2",
             "+trainer.limit_train_batches=4",
@@ -72,6 +73,7 @@ def fit_briefly(overrides, data_dir, tmp_path):
         ],
         tmp_path,
     )
+    pl.seed_everything(0)
     datamodule, model, trainer = build(cfg)
     before = [p.detach().clone() for p in model.parameters()]
     trainer.fit(model, datamodule=datamodule)
@@ -91,8 +93,8 @@ def test_every_optimizer_config_takes_steps(optimizer, fixture_data_dir, tmp_pat
 def test_every_scheduler_config_steps_the_learning_rate(scheduler, fixture_data_dir, tmp_path):
     overrides = {
         "step": ["scheduler.step_size=1"],
-        # val/acc rises, which mode=min counts as no improvement: the rate halves after epoch 2.
-        "plateau": ["scheduler.mode=min", "scheduler.patience=0"],
+        # No epoch can beat the best by 100%: epoch 2 does not improve, the rate halves.
+        "plateau": ["scheduler.patience=0", "+scheduler.threshold=1.0"],
     }.get(scheduler, [])
     cfg, trainer, changed = fit_briefly(
         [f"scheduler={scheduler}", *overrides], fixture_data_dir, tmp_path
@@ -168,6 +170,7 @@ def fit_one_epoch(overrides, callbacks, data_dir, tmp_path):
     cfg = compose(
         [
             f"data.data_dir={data_dir}",
+            FIXTURE_FILES_OVERRIDE,
             "trainer.max_epochs=1",
             "logger=none",
             "~callbacks",

@@ -23,9 +23,8 @@ from mnist_lightning.checkpoint import (
 )
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import to_model_input
-from mnist_lightning.mnist_files import load_mnist
 from mnist_lightning.train import train
-from tests.conftest import FAST, compose, run_module
+from tests.conftest import FAST, compose, load_fixture, run_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from user_digits import make_user_digits  # noqa: E402
@@ -76,7 +75,7 @@ def test_evaluate_reproduces_the_training_test_metrics(
 
 
 def test_preprocessing_undoes_what_users_do_to_a_digit(fixture_data_dir):
-    digit = load_mnist(fixture_data_dir)["test"][0][0, 0].numpy()
+    digit = load_fixture(fixture_data_dir)["test"][0][0, 0].numpy()
     light_on_dark = Image.fromarray(digit).resize((300, 300), Image.BICUBIC)
     reference = preprocess.to_mnist(light_on_dark)[0].float()
 
@@ -102,7 +101,7 @@ def test_preprocessing_undoes_what_users_do_to_a_digit(fixture_data_dir):
 
 
 def test_predict_reads_user_images_and_reports_bad_files(trained_run, fixture_data_dir, tmp_path):
-    images, labels = load_mnist(fixture_data_dir)["test"]
+    images, labels = load_fixture(fixture_data_dir)["test"]
     folder = tmp_path / "digits"
     made = make_user_digits(images[:60, 0].numpy(), labels[:60].numpy(), folder)
     (folder / "notes.txt").write_text("not an image, skipped")
@@ -147,7 +146,7 @@ def test_exported_models_match_pytorch(trained_run, fixture_data_dir, tmp_path):
     from mnist_lightning.export import export, exportable
 
     module = exportable(trained_run)
-    images = load_mnist(fixture_data_dir)["test"][0].float() / 255
+    images = load_fixture(fixture_data_dir)["test"][0].float() / 255
     model = load_classifier(resolve_checkpoint(trained_run))
     with torch.no_grad():
         expected = model(to_model_input((images * 255).to(torch.uint8))).numpy()
