@@ -159,4 +159,9 @@ class MNISTDataModule(pl.LightningDataModule):
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         augment = self.augment if training else None
-        return to_model_input(images, self.hparams.normalize, augment), labels
+        x = to_model_input(images, self.hparams.normalize, augment)
+        if self.trainer is not None:
+            # Lightning casts float inputs for its precision (64-true, bf16-true, ...) before the
+            # transfer, when these are still uint8: cast the images the model will see here.
+            x = self.trainer.precision_plugin.convert_input(x)
+        return x, labels

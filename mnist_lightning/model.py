@@ -20,6 +20,15 @@ from mnist_lightning.network import MLP
 
 # The lesson's optimizer, for a model built without a config: MNISTClassifier().
 LESSON_OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.2}
+# What the model logs: the names callbacks, schedulers and sweepers may watch.
+LOGGED_METRICS = (
+    "train/loss",
+    "train/acc",
+    "train/loss_step",
+    "val/loss",
+    "val/acc",
+    "val/acc_best",
+)
 # Keys of a scheduler config that are Lightning's (its lr_scheduler dict), not the scheduler's.
 LIGHTNING_SCHEDULER_KEYS = ("interval", "frequency", "monitor")
 

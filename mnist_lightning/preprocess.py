@@ -2,8 +2,9 @@
 
 MNIST digits are white on black, size-normalised to fit a 20x20 box (aspect ratio kept) and
 placed in a 28x28 field with their centre of mass at the centre. `to_mnist` does the same to
-any image: grayscale (or the alpha channel of a transparent PNG), inverted when the paper is
-lighter than the ink, background removed, cropped to the ink's bounding box, scaled, centred.
+any image: grayscale at any bit depth (or the alpha channel of a transparent PNG), inverted
+when the paper is lighter than the ink, background removed, cropped to the ink's bounding box,
+scaled, centred. An image that already looks like MNIST is passed on as it is.
 """
 
 from __future__ import annotations
@@ -46,25 +47,62 @@ def load_image(path: str | Path) -> Image.Image:
     return ImageOps.exif_transpose(image)  # phone photos carry their rotation in EXIF
 
 
+def high_depth_levels(image: Image.Image) -> np.ndarray:
+    """float32 HxW in [0, 255] for 16/32-bit integer and float images: integers scaled down
+    from their full range, floats from [0, 1] (a resized [0, 1] image overshoots a little) or
+    [0, 255]. PIL's own conversion to 8 bits clips them instead."""
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    if image.mode == "F":
+        top = 1.0 if values.max() <= 2.0 else 255.0
+    else:  # I;16*, I
+        top = 255.0 if image.mode == "I" and values.max() <= 255 else 65535.0
+    levels = np.clip(values / top * 255.0, 0, 255).astype(np.float32)
+    height, width = levels.shape
+    if max(height, width) > WORKING_SIZE:  # shrink big images first: the result is 28x28
+        scale = WORKING_SIZE / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        levels = np.asarray(Image.fromarray(levels, mode="F").resize(size, Image.BOX), np.float32)
+    return levels
+
+
 def ink_map(image: Image.Image) -> np.ndarray:
     """float32 HxW in [0, 255]: how much ink each pixel holds (white digit on black)."""
-    image.thumbnail((WORKING_SIZE, WORKING_SIZE))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)
-        if (alpha < 128).mean() > 0.1:  # a transparent background: the opaque pixels are the digit
-            return alpha
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    if image.mode.startswith("I") or image.mode == "F":
+        gray = high_depth_levels(image)
+    else:
+        image.thumbnail((WORKING_SIZE, WORKING_SIZE))
+        transparent = image.mode in ("RGBA", "LA", "PA")
+        if transparent or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)
+            if (alpha < 128).mean() > 0.1:  # a transparent background: the opaque pixels are ink
+                return alpha
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+        gray = np.asarray(image.convert("L"), dtype=np.float32)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if np.median(border) > 127:  # light paper, dark ink: make it MNIST's white on black
         gray = 255.0 - gray
     return gray
 
 
+def looks_like_mnist(ink: np.ndarray) -> bool:
+    """28x28, light ink on a black background, centred by mass: already what MNIST looks like,
+    so it goes to the model as it is (re-cropping and re-scaling it would only blur it)."""
+    if ink.shape != (28, 28) or ink.max() < 200:  # faint ink is levelled below
+        return False
+    border = np.concatenate([ink[0], ink[-1], ink[:, 0], ink[:, -1]])
+    if np.median(border) > 32:  # MNIST's background is black
+        return False
+    weights = ink / ink.sum()
+    center = [float((weights.sum(axis=1 - axis) * np.arange(28)).sum()) for axis in (0, 1)]
+    return all(abs(c - 13.75) <= 2.5 for c in center)
+
+
 def to_mnist(image: Image.Image) -> torch.Tensor:
     """uint8 [1, 28, 28]: the digit as MNIST would have it. Raises ImageError on a blank image."""
     ink = ink_map(image)
+    if looks_like_mnist(ink):
+        return torch.from_numpy(np.rint(ink).clip(0, 255).astype(np.uint8))[None]
     background = float(np.median(ink))
     ink = np.clip(ink - background, 0, None)  # paper (and its tint or shading) becomes black
     peak = float(ink.max())

@@ -86,21 +86,30 @@ def _walk(node: Any, key: str = ""):
         yield key, node
 
 
+def _moved(text: str, moves: list[tuple[str, str]]) -> str:
+    for old, new in moves:
+        if text == old or text.startswith(old + os.sep):
+            return new + text[len(old) :]
+    return text
+
+
 def _relocate(node: Any, moves: list[tuple[str, str]]) -> Any:
-    """Every string under an old folder, re-anchored under the new one."""
+    """Every string (and dict key) under an old folder, re-anchored under the new one."""
     if isinstance(node, dict):
-        return {k: _relocate(v, moves) for k, v in node.items()}
+        return {
+            (_moved(k, moves) if isinstance(k, str) else k): _relocate(v, moves)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_relocate(v, moves) for v in node]
     if isinstance(node, str):
-        for old, new in moves:
-            if node == old or node.startswith(old + os.sep):
-                return new + node[len(old) :]
+        return _moved(node, moves)
     return node
 
 
-def load_run_config(run_dir: Path) -> DictConfig:
-    """A run folder's saved config, checked and re-anchored to where the folder is now."""
+def load_run_config(run_dir: Path) -> tuple[DictConfig, list[tuple[str, str]]]:
+    """A run folder's saved config, checked and re-anchored to where the folder is now; and the
+    moves made (old folder, new folder)."""
     path = run_dir / RUN_CONFIG
     try:
         saved = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
@@ -121,8 +130,36 @@ def load_run_config(run_dir: Path) -> DictConfig:
     moves = [(str(paths.get("output_dir", "")), str(run_dir))]
     if paths.get("root_dir"):
         moves.append((str(paths["root_dir"]), str(PROJECT_ROOT)))
-    relocated = _relocate(saved, [(old, new) for old, new in moves if old])
-    return OmegaConf.create(relocated)
+    moves = [(old, new) for old, new in moves if old and old != new]
+    return OmegaConf.create(_relocate(saved, moves)), moves
+
+
+def relocate_checkpoint(path: Path, moves: list[tuple[str, str]]) -> None:
+    """The paths a checkpoint's callbacks remember (best checkpoints, their folder), re-anchored
+    to where the run folder is now, so that a moved run keeps managing its own files."""
+    if not moves:
+        return
+    import torch
+
+    from mnist_lightning.atomic import write_atomically
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    remembered = checkpoint.get("callbacks", {})
+    values = (v for _, v in _walk(remembered) if isinstance(v, str))
+    if all(_moved(text, moves) == text for text in (*values, *map(str, _keys(remembered)))):
+        return
+    checkpoint["callbacks"] = _relocate(remembered, moves)
+    write_atomically(path, lambda temporary: torch.save(checkpoint, temporary))
+
+
+def _keys(node: Any):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield k
+            yield from _keys(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _keys(v)
 
 
 def save_run_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str]):

@@ -30,11 +30,12 @@ STAGES = ("train/", "val/", "test/")  # the prefixes of the metrics metrics.json
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as the config says; return every final metric (also in metrics.json)."""
-    from mnist_lightning.checks import check_output_dir, check_training_config
-    from mnist_lightning.runs import RunFolderLock, finished_metrics
+    from mnist_lightning.checks import check_buildable, check_output_dir, check_training_config
+    from mnist_lightning.runs import RunFolderLock, finished_metrics, task_overrides
 
     cfg, checkpoint = continue_or_start(cfg)
     check_training_config(cfg)
+    check_buildable(cfg, task_overrides())
     run_dir = check_output_dir(cfg.paths.output_dir)
     with RunFolderLock(run_dir) if is_rank_zero() else nullcontext():
         if checkpoint is not None and (done := finished_metrics(run_dir)):
@@ -85,7 +86,7 @@ def continue_or_start(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
                 f"{run_dir} already holds a run; continue it with resume={run_dir}, or choose "
                 "another folder (hydra.run.dir=<folder>)."
             )
-        saved = runs.load_run_config(run_dir)
+        saved, _ = runs.load_run_config(run_dir)
         if list(saved.get("overrides") or []) != overrides:
             raise ConfigError(
                 f"{run_dir} holds another sweep job ({' '.join(saved.get('overrides') or [])}); "
@@ -95,8 +96,9 @@ def continue_or_start(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
         checkpoint = last if last.is_file() else None
     if checkpoint is None or not (run_dir / runs.RUN_CONFIG).is_file():
         return cfg, checkpoint
-    saved = runs.load_run_config(run_dir)
+    saved, moves = runs.load_run_config(run_dir)
     if is_rank_zero():
+        runs.relocate_checkpoint(checkpoint, moves)
         runs.forget_logged_after(saved, run_dir, read_checkpoint_step(checkpoint))
     return saved, checkpoint
 
@@ -170,13 +172,22 @@ def build(cfg: DictConfig):
     """Instantiate the datamodule, model, loggers, callbacks and trainer from the config."""
     from hydra.utils import instantiate
 
-    datamodule = _construct(cfg.data, augment=_plain(cfg.get("augment")))
-    model = _construct(
-        cfg.model, optimizer=_plain(cfg.optimizer), scheduler=_plain(cfg.get("scheduler"))
-    )
-    loggers = _instantiate_group(cfg.get("logger"))
-    callbacks = _instantiate_group(cfg.get("callbacks"))
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    from mnist_lightning.checks import building
+    from mnist_lightning.runs import task_overrides
+
+    overrides = task_overrides()
+    with building("data", overrides):
+        datamodule = _construct(cfg.data, augment=_plain(cfg.get("augment")))
+    with building("model", overrides):
+        model = _construct(
+            cfg.model, optimizer=_plain(cfg.optimizer), scheduler=_plain(cfg.get("scheduler"))
+        )
+    with building("logger", overrides):
+        loggers = _instantiate_group(cfg.get("logger"))
+    with building("callbacks", overrides):
+        callbacks = _instantiate_group(cfg.get("callbacks"))
+    with building("trainer", overrides, target=cfg.trainer._target_):
+        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     return datamodule, model, trainer
 
 
@@ -227,13 +238,10 @@ def fit(trainer, model, datamodule, checkpoint: Path | None) -> float:
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
         except SystemExit:
-            if trainer.interrupted:  # Ctrl-C: Lightning saved last.ckpt (save_on_exception)
-                run_dir = Path(trainer.default_root_dir)
+            if trainer.interrupted:  # Ctrl-C: GracefulInterrupt saved last.ckpt
                 log.warning(
-                    "interrupted in epoch %d at step %d\nresume with: python -m mnist_lightning.train resume=%s",
-                    trainer.current_epoch + 1,
-                    trainer.global_step,
-                    run_dir,
+                    "resume with: python -m mnist_lightning.train resume=%s",
+                    trainer.default_root_dir,
                 )
             raise
         seconds = time.perf_counter() - started
@@ -393,6 +401,13 @@ def main(cfg: DictConfig) -> float | None:
             return None
         if user_error:
             log.error("error: %s", error)
+            sys.exit(1)
+        if isinstance(error, OSError) and error.filename:  # a folder or file the system refused
+            log.error(
+                "error: %s: %s; check that it exists and can be written, or choose another path",
+                error.strerror or type(error).__name__,
+                error.filename,
+            )
             sys.exit(1)
         raise
     # What a sweeper optimises (conf/train.yaml); None (no validation) is no value.

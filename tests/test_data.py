@@ -8,10 +8,12 @@ import socket
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import Precision
 
 from mnist_lightning import data, mnist_files
 from mnist_lightning.data import MNISTDataModule
@@ -51,12 +53,12 @@ def test_batches_have_the_lessons_shapes_and_dtypes(fixture_data_dir):
     assert raw_x.dtype == torch.uint8  # scaling happens after the transfer, on the device
     assert raw_x.shape == (64, 1, 28, 28)  # one loader item is one optimizer batch
     assert len(datamodule.train_dataloader()) == -(-(FIXTURE_TRAIN - 128) // 64)
-    datamodule.trainer = SimpleNamespace(training=True)
+    datamodule.trainer = SimpleNamespace(training=True, precision_plugin=Precision())
     x, y = datamodule.on_after_batch_transfer((raw_x, raw_y), 0)
     assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
     assert y.shape == (64,) and y.dtype == torch.int64
     # Evaluation batches are larger: no optimizer step, only the speed differs.
-    datamodule.trainer = SimpleNamespace(training=False)
+    datamodule.trainer = SimpleNamespace(training=False, precision_plugin=Precision())
     x, y = datamodule.on_after_batch_transfer(next(iter(datamodule.val_dataloader())), 0)
     assert x.shape == (100, 1, 28, 28) and y.shape == (100,)
 
@@ -320,11 +322,11 @@ def test_augmentation_applies_to_training_batches_only_with_a_draw_per_image(fix
     images, labels = next(iter(datamodule.val_dataloader()))
     twins = (images[:1].repeat(8, 1, 1, 1), labels[:1].repeat(8))
 
-    datamodule.trainer = SimpleNamespace(training=False)
+    datamodule.trainer = SimpleNamespace(training=False, precision_plugin=Precision())
     x_eval, _ = datamodule.on_after_batch_transfer(twins, 0)
     assert torch.equal(x_eval, data.to_model_input(twins[0]))  # validation/test untouched
 
-    datamodule.trainer = SimpleNamespace(training=True)
+    datamodule.trainer = SimpleNamespace(training=True, precision_plugin=Precision())
     x_train, y_train = datamodule.on_after_batch_transfer(twins, 0)
     assert x_train.shape == (8, 1, 28, 28) and torch.equal(y_train, twins[1])
     flat = x_train.flatten(1)
@@ -332,3 +334,28 @@ def test_augmentation_applies_to_training_batches_only_with_a_draw_per_image(fix
     # Space moved in from outside the image is MNIST's black, not grey.
     background = (0 - data.MNIST_MEAN) / data.MNIST_STD
     assert x_train.min() >= background - 1e-5
+
+
+def test_a_symlink_loop_as_data_dir_is_one_line(tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(MNISTDataError, match=f"data.data_dir={loop} cannot be opened"):
+        mnist_files.ensure_raw_files(loop, download=False)
+
+
+def test_an_unreadable_data_file_is_one_line(fresh_data_dir, monkeypatch):
+    victim = fresh_data_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    real_open = Path.open
+
+    def denied(self, *args, **kwargs):  # the tests run as root, whom chmod does not stop
+        if self == victim:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(MNISTDataError) as error:
+        load_fixture(fresh_data_dir)
+    assert str(error.value) == (
+        f"cannot read {victim} (permission denied); fix its permissions or point data.data_dir "
+        "at a readable copy of MNIST."
+    )

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mnist_lightning import mnist_files, preprocess
-from mnist_lightning.checks import check_output_dir, check_training_config
+from mnist_lightning.checks import check_output_dir
 from mnist_lightning.errors import ConfigError, MNISTDataError, TrainingDiverged, UserError
 from mnist_lightning.train import train
 from tests.conftest import FAST, ROOT, compose, run_module
@@ -49,18 +49,19 @@ def wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> Non
 
 def test_a_killed_run_resumes_in_its_folder_and_finishes(fixture_data_dir, tmp_path):
     run_dir = tmp_path / "killed"
-    args = [*FAST, "experiment=relu_adam", "trainer.max_epochs=12"]
+    args = [*FAST, "experiment=relu_adam", "trainer.max_epochs=6"]
     process = start_training([*args, f"hydra.run.dir={run_dir}"], fixture_data_dir)
     wait_for(run_dir / "checkpoints" / "last.ckpt", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (run_dir / "metrics.json").exists()
+    assert (run_dir / ".lock").exists()  # the killed run's lock file, no longer locked
 
     resumed = run_module("mnist_lightning.train", f"resume={run_dir}", data_dir=fixture_data_dir)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert "resuming from" in resumed.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["epochs"] == 12 and len(metrics["history"]["val/acc"]) == 12
+    assert metrics["epochs"] == 6 and len(metrics["history"]["val/acc"]) == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["killed"]  # no second run folder
     assert all(
         p.parent == run_dir for p in run_dir.rglob("events.out.tfevents.*")
@@ -72,23 +73,6 @@ def test_a_killed_run_resumes_in_its_folder_and_finishes(fixture_data_dir, tmp_p
     assert (
         abs(metrics["test/acc"] - uninterrupted["test/acc"]) <= 0.003 + 1 / 160
     )  # one tiny-test-set image
-
-    again = run_module("mnist_lightning.train", f"resume={run_dir}", data_dir=fixture_data_dir)
-    assert again.returncode == 0 and "already finished" in again.stdout
-
-
-def test_ctrl_c_saves_last_checkpoint_and_says_how_to_resume(fixture_data_dir, tmp_path):
-    run_dir = tmp_path / "interrupted"
-    process = start_training(
-        [*FAST, "trainer.max_epochs=200", f"hydra.run.dir={run_dir}"], fixture_data_dir
-    )
-    wait_for(run_dir / "checkpoints" / "last.ckpt", process)
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=60)
-    assert f"resume with: python -m mnist_lightning.train resume={run_dir}" in output
-    from mnist_lightning.checkpoint import read_checkpoint
-
-    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"] >= 0
 
 
 def test_a_diverging_loss_stops_early_and_keeps_the_best_checkpoint(fixture_data_dir, tmp_path):
@@ -115,57 +99,110 @@ def test_a_diverging_loss_stops_early_and_keeps_the_best_checkpoint(fixture_data
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
 
 
-@pytest.mark.parametrize(
-    "override, expected",
-    [
-        ("data.batch_size=0", "data.batch_size=0: must be a whole number above 0"),
-        ("data.batch_size=-3", "data.batch_size=-3: must be"),
-        ("cpu_threads=0", "cpu_threads=0: must be a whole number, at least 1, or null"),
-        ("data.eval_batch_size=1.5", "data.eval_batch_size=1.5: must be a whole number above 0"),
-        ("data.val_size=0", "data.val_size=0: must be a whole number between 1 and 59,999"),
-        ("data.val_size=60000", "data.val_size=60000: must be"),
-        ("optimizer.lr=0", "optimizer.lr=0: the learning rate must be a number above 0"),
-        ("optimizer.lr=-0.1", "optimizer.lr=-0.1: the learning rate"),
-        (
-            "model.activation=sigmod",
-            "model.activation=sigmod: unknown; choose one of sigmoid, relu",
-        ),
-        ("trainer.max_epochs=0", "trainer.max_epochs=0: must be a whole number, at least 1"),
-        (
-            "scheduler=step scheduler.interval=batch",
-            "scheduler.interval=batch: use epoch (step the schedule after each epoch) or step",
-        ),
-        (
-            "+scheduler.frequency=2",
-            "scheduler.frequency=2 is set without a scheduler: choose one as well",
-        ),
-        (
-            "scheduler=cosine +scheduler.frequency=0",
-            "scheduler.frequency=0: must be a whole number, at least 1",
-        ),
-    ],
-)
-def test_each_bad_value_is_refused_in_one_line(override, expected, tmp_path):
+BAD_VALUES = [
+    ("data.batch_size=0", "data.batch_size=0: must be a whole number at least 1"),
+    ("data.batch_size=-3", "data.batch_size=-3: must be a whole number at least 1"),
+    ("data.eval_batch_size=1.5", "data.eval_batch_size=1.5: must be a whole number"),
+    ("data.val_size=0", "data.val_size=0: must be a whole number between 1 and 59,999"),
+    ("data.val_size=60000", "data.val_size=60000: must be a whole number between 1 and 59,999"),
+    ("data.val_size=true", "data.val_size=True: must be a whole number"),
+    ("data.shuffle=maybe", "data.shuffle=maybe: must be true or false"),
+    ("+data.batchsize=32", "data.batchsize: no such setting; did you mean data.batch_size?"),
+    ("seed=abc", "seed=abc: must be a whole number"),
+    ("cpu_threads=0", "cpu_threads=0: must be a whole number at least 1, or null"),
+    ("optimizer.lr=0", "optimizer.lr=0: must be a finite number above 0"),
+    ("optimizer.lr=-0.1", "optimizer.lr=-0.1: must be a finite number above 0"),
+    ("optimizer.lr=nan", "optimizer.lr=nan: must be a finite number above 0"),
+    ("optimizer.momentum=-1", "optimizer: Invalid momentum value: -1"),
+    (
+        "optimizer=adam optimizer.betas=[1.5,0.9]",
+        "optimizer: Invalid beta parameter at index 0: 1.5",
+    ),
+    ("model.activation=sigmod", "model.activation=sigmod: must be one of sigmoid, relu"),
+    (
+        "model.label_smoothing=1.5",
+        "model.label_smoothing=1.5: must be a finite number at least 0 and below 1",
+    ),
+    (
+        "model.label_smoothing=-0.1",
+        "model.label_smoothing=-0.1: must be a finite number at least 0",
+    ),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0: must be a whole number at least 1"),
+    (
+        "trainer.precision=63",
+        "trainer: Precision 63 is invalid. Allowed precision values",
+    ),
+    (
+        "+trainer.max_epoch=3",
+        "trainer.max_epoch: no such setting; did you mean trainer.max_epochs?",
+    ),
+    (
+        "scheduler=step scheduler.step_size=0",
+        "scheduler.step_size=0: must be a whole number at least 1",
+    ),
+    (
+        "scheduler=step scheduler.interval=batch",
+        "scheduler.interval=batch: must be one of epoch, step",
+    ),
+    (
+        "+scheduler.frequency=2",
+        "scheduler.frequency=2 is set without a scheduler: choose one as well",
+    ),
+    (
+        "scheduler=cosine +scheduler.frequency=0",
+        "scheduler.frequency=0: must be a whole number at least 1",
+    ),
+    (
+        "scheduler=onecycle scheduler.pct_start=2",
+        "scheduler.pct_start=2: must be a finite number above 0",
+    ),
+    ("augment=affine augment.scale=[2,1]", "augment: uniform_ expects"),
+    (
+        "callbacks.model_checkpoint.monitor=val/nope",
+        "callbacks.model_checkpoint.monitor=val/nope: not a metric this model logs",
+    ),
+    (
+        "optimized_metric=val/accuracy",
+        "optimized_metric=val/accuracy: not a metric this model logs",
+    ),
+]
+
+
+@pytest.mark.parametrize("overrides, expected", BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
+def test_each_bad_value_is_refused_in_one_line_before_any_work(overrides, expected, tmp_path):
+    empty = tmp_path / "no_data"  # reaching the data would fail differently
+    cfg = compose([*overrides.split(), f"data.data_dir={empty}", "data.download=false"], tmp_path)
     with pytest.raises(ConfigError) as error:
-        check_training_config(compose(override.split(), tmp_path))
-    assert str(error.value) == next(
-        line for line in str(error.value).splitlines() if line.startswith(expected)
-    )
+        train(cfg)
+    message = str(error.value)
+    assert message.startswith(expected) and "\n" not in message
+    assert not empty.exists() and not (tmp_path / "run_config.yaml").exists()
 
 
-def test_bad_values_end_the_command_before_any_work(tmp_path):
+def test_a_constructors_error_names_the_override_that_caused_it(tmp_path, monkeypatch):
+    from mnist_lightning import runs
+
+    monkeypatch.setattr(runs, "task_overrides", lambda: ["optimizer.momentum=-1"])  # as given
+    with pytest.raises(ConfigError) as error:
+        train(compose(["optimizer.momentum=-1"], tmp_path))
+    assert str(error.value) == "optimizer.momentum=-1: Invalid momentum value: -1"
+
+
+def test_bad_values_end_the_command_in_one_line_each_and_exit_code_1(tmp_path):
     data_file = tmp_path / "data.bin"
     data_file.write_text("x")
     result = run_module(
         "mnist_lightning.train",
         "data.batch_size=0",
+        "data.shuffle=maybe",
         f"data.data_dir={data_file}",
         f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert result.returncode == 1
     lines = [line for line in result.stdout.splitlines() if line.strip()]
-    assert lines[-2:] == [
-        "error: data.batch_size=0: must be a whole number above 0 (the lesson used 64)",
+    assert lines[-3:] == [
+        "error: data.shuffle=maybe: must be true or false",
+        "data.batch_size=0: must be a whole number at least 1",
         f"data.data_dir={data_file}: is a file; it must be a folder holding MNIST/raw/",
     ]
     assert "Traceback" not in result.stdout + result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -217,3 +218,109 @@ def test_the_tools_end_in_one_clear_line_on_a_bad_checkpoint(tmp_path):
     result = run_module("mnist_lightning.evaluate", f"ckpt_path={tmp_path / 'missing.ckpt'}")
     assert result.returncode == 1
     assert "error: checkpoint" in result.stdout and "Traceback" not in result.stdout + result.stderr
+
+
+def test_export_refuses_an_output_that_would_destroy_or_cannot_be_written(trained_run, tmp_path):
+    from mnist_lightning.errors import UserError
+    from mnist_lightning.export import check_output
+
+    checkpoint = trained_run / "checkpoints" / "last.ckpt"
+    before = checkpoint.read_bytes()
+    result = run_module(
+        "mnist_lightning.export",
+        f"ckpt_path={checkpoint}",
+        f"output={checkpoint}",
+        f"hydra.run.dir={tmp_path / 'export'}",
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (
+        result.stdout.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: output={checkpoint} is a checkpoint (the one being exported, or another)"
+        )
+    )
+    assert checkpoint.read_bytes() == before
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match=f"output={tmp_path} is a folder"):
+        check_output(tmp_path, checkpoint)
+    with pytest.raises(UserError, match="its folder cannot be made"):
+        check_output(blocker / "model.onnx", checkpoint)
+
+
+def test_export_replaces_an_existing_file_whole(trained_run, tmp_path, monkeypatch):
+    from mnist_lightning.errors import OutputError
+    from mnist_lightning.export import export, exportable
+
+    module = exportable(trained_run)
+    output = export(module, "torchscript", tmp_path / "model.pt")
+    before = output.read_bytes()
+
+    def disk_full(fd):  # the new file is written, but cannot be made durable
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OutputError, match="No space left on device"):
+        export(module, "torchscript", output)
+    assert output.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def mnist_digits(request, fixture_data_dir, count: int):
+    """Real MNIST test digits when MNIST_DATA_DIR is set, else the fixture's."""
+    import os
+
+    if os.environ.get("MNIST_DATA_DIR"):
+        return load_mnist_real(os.environ["MNIST_DATA_DIR"], count)
+    images, labels = load_fixture(fixture_data_dir)["test"]
+    return images[:count], labels[:count]
+
+
+def load_mnist_real(data_dir: str, count: int):
+    from mnist_lightning.mnist_files import load_mnist
+
+    images, labels = load_mnist(data_dir, download=False)["test"]
+    return images[:count], labels[:count]
+
+
+def test_predict_on_mnist_digits_saved_as_png_answers_as_evaluate_does(
+    request, trained_run, fixture_data_dir, tmp_path
+):
+    """2,000 test digits (the fixture's 160 offline) saved as PNG files: predict reads each back
+    to exactly the tensor evaluate feeds the model, so their answers agree one for one."""
+    from mnist_lightning.predict import predict
+
+    images, labels = mnist_digits(request, fixture_data_dir, 2000)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image[0].numpy(), mode="L").save(folder / f"{i:05d}.png")
+    results = predict(
+        tool_config("predict", [f"ckpt_path={trained_run}", f"inputs=[{folder}]"], tmp_path / "p")
+    )
+    model = load_classifier(resolve_checkpoint(trained_run))
+    with torch.no_grad():
+        direct = model(to_model_input(images)).argmax(dim=1)
+    predicted = torch.tensor([r["digit"] for r in results])
+    assert torch.equal(predicted, direct)
+    accuracy = float((predicted == labels).float().mean())
+    assert accuracy == pytest.approx(float((direct == labels).float().mean()))
+
+
+def test_16_bit_and_float_images_are_read_at_their_own_depth(fixture_data_dir, tmp_path):
+    digit = load_fixture(fixture_data_dir)["test"][0][0, 0].numpy().astype(np.float32)
+    digit = np.where(digit > 40, digit, 0)  # the fixture's noisy background off
+    reference = preprocess.to_mnist(Image.fromarray(digit.astype(np.uint8)))[0].float()
+    big = (300, 300)
+    variants = {
+        "grey16.png": Image.fromarray((digit / 255 * 32768).astype(np.uint16)),  # mid-grey ink
+        "grey16_big.png": Image.fromarray((digit / 255 * 32768).astype(np.uint16)).resize(big),
+        "float01.tif": Image.fromarray(digit / 255, mode="F"),
+        "float01_big.tif": Image.fromarray(digit / 255, mode="F").resize(big),
+    }
+    for name, image in variants.items():
+        image.save(tmp_path / name)
+        result = preprocess.to_mnist(preprocess.load_image(tmp_path / name))[0].float()
+        assert result.max() >= 200, name  # ink, not "no digit found"
+        assert (result - reference).abs().mean() < 12, name

@@ -1,0 +1,212 @@
+"""Run folders: locked while in use, movable, read as data on resume, resumed whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mnist_lightning.errors import CheckpointError, ConfigError, OutputError
+from mnist_lightning.runs import RunFolderLock
+from mnist_lightning.train import train
+from tests.conftest import FAST, ROOT, compose, run_module
+
+
+def finished_run(data_dir: Path, run_dir: Path, *overrides: str) -> dict:
+    return train(
+        compose([f"data.data_dir={data_dir}", *FAST, "trainer.max_epochs=2", *overrides], run_dir)
+    )
+
+
+def unfinished(run_dir: Path, max_epochs: int) -> None:
+    """Make a finished run look like one that stopped early: more epochs planned, no results."""
+    config = yaml.safe_load((run_dir / "run_config.yaml").read_text())
+    config["trainer"]["max_epochs"] = max_epochs
+    (run_dir / "run_config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "metrics.json").unlink()
+
+
+def resume(run_dir: Path) -> dict:
+    return train(compose([f"resume={run_dir}"], run_dir))
+
+
+def test_a_second_writer_is_refused_naming_the_process(fixture_data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    finished_run(fixture_data_dir, run_dir)
+    unfinished(run_dir, 3)
+    with RunFolderLock(run_dir), pytest.raises(OutputError) as error:
+        resume(run_dir)
+    assert f"{run_dir} is in use by process {os.getpid()} on " in str(error.value)
+    assert not (run_dir / "metrics.json").exists()
+    assert resume(run_dir)["epochs"] == 3  # free again once the holder let go
+
+
+def test_a_new_run_never_writes_into_a_folder_that_holds_a_run(fixture_data_dir, tmp_path):
+    finished_run(fixture_data_dir, tmp_path)
+    before = (tmp_path / "metrics.json").read_text()
+    with pytest.raises(
+        OutputError, match=f"{tmp_path} already holds a run; continue it with resume="
+    ):
+        finished_run(fixture_data_dir, tmp_path, "optimizer=adam")
+    assert (tmp_path / "metrics.json").read_text() == before
+
+
+def test_a_moved_run_folder_resumes_where_it_is_now(fixture_data_dir, tmp_path):
+    original, moved = tmp_path / "original", tmp_path / "elsewhere" / "moved"
+    finished_run(fixture_data_dir, original)
+    unfinished(original, 3)
+    moved.parent.mkdir()
+    shutil.move(original, moved)
+    metrics = resume(moved)
+    assert not original.exists()  # nothing written to the old place
+    assert (
+        metrics["epochs"] == 3 and Path(metrics["test_checkpoint"]).parent == moved / "checkpoints"
+    )
+    assert json.loads((moved / "metrics.json").read_text())["global_step"] == 24
+    assert len(list((moved / "checkpoints").glob("epoch=*.ckpt"))) == 1
+
+
+def test_a_crafted_run_config_cannot_name_code_to_run(fixture_data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    finished_run(fixture_data_dir, run_dir)
+    unfinished(run_dir, 3)
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    config = yaml.safe_load((run_dir / "run_config.yaml").read_text())
+    config["callbacks"]["evil"] = {"_target_": "builtins.open", "file": str(victim), "mode": "w"}
+    (run_dir / "run_config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(
+        ConfigError, match="names callbacks.evil._target_: builtins.open, which is not"
+    ):
+        resume(run_dir)
+    assert victim.read_text() == "keep me"
+
+
+def test_overrides_beside_resume_are_refused(fixture_data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    finished_run(fixture_data_dir, run_dir)
+    unfinished(run_dir, 3)
+    result = run_module(
+        "mnist_lightning.train", f"resume={run_dir}", "optimizer.lr=0.5", data_dir=fixture_data_dir
+    )
+    assert result.returncode == 1
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"error: resume continues {run_dir} with its own saved config (run_config.yaml); these "
+        "overrides would be ignored: optimizer.lr=0.5. Drop them, or start a new run with them."
+    )
+
+
+def test_a_checkpoint_of_another_network_is_refused_in_one_line(fixture_data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    finished_run(fixture_data_dir, run_dir)
+    unfinished(run_dir, 3)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["state_dict"]["net.hidden1.weight"] = torch.zeros(64, 784)
+    torch.save(checkpoint, last)
+    with pytest.raises(
+        CheckpointError, match=r"holds another network \(net.hidden1.weight is \(64, 784\)"
+    ):
+        resume(run_dir)
+
+
+def test_a_run_killed_while_testing_finishes_with_every_metric(fixture_data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    whole = finished_run(fixture_data_dir, run_dir)
+    (run_dir / "metrics.json").unlink()  # killed after the fit, before the results were written
+    metrics = resume(run_dir)
+    for name in ("train/loss", "train/acc", "val/acc", "val/acc_best", "test/acc"):
+        assert metrics[name] == pytest.approx(whole[name]), name
+    assert metrics["history"] == whole["history"] and metrics["epochs"] == 2
+    assert resume(run_dir) == json.loads((run_dir / "metrics.json").read_text())  # finished
+
+
+def start(args: list[str], data_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "MNIST_DATA_DIR": str(data_dir)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mnist_lightning.train", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def test_a_run_interrupted_mid_epoch_resumes_as_if_never_stopped(fixture_data_dir, tmp_path):
+    """Batches of 4: 128 steps an epoch. Ctrl-C during epoch 2, resume, and the record is that of
+    an uninterrupted run: three epochs, each timed as an epoch, every step once, no point from
+    the interrupted attempt after the step it resumed from."""
+    run_dir = tmp_path / "run"
+    args = [*FAST, "data.batch_size=4", "trainer.max_epochs=3", "trainer.log_every_n_steps=8"]
+    process = start([*args, f"hydra.run.dir={run_dir}"], fixture_data_dir)
+    first_epoch = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not first_epoch.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the second epoch
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert "resume with: python -m mnist_lightning.train resume=" in output
+    interrupted_at = torch.load(first_epoch, weights_only=True)["global_step"]
+
+    result = run_module("mnist_lightning.train", f"resume={run_dir}", data_dir=fixture_data_dir)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = metrics["history"]
+    assert metrics["global_step"] == 3 * 128 and metrics["epochs"] == 3
+    assert all(len(history[name]) == 3 for name in ("train/loss", "val/acc", "epoch_seconds"))
+    assert max(history["epoch_seconds"]) < 60  # the resumed epoch is timed as an epoch
+    assert 0 < history["train/loss"][1] < 3  # the resumed epoch has its training metrics
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss_step")]
+    assert steps == list(range(7, 3 * 128, 8))  # each written step once, in order
+    assert [e.step for e in events.Scalars("val/acc")] == [127, 255, 383]
+    assert 0 < interrupted_at <= 3 * 128
+
+
+def test_a_killed_sweep_run_again_keeps_finished_jobs_and_runs_the_rest(fixture_data_dir, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        "-m",
+        "model.activation=relu,tanh,sigmoid",
+        *FAST,
+        "trainer.max_epochs=2",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    process = start(command, fixture_data_dir)
+    deadline = time.time() + 180
+    while not (sweep_dir / "1" / "run_config.yaml").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = (sweep_dir / "0" / "metrics.json").stat().st_mtime_ns
+    assert not (sweep_dir / "2").exists()
+
+    result = run_module("mnist_lightning.train", *command, data_dir=fixture_data_dir, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (sweep_dir / "0" / "metrics.json").stat().st_mtime_ns == finished  # not trained again
+    with (sweep_dir / "summary.csv").open() as f:
+        import csv
+
+        rows = {r["overrides"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == [
+        "model.activation=relu",
+        "model.activation=sigmoid",
+        "model.activation=tanh",
+    ]
+    assert all(row["status"] == "ok" and row["epochs"] == "2" for row in rows.values())
