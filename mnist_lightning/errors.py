@@ -18,7 +18,15 @@ class CheckpointError(UserError):
 
 
 class ImageError(UserError):
-    """One image given to predict cannot be used."""
+    """One image given to predict or serve cannot be used."""
+
+
+class NotAnImage(ImageError):
+    """The bytes are not an image PIL can read."""
+
+
+class ImageTooLarge(ImageError):
+    """The image's size, read from its header, is over the limit."""
 
 
 class TrainingDiverged(UserError):

@@ -9,13 +9,15 @@ scaled, centred. An image that already looks like MNIST is passed on as it is.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_lightning.errors import ImageError
+from mnist_lightning.errors import ImageError, ImageTooLarge, NotAnImage
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 WORKING_SIZE = 512  # big photos are shrunk first: the result is 28x28 anyway
@@ -30,20 +32,38 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty (0 bytes)")
+    with path.open("rb") as f:
+        return decode_image(f, name=str(path))
+
+
+def decode_image(
+    source: BinaryIO | bytes, name: str = "the image", max_side: int | None = None
+) -> Image.Image:
+    """Decode an image from a file object or bytes, or raise ImageError with the reason.
+
+    The size is read from the header and refused (MAX_PIXELS, or `max_side` pixels a side)
+    before the pixels are decoded, so a decompression bomb never reaches memory.
+    """
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageError(f"{name}: the file is empty (0 bytes)")
+        source = io.BytesIO(source)
     try:
-        image = Image.open(path)
-        if image.width * image.height > MAX_PIXELS:
-            raise ImageError(
-                f"{path}: {image.width}x{image.height} pixels is too large for a digit image"
+        image = Image.open(source)
+        width, height = image.size
+        if width * height > MAX_PIXELS or (max_side and max(width, height) > max_side):
+            limit = (
+                f"at most {max_side} pixels a side" if max_side else "too large for a digit image"
             )
+            raise ImageTooLarge(f"{name}: {width}x{height} pixels; {limit}")
         image.draft("L", (WORKING_SIZE, WORKING_SIZE))  # JPEG: decode at a reduced size, fast
         image.load()  # decode now, so a truncated file fails here
     except UnidentifiedImageError:
-        raise ImageError(
-            f"{path}: not an image file PIL can read (PNG, JPEG, BMP, GIF, TIFF, WebP)"
+        raise NotAnImage(
+            f"{name}: not an image file PIL can read (PNG, JPEG, BMP, GIF, TIFF, WebP)"
         ) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageError(f"{path}: the image is damaged or truncated ({error})") from None
+        raise ImageError(f"{name}: the image is damaged or truncated ({error})") from None
     return ImageOps.exif_transpose(image)  # phone photos carry their rotation in EXIF
 
 

@@ -159,3 +159,28 @@ def run_module(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def trained_run(fixture_data_dir, tmp_path_factory) -> Path:
+    """A run trained on the stand-in files (ReLU + Adam, 6 epochs): for the tools and the server."""
+    from mnist_lightning.train import train
+
+    run_dir = tmp_path_factory.mktemp("trained")
+    overrides = [
+        f"data.data_dir={fixture_data_dir}",
+        *FAST,
+        "trainer.max_epochs=6",
+        "experiment=relu_adam",
+        "logger=none",
+    ]
+    train(compose(overrides, run_dir))
+    return run_dir
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

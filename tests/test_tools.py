@@ -24,25 +24,10 @@ from mnist_lightning.checkpoint import (
 )
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import to_model_input
-from mnist_lightning.train import train
-from tests.conftest import FAST, compose, load_fixture, run_module
+from tests.conftest import load_fixture, run_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from user_digits import make_user_digits  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def trained_run(fixture_data_dir, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("trained")
-    overrides = [
-        f"data.data_dir={fixture_data_dir}",
-        *FAST,
-        "trainer.max_epochs=6",
-        "experiment=relu_adam",
-        "logger=none",
-    ]
-    train(compose(overrides, run_dir))
-    return run_dir
 
 
 def tool_config(name: str, overrides: list[str], output_dir: Path):
