@@ -2,12 +2,13 @@
 # make test      run the test suite (offline; set MNIST_DATA_DIR for the real-MNIST checks)
 # make train     train with the default config; ARGS="optimizer=adam model.activation=relu"
 # make bench     time the lesson's loop, the project and the raw floor on real MNIST
+# make bench-serve  load on the serve command: 64 clients, 5,000 requests, with and without batching
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install test train bench lint format tensorboard sweep-optimizers sweep-activations
+.PHONY: install test train bench bench-serve serve lint format tensorboard sweep-optimizers sweep-activations
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,12 @@ train:
 
 bench:
 	$(BIN)/python benchmarks/bench.py $(ARGS)
+
+bench-serve:
+	$(BIN)/python benchmarks/serve_bench.py $(ARGS)
+
+serve:
+	$(BIN)/python -m mnist_lightning.serve $(ARGS)
 
 lint:
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

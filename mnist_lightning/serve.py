@@ -9,6 +9,7 @@ the ten probabilities, the top 3 and the 28x28 the model saw. Concurrent request
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import sys
@@ -90,6 +91,9 @@ def main(cfg: DictConfig) -> None:
     log.info(
         "serving %s on http://%s:%d/ (draw there; POST /predict)", checkpoint, cfg.host, cfg.port
     )
+    # The HTTP server processes fork from here: as in the model's worker (serve_api.py), no
+    # full garbage collection walks the imported objects while requests wait.
+    gc.freeze()
     server.run(
         host=cfg.host,
         port=cfg.port,
