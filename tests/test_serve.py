@@ -80,7 +80,9 @@ def running_server(ckpt_path: Path, *overrides: str):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         deadline = time.time() + 10  # its worker processes shut down after it
-        while subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True).returncode == 0:
+        while (
+            subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True).returncode == 0
+        ):
             if time.time() > deadline:
                 os.killpg(process.pid, signal.SIGKILL)
                 raise AssertionError("server processes were left running after Ctrl-C")
