@@ -203,6 +203,16 @@ def verify_file(path: Path, expected: Mapping[str, object]) -> None:
     _verified.add(stamp)
 
 
+def _download_problem(error: BaseException, scratch: Path) -> str:
+    """What went wrong with one mirror, short: the scratch folder's path and the advice meant for
+    local files ("Delete it and run again ...") are left out, whatever the path's length."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    first = text.splitlines()[0].replace(f"{scratch}{os.sep}", "")
+    return first.split(". ")[0][:200]
+
+
 def _download_one(name: str, raw_dir: Path, mirrors: Sequence[str], expected: Mapping) -> str:
     """Fetch `<name>.gz` from the first mirror that serves the expected file; return the mirror.
 
@@ -223,12 +233,7 @@ def _download_one(name: str, raw_dir: Path, mirrors: Sequence[str], expected: Ma
                 _decompress(scratch / f"{name}.gz", scratch / name)
                 verify_file(scratch / name, expected)
             except (OSError, RuntimeError, ValueError, EOFError, MNISTDataError) as error:
-                reason = (
-                    str(error).strip().splitlines()[0]
-                    if str(error).strip()
-                    else type(error).__name__
-                )
-                problems.append(f"{url}: {reason[:160]}")
+                problems.append(f"{url}: {_download_problem(error, scratch)}")
                 continue
             finally:
                 socket.setdefaulttimeout(previous_timeout)
