@@ -146,7 +146,7 @@ def _rebuild_model(path: Path):
     except (RuntimeError, KeyError, TypeError, ValueError) as error:
         detail = " ".join(str(error).split())[:240]
         raise CheckpointError(
-            f"{path} does not hold this project's Flatten-784-128-256-10 network ({detail}). "
+            f"{path} does not hold one of this project's networks ({detail}). "
             "Pass a checkpoint written by python -m mnist_lightning.train."
         ) from None
     return model.eval()

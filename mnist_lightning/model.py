@@ -16,9 +16,9 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_lightning.mnist_files import NUM_CLASSES
-from mnist_lightning.network import MLP
 
-# The lesson's optimizer, for a model built without a config: MNISTClassifier().
+# The lesson's network and optimizer, for a model built without a config: MNISTClassifier().
+LESSON_NETWORK = {"_target_": "mnist_lightning.network.MLP"}
 LESSON_OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.2}
 # What the model logs: the names callbacks, schedulers and sweepers may watch.
 LOGGED_METRICS = (
@@ -44,15 +44,17 @@ def _accuracy() -> MulticlassAccuracy:
 
 
 class MNISTClassifier(pl.LightningModule):
-    """Cross-entropy classifier around `MLP`; optimizer and scheduler are Hydra partial configs.
+    """Cross-entropy classifier around a network of network.py (`net`, the lesson's MLP by
+    default); optimizer and scheduler are Hydra partial configs.
 
     The configs are stored as plain dicts in the hyperparameters (and so in checkpoints) and
-    instantiated in `configure_optimizers`, so a checkpoint is data, never pickled code.
+    instantiated here, so a checkpoint is data, never pickled code.
     """
 
     def __init__(
         self,
         activation: str = "sigmoid",
+        net: dict[str, Any] | None = None,
         optimizer: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
         label_smoothing: float = 0.0,
@@ -62,7 +64,9 @@ class MNISTClassifier(pl.LightningModule):
         self.save_hyperparameters()
         if self.hparams.optimizer is None:
             self.hparams.optimizer = dict(LESSON_OPTIMIZER)
-        self.net = MLP(activation)
+        if self.hparams.net is None:
+            self.hparams.net = dict(LESSON_NETWORK)
+        self.net = instantiate(self.hparams.net, activation=activation)
         # A compiled forward function, not a module: the state_dict keys stay those of `net`.
         self.compiled_forward = torch.compile(self.net.forward) if compile else None
         self.train_loss, self.val_loss, self.test_loss = _epoch_mean(), _epoch_mean(), _epoch_mean()
