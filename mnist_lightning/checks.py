@@ -48,6 +48,7 @@ class DataSchema:
 @dataclass
 class ModelSchema:
     _target_: str = "mnist_lightning.model.MNISTClassifier"
+    net: Any = None
     activation: str = "sigmoid"
     label_smoothing: float = 0.0
     compile: bool = False
@@ -300,11 +301,20 @@ def check_buildable(cfg: DictConfig, overrides: list[str]) -> None:
             raise ConfigError(f"{_named('augment', overrides)}: {_first_line(error)}") from None
 
 
-def _first_line(error: BaseException) -> str:
+# The optional-dependency group (pyproject.toml) that a config group's options may need.
+OPTIONAL_EXTRAS = {"logger": "tracking"}
+
+
+def _constructor_error(error: BaseException) -> BaseException:
     # Hydra's instantiate wraps a constructor's error ("Error in call to target ..."): the
-    # constructor's own message is the one that says what is wrong.
+    # constructor's own error is the one that says what is wrong.
     while error.__cause__ is not None and type(error).__name__ == "InstantiationException":
         error = error.__cause__
+    return error
+
+
+def _first_line(error: BaseException) -> str:
+    error = _constructor_error(error)
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -332,6 +342,12 @@ def building(group: str, overrides: list[str], target: str | None = None) -> Ite
     except UserError:
         raise
     except Exception as error:  # noqa: BLE001 - any constructor error is the user's value
+        if isinstance(_constructor_error(error), ImportError):  # an optional package is missing
+            extra = OPTIONAL_EXTRAS.get(group, "dev")
+            raise ConfigError(
+                f"{_named(group, overrides)} needs the '{extra}' extra ({_first_line(error)}); "
+                f"install it with: pip install -e '.[{extra}]'"
+            ) from None
         message = _unknown_argument(group, error, target)
         raise ConfigError(message or f"{_named(group, overrides)}: {_first_line(error)}") from None
 

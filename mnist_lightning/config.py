@@ -31,10 +31,23 @@ def _run_dir(resume, ckpt_path, new_dir: str) -> str:
     return new_dir
 
 
+def _run_name(output_dir: str) -> str:
+    """A tracker's name for a run: the overrides of a sweep's job (`optimizer=adam,seed=1`), else
+    the run folder's name."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+        job = HydraConfig.get().job
+        short = [o for o in HydraConfig.get().overrides.task if len(o) <= 60]
+        return f"{job.num}: {' '.join(short)}"[:120]
+    return Path(output_dir).name
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("on_terminal", _on_terminal, replace=True)
     OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+    OmegaConf.register_new_resolver("run_name", _run_name, replace=True)
 
 
 register_resolvers()

@@ -22,6 +22,12 @@ from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.errors import ConfigError, OutputError, TrainingDiverged, UserError
 from mnist_lightning.runtime import in_multirun
+from mnist_lightning.tracking import (
+    finish_runs,
+    keep_offline_runs_offline,
+    log_config,
+    log_run_files,
+)
 
 log = logging.getLogger("mnist_lightning.train")
 
@@ -53,6 +59,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
                 cfg.optimizer.lr = find_learning_rate(trainer, model, datamodule, run_dir)
             save_run_config(cfg, run_dir, trainer)
+            log_config(trainer, cfg)
         else:
             log.info("resuming from %s", checkpoint)
 
@@ -62,6 +69,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics.update(test_best_checkpoint(trainer, model, datamodule))
         if trainer.is_global_zero:  # under DDP, one metrics.json, written by rank zero
             write_results(cfg, trainer, metrics, run_dir)
+        finish_runs(trainer)
     return metrics
 
 
@@ -133,7 +141,7 @@ def describe(cfg: DictConfig) -> str:
     return "\n".join(
         [
             f"optimizer: {_choice('optimizer', cfg)} {optimizer}",
-            f"model: {cfg.model._target_.rsplit('.', 1)[-1]} activation={cfg.model.activation}",
+            f"model: {cfg.model.net._target_.rsplit('.', 1)[-1]} activation={cfg.model.activation}",
             f"scheduler: {_choice('scheduler', cfg)}  augment: {_choice('augment', cfg)}",
             f"data: batch_size={data.batch_size} val_size={data.val_size} shuffle={data.shuffle} "
             f"normalize={data.normalize} data_dir={data.data_dir}",
@@ -157,15 +165,17 @@ def _construct(node: DictConfig, **configs: Any):
     return get_class(node._target_)(**kwargs, **configs)
 
 
-def _instantiate_group(group: DictConfig | None) -> list:
+def _targets(group: DictConfig | None) -> list:
     """Every entry of a config group that names a `_target_` (callbacks, loggers)."""
+    return [
+        node for node in (group or {}).values() if isinstance(node, Mapping) and "_target_" in node
+    ]
+
+
+def _instantiate_group(group: DictConfig | None) -> list:
     from hydra.utils import instantiate
 
-    return [
-        instantiate(node)
-        for node in (group or {}).values()
-        if isinstance(node, Mapping) and "_target_" in node
-    ]
+    return [instantiate(node) for node in _targets(group)]
 
 
 def build(cfg: DictConfig):
@@ -182,6 +192,7 @@ def build(cfg: DictConfig):
         model = _construct(
             cfg.model, optimizer=_plain(cfg.optimizer), scheduler=_plain(cfg.get("scheduler"))
         )
+    keep_offline_runs_offline(_targets(cfg.get("logger")))
     with building("logger", overrides):
         loggers = _instantiate_group(cfg.get("logger"))
     with building("callbacks", overrides):
@@ -220,7 +231,8 @@ def save_run_config(cfg: DictConfig, run_dir: Path, trainer) -> None:
     from mnist_lightning import runs
 
     if trainer.is_global_zero:
-        choices = {group: _choice(group, cfg) for group in ("optimizer", "scheduler", "augment")}
+        groups = ("optimizer", "scheduler", "augment", "model/net")
+        choices = {group: _choice(group, cfg) for group in groups}
         runs.save_run_config(cfg, run_dir, choices, runs.task_overrides())
 
 
@@ -311,11 +323,12 @@ def test_best_checkpoint(trainer, model, datamodule) -> dict[str, Any]:
 
 
 def write_results(cfg: DictConfig, trainer, metrics: dict[str, Any], run_dir: Path) -> None:
-    """metrics.json, TensorBoard's HParams entry and the one summary line."""
+    """metrics.json, TensorBoard's HParams entry, the trackers' files and the summary line."""
     log_hparams(trainer, cfg, metrics)
     write_text_atomically(
         run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n"
     )
+    log_run_files(trainer, run_dir, metrics.get("test_checkpoint", ""))
     log.info(
         "test/acc %.4f  test/loss %.4f  epochs %d  time %.1f s  run dir %s",
         metrics.get("test/acc", float("nan")),
@@ -339,7 +352,7 @@ def _choice(group: str, cfg: DictConfig) -> str:
 
         return str(HydraConfig.get().runtime.choices[group])
     except (ValueError, KeyError):  # composed outside @hydra.main
-        node = cfg.get(group)
+        node = OmegaConf.select(cfg, group.replace("/", "."))
         return node._target_.rsplit(".", 1)[-1].lower() if node else "none"
 
 
@@ -348,6 +361,7 @@ def log_hparams(trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     params = {
+        "net": _choice("model/net", cfg),
         "optimizer": _choice("optimizer", cfg),
         "lr": cfg.optimizer.lr,
         "activation": cfg.model.activation,

@@ -18,6 +18,7 @@ from hydra import initialize_config_dir
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.report import main as report_main
 from tests.conftest import FAST, ROOT, run_module
+from tests.test_tracking import check_mlflow_runs, mlflow_overrides
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 
@@ -93,12 +94,15 @@ def test_a_multirun_writes_job_folders_and_a_summary_with_failed_jobs_as_rows(
         "hydra.launcher.n_jobs=2",
         "optimizer=sgd,adam",
         "model.activation=relu,not_an_activation",
+        *mlflow_overrides(tmp_path / "store"),  # jobs at once, one MLflow store (test_tracking)
         *FAST,
         f"hydra.sweep.dir={sweep_dir}",
         data_dir=fixture_data_dir,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    check_mlflow_runs(tmp_path / "store", sweep_dir)
     rows = summary_rows(sweep_dir)
     assert sorted(r["overrides"] for r in rows) == [
         "optimizer=adam model.activation=not_an_activation",
