@@ -167,6 +167,17 @@ def test_the_cnn_is_small_and_maps_images_to_ten_logits():
     assert sum(p.numel() for p in CNN("relu", channels=(8, 16, 32)).parameters()) < 74_578
 
 
+def test_the_cnn_defaults_to_relu_and_the_mlp_keeps_the_lessons_sigmoid(tmp_path):
+    def composed(*overrides):
+        model = compose(list(overrides), tmp_path).model
+        return model.net._target_.rsplit(".", 1)[1], model.activation
+
+    assert composed() == ("MLP", "sigmoid")
+    assert composed("model/net=cnn") == ("CNN", "relu")
+    assert composed("model/net=cnn", "model.activation=tanh") == ("CNN", "tanh")
+    assert composed("model/net=mlp", "model.activation=gelu") == ("MLP", "gelu")
+
+
 @pytest.fixture(scope="module")
 def cnn_run(fixture_data_dir, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("cnn")
