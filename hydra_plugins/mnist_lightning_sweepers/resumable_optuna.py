@@ -58,18 +58,20 @@ if OptunaSweeper is not None:
                 study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
             except KeyError:  # no such study yet: a fresh search
                 return
-            trials = study.get_trials(deepcopy=False)
-            for trial in trials:
-                if trial.state == TrialState.RUNNING:  # its process was killed
-                    study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-                    study._storage.set_trial_state(trial._trial_id, TrialState.FAIL)
+            # Trials left RUNNING had their process killed: they fail, and the study remembers
+            # them, so that they are run again and never counted as finished.
+            interrupted = set(study.user_attrs.get("interrupted_trials", []))
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                study.tell(trial.number, state=TrialState.FAIL)
+                interrupted.add(trial.number)
+            study.set_user_attr("interrupted_trials", sorted(interrupted))
             trials = study.get_trials(deepcopy=False)
             # A trial that ran to its end counts, even a failed one; an interrupted one does not.
             finished = [
                 t
                 for t in trials
                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))
+                or (t.state == TrialState.FAIL and t.number not in interrupted)
             ]
             remaining = max(0, impl.n_trials - len(finished))
             log.info(
