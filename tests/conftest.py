@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -161,21 +162,37 @@ def run_module(
     )
 
 
+def start_training(args: list[str], data_dir: Path) -> subprocess.Popen:
+    """`python -m mnist_lightning.train args...` started in the background, output piped."""
+    env = {**os.environ, "MNIST_DATA_DIR": str(data_dir)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mnist_lightning.train", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # A shell starts background jobs with SIGINT ignored, and Python then never turns it into
+        # KeyboardInterrupt: give the run a terminal's Ctrl-C however the tests were started.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def train_relu_adam(run_dir: Path, data_dir: Path, *overrides: str) -> Path:
+    """A quiet ReLU + Adam run on the stand-in files, in `run_dir`: a trained model for tests."""
+    from mnist_lightning.train import train
+
+    base = [f"data.data_dir={data_dir}", *FAST, "experiment=relu_adam", "logger=none"]
+    train(compose([*base, *overrides], run_dir))
+    return run_dir
+
+
 @pytest.fixture(scope="session")
 def trained_run(fixture_data_dir, tmp_path_factory) -> Path:
     """A run trained on the stand-in files (ReLU + Adam, 6 epochs): for the tools and the server."""
-    from mnist_lightning.train import train
-
-    run_dir = tmp_path_factory.mktemp("trained")
-    overrides = [
-        f"data.data_dir={fixture_data_dir}",
-        *FAST,
-        "trainer.max_epochs=6",
-        "experiment=relu_adam",
-        "logger=none",
-    ]
-    train(compose(overrides, run_dir))
-    return run_dir
+    return train_relu_adam(
+        tmp_path_factory.mktemp("trained"), fixture_data_dir, "trainer.max_epochs=6"
+    )
 
 
 def free_port() -> int:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,22 +20,7 @@ from mnist_lightning import mnist_files, preprocess
 from mnist_lightning.checks import check_output_dir
 from mnist_lightning.errors import ConfigError, MNISTDataError, TrainingDiverged, UserError
 from mnist_lightning.train import train
-from tests.conftest import FAST, ROOT, compose, run_module
-
-
-def start_training(args: list[str], data_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "MNIST_DATA_DIR": str(data_dir)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "mnist_lightning.train", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        # A shell starts background jobs with SIGINT ignored, and Python then never turns it into
-        # KeyboardInterrupt: give the run a terminal's Ctrl-C however the tests were started.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+from tests.conftest import FAST, compose, run_module, start_training
 
 
 def wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> None:

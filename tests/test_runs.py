@@ -6,8 +6,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import yaml
 from mnist_lightning.errors import CheckpointError, ConfigError, OutputError
 from mnist_lightning.runs import RunFolderLock
 from mnist_lightning.train import train
-from tests.conftest import FAST, ROOT, compose, run_module
+from tests.conftest import FAST, compose, run_module, start_training
 
 
 def finished_run(data_dir: Path, run_dir: Path, *overrides: str) -> dict:
@@ -130,26 +128,13 @@ def test_a_run_killed_while_testing_finishes_with_every_metric(fixture_data_dir,
     assert resume(run_dir) == json.loads((run_dir / "metrics.json").read_text())  # finished
 
 
-def start(args: list[str], data_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "MNIST_DATA_DIR": str(data_dir)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "mnist_lightning.train", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-
-
 def test_a_run_interrupted_mid_epoch_resumes_as_if_never_stopped(fixture_data_dir, tmp_path):
     """Batches of 4: 128 steps an epoch. Ctrl-C during epoch 2, resume, and the record is that of
     an uninterrupted run: three epochs, each timed as an epoch, every step once, no point from
     the interrupted attempt after the step it resumed from."""
     run_dir = tmp_path / "run"
     args = [*FAST, "data.batch_size=4", "trainer.max_epochs=3", "trainer.log_every_n_steps=8"]
-    process = start([*args, f"hydra.run.dir={run_dir}"], fixture_data_dir)
+    process = start_training([*args, f"hydra.run.dir={run_dir}"], fixture_data_dir)
     first_epoch = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
     while not first_epoch.exists() and time.time() < deadline and process.poll() is None:
@@ -188,7 +173,7 @@ def test_a_killed_sweep_run_again_keeps_finished_jobs_and_runs_the_rest(fixture_
         "trainer.max_epochs=2",
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    process = start(command, fixture_data_dir)
+    process = start_training(command, fixture_data_dir)
     deadline = time.time() + 180
     while not (sweep_dir / "1" / "run_config.yaml").exists() and time.time() < deadline:
         time.sleep(0.02)

@@ -20,7 +20,7 @@ from mnist_lightning.data import to_model_input
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.network import CNN
 from mnist_lightning.train import train
-from tests.conftest import FAST, compose, load_fixture
+from tests.conftest import FAST, compose, load_fixture, train_relu_adam
 
 
 def mlflow_overrides(store: Path) -> list[str]:
@@ -180,17 +180,9 @@ def test_the_cnn_defaults_to_relu_and_the_mlp_keeps_the_lessons_sigmoid(tmp_path
 
 @pytest.fixture(scope="module")
 def cnn_run(fixture_data_dir, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("cnn")
-    overrides = [
-        f"data.data_dir={fixture_data_dir}",
-        *FAST,
-        "model/net=cnn",
-        "experiment=relu_adam",
-        "trainer.max_epochs=4",
-        "logger=none",
-    ]
-    train(compose(overrides, run_dir))
-    return run_dir
+    return train_relu_adam(
+        tmp_path_factory.mktemp("cnn"), fixture_data_dir, "model/net=cnn", "trainer.max_epochs=4"
+    )
 
 
 def test_a_short_cnn_fit_learns_and_keeps_its_network_in_the_checkpoint(cnn_run):
