@@ -269,7 +269,7 @@ def check_buildable(cfg: DictConfig, overrides: list[str]) -> None:
     import torch
     from hydra.utils import instantiate
 
-    from mnist_lightning.model import LIGHTNING_SCHEDULER_KEYS
+    from mnist_lightning.model import build_scheduler
 
     parameter = torch.nn.Parameter(torch.zeros(1))
     try:
@@ -277,19 +277,9 @@ def check_buildable(cfg: DictConfig, overrides: list[str]) -> None:
     except Exception as error:  # noqa: BLE001 - any constructor error is the user's value
         raise ConfigError(f"{_named('optimizer', overrides)}: {_first_line(error)}") from None
     if cfg.get("scheduler"):
-        settings = {
-            k: v
-            for k, v in OmegaConf.to_container(cfg.scheduler, resolve=True).items()
-            if k not in LIGHTNING_SCHEDULER_KEYS
-        }
         try:
-            make = instantiate(settings)
-            extra = {"max_lr": optimizer.param_groups[0]["lr"], "total_steps": 10}
-            scheduler = (
-                make(optimizer, **extra)
-                if make.func is torch.optim.lr_scheduler.OneCycleLR
-                else make(optimizer)
-            )
+            config = OmegaConf.to_container(cfg.scheduler, resolve=True)
+            scheduler, _ = build_scheduler(optimizer, config, total_steps=10)
             if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step()  # some values fail only when the schedule is used
         except Exception as error:  # noqa: BLE001

@@ -39,6 +39,21 @@ def _epoch_mean() -> MeanMetric:
     return MeanMetric(nan_strategy="disable")
 
 
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: dict[str, Any], total_steps: int
+) -> tuple[Any, dict[str, Any]]:
+    """The scheduler a config describes, and the keys of it that are Lightning's (interval,
+    frequency, monitor). OneCycle makes one cycle of `total_steps`, peaking at the optimizer's
+    learning rate."""
+    settings = dict(config)
+    lightning_keys = {k: settings.pop(k) for k in LIGHTNING_SCHEDULER_KEYS if k in settings}
+    make_scheduler = instantiate(settings)
+    if make_scheduler.func is torch.optim.lr_scheduler.OneCycleLR:
+        max_lr = optimizer.param_groups[0]["lr"]
+        return make_scheduler(optimizer, max_lr=max_lr, total_steps=total_steps), lightning_keys
+    return make_scheduler(optimizer), lightning_keys
+
+
 def _accuracy() -> MulticlassAccuracy:
     return MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro", validate_args=False)
 
@@ -149,14 +164,7 @@ class MNISTClassifier(pl.LightningModule):
         optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
         if not self.hparams.scheduler:
             return optimizer
-        config = dict(self.hparams.scheduler)
-        lightning_keys = {k: config.pop(k) for k in LIGHTNING_SCHEDULER_KEYS if k in config}
-        make_scheduler = instantiate(config)
-        if make_scheduler.func is torch.optim.lr_scheduler.OneCycleLR:
-            # One cycle over the whole run, peaking at the optimizer's learning rate.
-            scheduler = make_scheduler(
-                optimizer, max_lr=self.lr, total_steps=self.trainer.estimated_stepping_batches
-            )
-        else:
-            scheduler = make_scheduler(optimizer)
+        scheduler, lightning_keys = build_scheduler(
+            optimizer, self.hparams.scheduler, self.trainer.estimated_stepping_batches
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **lightning_keys}}
