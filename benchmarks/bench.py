@@ -3,8 +3,10 @@
 1. the lesson's plain PyTorch script (benchmarks/lesson_loop.py), 10 epochs + test, and
    `python -m mnist_lightning.train` with the default config (10 epochs, validation, test,
    TensorBoard, checkpoints), alternately, `--repeat` times; their medians are compared;
-2. after each project run, the floor (benchmarks/raw_loop.py): epochs of the same work with no
-   framework, against the project's median epoch of that run;
+2. the floor (benchmarks/raw_loop.py: epochs of the same work with no framework) just before
+   and just after each project run, against the project's median epoch of that run; and
+   Lightning's own floor (benchmarks/lightning_loop.py: the project's model and data module
+   under a bare Trainer), which shows how much of an epoch is Lightning's loop itself;
 3. contention: one epoch of the default command alone and beside a second training, with the
    default `cpu_threads=1` and with torch's default threads (`cpu_threads=null`).
 
@@ -52,6 +54,12 @@ def run(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
 
 def last_value(output: str, key: str) -> float:
     return float([line for line in output.splitlines() if line.startswith(key)][-1].split()[-1])
+
+
+def epoch_median(script: list[str], env: dict[str, str]) -> float:
+    """The `epoch_seconds_median` a benchmark script prints."""
+    _, _, output = run([sys.executable, *script], env)
+    return last_value(output, "epoch_seconds_median")
 
 
 def train_run(overrides: list[str], env: dict[str, str]) -> tuple[float, float, dict, float]:
@@ -106,7 +114,8 @@ def main() -> None:
 
     # Alternating pairs: this machine's speed drifts by tens of percent within minutes, and
     # a drift then hits both sides of a ratio instead of one.
-    lesson_times, project_times, project_runs, floor_ratios = [], [], [], []
+    lesson_times, project_times, project_runs = [], [], []
+    floor_ratios, lightning_ratios = [], []
     for pair in range(1, args.repeat + 1):
         lesson_s, lesson_mb, lesson_out = run([sys.executable, "benchmarks/lesson_loop.py"], env)
         lesson_times.append(lesson_s)
@@ -115,6 +124,7 @@ def main() -> None:
             f"test/acc {last_value(lesson_out, 'test/acc'):.4f}",
             flush=True,
         )
+        floor_before = epoch_median(["benchmarks/raw_loop.py", "5", "1"], env)
         project_s, project_mb, metrics, startup_s = train_run(args.overrides, env)
         epoch_s = statistics.median(metrics["history"]["epoch_seconds"])
         project_times.append(project_s)
@@ -126,12 +136,22 @@ def main() -> None:
             f"epoch median {epoch_s:.2f} s (validation included)",
             flush=True,
         )
-        _, _, floor_out = run([sys.executable, "benchmarks/raw_loop.py", "3", "1"], env)
-        floor_epoch = last_value(floor_out, "epoch_seconds_median")
+        lightning_epoch = epoch_median(["benchmarks/lightning_loop.py", "5", "1"], env)
+        floor_after = epoch_median(["benchmarks/raw_loop.py", "5", "1"], env)
+        # The floor on both sides of the project run: a drift of the machine's speed during the
+        # pair moves both sides of the ratio.
+        floor_epoch = (floor_before + floor_after) / 2
         floor_ratios.append(epoch_s / floor_epoch)
+        lightning_ratios.append(lightning_epoch / floor_epoch)
         print(
-            f"[{pair}] floor:       epoch median {floor_epoch:.2f} s (validation included, "
-            f"1 thread): project epoch / floor {epoch_s / floor_epoch:.2f}",
+            f"[{pair}] floor:       epoch median {floor_before:.2f} s before, {floor_after:.2f} s "
+            f"after (validation included, 1 thread): project epoch / floor "
+            f"{epoch_s / floor_epoch:.2f}",
+            flush=True,
+        )
+        print(
+            f"[{pair}] lightning:   epoch median {lightning_epoch:.2f} s (the project's model and "
+            f"data under a bare Trainer): / floor {lightning_epoch / floor_epoch:.2f}",
             flush=True,
         )
     if not args.no_contention:
@@ -155,6 +175,10 @@ def main() -> None:
     print(
         f"project epoch / floor epoch:           {statistics.median(floor_ratios):.2f}   "
         f"(goal <= 2.0; pairs {', '.join(f'{r:.2f}' for r in floor_ratios)})"
+    )
+    print(
+        f"bare-Trainer epoch / floor epoch:      {statistics.median(lightning_ratios):.2f}   "
+        f"(Lightning's loop alone; pairs {', '.join(f'{r:.2f}' for r in lightning_ratios)})"
     )
     startup = statistics.median(s for _, s, _ in project_runs)
     print(f"project start-up (until training):     {startup:.1f} s")

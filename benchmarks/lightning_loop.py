@@ -1,0 +1,64 @@
+"""Lightning's own floor: the project's model and data module under a bare Trainer.
+
+The same MNISTClassifier (one batch per `training_step`, torchmetrics, fused SGD) and
+MNISTDataModule as the default run, under a `Trainer` with no logger, no checkpoints, no
+progress bar, no model summary and no callbacks but a clock; the same
+CPU threads and gc freeze as the train command. Between the framework-free floor
+(raw_loop.py) and the project's default command, it shows what an epoch costs in Lightning's
+own loop before the project's callbacks and loggers are added. Prints one line per epoch and
+`epoch_seconds_median <s>` at the end.
+
+    python benchmarks/lightning_loop.py [epochs] [cpu_threads]
+"""
+
+import statistics
+import sys
+import time
+
+import lightning.pytorch as pl
+import torch
+
+from mnist_lightning.data import MNISTDataModule
+from mnist_lightning.model import MNISTClassifier
+from mnist_lightning.runtime import imported_objects_frozen, quiet_lightning_logs, set_cpu_threads
+
+epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+threads = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+set_cpu_threads(threads)
+quiet_lightning_logs()
+torch.manual_seed(0)
+
+
+class EpochClock(pl.Callback):
+    """Seconds from each training epoch's start to its end (its validation included)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.seconds.append(time.perf_counter() - self.started)
+        acc = float(trainer.callback_metrics["val/acc"])
+        print(f"epoch {len(self.seconds)}: {self.seconds[-1]:.3f} s  val/acc {acc:.4f}")
+
+
+clock = EpochClock()
+model = MNISTClassifier(
+    optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.2, "fused": True}
+)
+trainer = pl.Trainer(
+    max_epochs=epochs,
+    accelerator="auto",
+    devices=1,
+    logger=False,
+    enable_checkpointing=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    num_sanity_val_steps=0,
+    callbacks=[clock],
+)
+with imported_objects_frozen():  # as the train command does
+    trainer.fit(model, MNISTDataModule())  # $MNIST_DATA_DIR, else data/
+print(f"epoch_seconds_median {statistics.median(clock.seconds):.4f}")
