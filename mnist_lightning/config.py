@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
@@ -41,6 +41,24 @@ def _run_name(output_dir: str) -> str:
         short = [o for o in HydraConfig.get().overrides.task if len(o) <= 60]
         return f"{job.num}: {' '.join(short)}"[:120]
     return Path(output_dir).name
+
+
+def logger_configs(cfg: DictConfig, logger_class: type) -> list[DictConfig]:
+    """The entries of the config's `logger` group that build a `logger_class` (or a subclass).
+    A `_target_` that does not import is skipped here: building the loggers reports it."""
+    from hydra.utils import get_class
+
+    found = []
+    for node in (cfg.get("logger") or {}).values():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        try:
+            target = get_class(node._target_)
+        except (ImportError, ValueError):
+            continue
+        if isinstance(target, type) and issubclass(target, logger_class):
+            found.append(node)
+    return found
 
 
 def register_resolvers() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lightning.config import CONFIG_DIR, PROJECT_ROOT
+from mnist_lightning.config import CONFIG_DIR, PROJECT_ROOT, logger_configs
 from mnist_lightning.errors import ConfigError, OutputError, UserError
 
 RUN_CONFIG = "run_config.yaml"
@@ -220,12 +220,10 @@ def forget_logged_after(cfg: DictConfig, run_dir: Path, step: int) -> None:
     """Before a run continues from `step`: what the killed attempt logged after it goes, so the
     logs read as those of an uninterrupted run. TensorBoard hides it (`purge_step`); the CSV
     log loses those rows."""
-    from hydra.utils import get_class
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    for node in (cfg.get("logger") or {}).values():
-        if isinstance(node, DictConfig) and issubclass(get_class(node._target_), TensorBoardLogger):
-            node.purge_step = step
+    for node in logger_configs(cfg, TensorBoardLogger):
+        node.purge_step = step
     csv_log = run_dir / "metrics.csv"
     if csv_log.is_file():
         import csv

@@ -4,12 +4,13 @@ checkpoints): the run's whole config as parameters, and its figures and results 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from mnist_lightning.config import logger_configs
 
 # The files of a run folder worth keeping beside a tracker's run, when they exist.
 RUN_FILES = (
@@ -21,14 +22,13 @@ RUN_FILES = (
 )
 
 
-def keep_offline_runs_offline(logger_configs: Iterable[Any]) -> None:
+def keep_offline_runs_offline(cfg: DictConfig) -> None:
     """An offline W&B run sends nothing at all: without this, wandb's service process still
     reports its own errors and telemetry over the network. Set WANDB_ERROR_REPORTING to decide
     otherwise."""
-    if any(
-        str(node.get("_target_", "")).endswith("WandbLogger") and node.get("offline")
-        for node in logger_configs
-    ):
+    from lightning.pytorch.loggers import WandbLogger
+
+    if any(node.get("offline") for node in logger_configs(cfg, WandbLogger)):
         os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 
 
@@ -72,15 +72,14 @@ class PrepareTrackingStores(Callback):
     share, so that jobs running at the same time do not race to create its tables."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        for node in (config.get("logger") or {}).values():
-            if isinstance(node, DictConfig) and str(node.get("_target_", "")).endswith(
-                "MLFlowLogger"
-            ):
-                from mlflow.tracking import MlflowClient
+        from lightning.pytorch.loggers import MLFlowLogger
 
-                client = MlflowClient(tracking_uri=node.tracking_uri)
-                if client.get_experiment_by_name(node.experiment_name) is None:
-                    client.create_experiment(node.experiment_name, node.get("artifact_location"))
+        for node in logger_configs(config, MLFlowLogger):
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=node.tracking_uri)
+            if client.get_experiment_by_name(node.experiment_name) is None:
+                client.create_experiment(node.experiment_name, node.get("artifact_location"))
 
 
 def finish_runs(trainer) -> None:

@@ -192,8 +192,8 @@ def build(cfg: DictConfig):
         model = _construct(
             cfg.model, optimizer=_plain(cfg.optimizer), scheduler=_plain(cfg.get("scheduler"))
         )
-    keep_offline_runs_offline(_targets(cfg.get("logger")))
     with building("logger", overrides):
+        keep_offline_runs_offline(cfg)
         loggers = _instantiate_group(cfg.get("logger"))
     with building("callbacks", overrides):
         callbacks = _instantiate_group(cfg.get("callbacks"))

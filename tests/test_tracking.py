@@ -143,6 +143,23 @@ def test_wandb_offline_keeps_the_run_in_its_folder_and_tries_no_network(
     assert {"train/loss", "train/acc", "val/acc", "val/acc_best", "test/acc"} <= history
 
 
+def test_logger_configs_finds_the_loggers_of_a_class_by_their_targets(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
+
+    from mnist_lightning.config import logger_configs
+
+    cfg = compose(["logger=many", "+logger.typo._target_=no.such.Logger"], tmp_path)
+    assert [n.save_dir for n in logger_configs(cfg, TensorBoardLogger)] == [str(tmp_path)]
+    assert [n._target_ for n in logger_configs(cfg, MLFlowLogger)] == [
+        "lightning.pytorch.loggers.MLFlowLogger"
+    ]
+    # Subclasses count; a target that does not import is left to the build to report.
+    assert len(logger_configs(cfg, Logger)) == 3
+    assert logger_configs(compose(["logger=csv"], tmp_path), TensorBoardLogger) == []
+    assert len(logger_configs(compose(["logger=csv"], tmp_path), CSVLogger)) == 1
+    assert logger_configs(compose(["logger=none"], tmp_path), Logger) == []
+
+
 def test_a_tracker_without_its_extra_is_one_line_naming_it(fixture_data_dir, tmp_path, monkeypatch):
     # As if mlflow were not installed: importing it (or any part of it) raises ImportError.
     for name in [n for n in sys.modules if n == "mlflow" or n.startswith("mlflow.")] + [
