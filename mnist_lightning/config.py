@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -43,15 +44,20 @@ def _run_name(output_dir: str) -> str:
     return Path(output_dir).name
 
 
+def group_targets(group: DictConfig | None) -> list:
+    """Every entry of a config group that names a `_target_` (callbacks, loggers)."""
+    return [
+        node for node in (group or {}).values() if isinstance(node, Mapping) and "_target_" in node
+    ]
+
+
 def logger_configs(cfg: DictConfig, logger_class: type) -> list[DictConfig]:
     """The entries of the config's `logger` group that build a `logger_class` (or a subclass).
     A `_target_` that does not import is skipped here: building the loggers reports it."""
     from hydra.utils import get_class
 
     found = []
-    for node in (cfg.get("logger") or {}).values():
-        if not isinstance(node, DictConfig) or "_target_" not in node:
-            continue
+    for node in group_targets(cfg.get("logger")):
         try:
             target = get_class(node._target_)
         except (ImportError, ValueError):

@@ -10,7 +10,6 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lightning.atomic import write_text_atomically
-from mnist_lightning.config import CONFIG_DIR
+from mnist_lightning.config import CONFIG_DIR, group_targets
 from mnist_lightning.errors import ConfigError, OutputError, TrainingDiverged, UserError
 from mnist_lightning.runtime import in_multirun
 from mnist_lightning.tracking import (
@@ -165,17 +164,10 @@ def _construct(node: DictConfig, **configs: Any):
     return get_class(node._target_)(**kwargs, **configs)
 
 
-def _targets(group: DictConfig | None) -> list:
-    """Every entry of a config group that names a `_target_` (callbacks, loggers)."""
-    return [
-        node for node in (group or {}).values() if isinstance(node, Mapping) and "_target_" in node
-    ]
-
-
 def _instantiate_group(group: DictConfig | None) -> list:
     from hydra.utils import instantiate
 
-    return [instantiate(node) for node in _targets(group)]
+    return [instantiate(node) for node in group_targets(group)]
 
 
 def build(cfg: DictConfig):
