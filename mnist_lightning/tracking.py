@@ -10,7 +10,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lightning.config import logger_configs
+from mnist_lightning.config import group_targets, logger_configs
 
 # The files of a run folder worth keeping beside a tracker's run, when they exist.
 RUN_FILES = (
@@ -72,9 +72,11 @@ class PrepareTrackingStores(Callback):
     share, so that jobs running at the same time do not race to create its tables."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        for node in logger_configs(config, MLFlowLogger):
+        # By the target's name, not logger_configs: resolving the targets imports Lightning
+        # (~5 s) into the process that launches the sweep, which otherwise never loads it.
+        for node in group_targets(config.get("logger")):
+            if not str(node._target_).endswith("MLFlowLogger"):
+                continue
             from mlflow.tracking import MlflowClient
 
             client = MlflowClient(tracking_uri=node.tracking_uri)

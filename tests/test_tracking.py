@@ -7,6 +7,7 @@ import glob
 import json
 import socket
 import struct
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -158,6 +159,28 @@ def test_logger_configs_finds_the_loggers_of_a_class_by_their_targets(tmp_path):
     assert logger_configs(compose(["logger=csv"], tmp_path), TensorBoardLogger) == []
     assert len(logger_configs(compose(["logger=csv"], tmp_path), CSVLogger)) == 1
     assert logger_configs(compose(["logger=none"], tmp_path), Logger) == []
+
+
+def test_preparing_a_sweeps_mlflow_store_does_not_load_lightning_into_the_launcher(tmp_path):
+    # The process that launches a joblib or SLURM sweep never needs Lightning; importing it
+    # there would add seconds to every sweep's start.
+    script = f"""
+import sys
+from hydra import compose, initialize_config_dir
+from mnist_lightning.config import CONFIG_DIR
+from mnist_lightning.tracking import PrepareTrackingStores
+with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+    cfg = compose("train", overrides={mlflow_overrides(tmp_path)!r})
+PrepareTrackingStores().on_multirun_start(cfg)
+print("lightning" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
+    client, _ = mlflow_runs(tmp_path)  # the experiment was made
+    assert client.get_experiment_by_name("mnist-lightning") is not None
 
 
 def test_a_tracker_without_its_extra_is_one_line_naming_it(fixture_data_dir, tmp_path, monkeypatch):
