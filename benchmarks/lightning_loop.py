@@ -2,7 +2,7 @@
 
 The same MNISTClassifier (one batch per `training_step`, torchmetrics, fused SGD) and
 MNISTDataModule as the default run, under a `Trainer` with no logger, no checkpoints, no
-progress bar, no model summary and no callbacks but a clock; the same
+progress bar, no model summary and no callbacks but the train command's epoch clock; the same
 CPU threads and gc freeze as the train command. Between the framework-free floor
 (raw_loop.py) and the project's default command, it shows what an epoch costs in Lightning's
 own loop before the project's callbacks and loggers are added. Prints one line per epoch and
@@ -13,11 +13,11 @@ own loop before the project's callbacks and loggers are added. Prints one line p
 
 import statistics
 import sys
-import time
 
 import lightning.pytorch as pl
 import torch
 
+from mnist_lightning.callbacks import EpochReport
 from mnist_lightning.data import MNISTDataModule
 from mnist_lightning.model import MNISTClassifier
 from mnist_lightning.runtime import imported_objects_frozen, quiet_lightning_logs, set_cpu_threads
@@ -28,23 +28,8 @@ set_cpu_threads(threads)
 quiet_lightning_logs()
 torch.manual_seed(0)
 
-
-class EpochClock(pl.Callback):
-    """Seconds from each training epoch's start to its end (its validation included)."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.started = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.seconds.append(time.perf_counter() - self.started)
-        acc = float(trainer.callback_metrics["val/acc"])
-        print(f"epoch {len(self.seconds)}: {self.seconds[-1]:.3f} s  val/acc {acc:.4f}")
-
-
-clock = EpochClock()
+# The train command's own epoch clock (history.epoch_seconds), so both figures time the same span.
+clock = EpochReport(print_every_n_batches=0)
 model = MNISTClassifier(
     optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.2, "fused": True}
 )
@@ -61,4 +46,7 @@ trainer = pl.Trainer(
 )
 with imported_objects_frozen():  # as the train command does
     trainer.fit(model, MNISTDataModule())  # $MNIST_DATA_DIR, else data/
-print(f"epoch_seconds_median {statistics.median(clock.seconds):.4f}")
+seconds = clock.history["epoch_seconds"]
+for epoch, (second, acc) in enumerate(zip(seconds, clock.history["val/acc"], strict=True), 1):
+    print(f"epoch {epoch}: {second:.3f} s  val/acc {acc:.4f}")
+print(f"epoch_seconds_median {statistics.median(seconds):.4f}")
