@@ -17,10 +17,10 @@ import sys
 import lightning.pytorch as pl
 import torch
 
-from mnist_lightning.callbacks import EpochReport
-from mnist_lightning.data import MNISTDataModule
-from mnist_lightning.model import MNISTClassifier
+from mnist_lightning.data.datamodule import MNISTDataModule
+from mnist_lightning.models.classifier import MNISTClassifier
 from mnist_lightning.runtime import imported_objects_frozen, quiet_lightning_logs, set_cpu_threads
+from mnist_lightning.training.callbacks import EpochReport
 
 epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 threads = int(sys.argv[2]) if len(sys.argv) > 2 else 1

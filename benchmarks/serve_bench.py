@@ -139,9 +139,9 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from mnist_lightning.checkpoint import load_trained
-    from mnist_lightning.data import to_model_input
-    from mnist_lightning.mnist_files import default_data_dir, load_mnist
+    from mnist_lightning.data.datamodule import to_model_input
+    from mnist_lightning.data.mnist_files import default_data_dir, load_mnist
+    from mnist_lightning.training.checkpoints import load_trained
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "

@@ -54,7 +54,7 @@ def make_user_digits(
 
 
 if __name__ == "__main__":
-    from mnist_lightning.mnist_files import load_mnist
+    from mnist_lightning.data.mnist_files import load_mnist
 
     out, count = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 500
     images, labels = load_mnist(os.environ.get("MNIST_DATA_DIR", "data"), download=False)["test"]

@@ -32,7 +32,7 @@ MNIST_TRAIN_IMAGES = 60_000
 
 @dataclass
 class DataSchema:
-    _target_: str = "mnist_lightning.data.MNISTDataModule"
+    _target_: str = "mnist_lightning.data.datamodule.MNISTDataModule"
     data_dir: str | None = None
     val_size: int = 5_000
     batch_size: int = 64
@@ -47,7 +47,7 @@ class DataSchema:
 
 @dataclass
 class ModelSchema:
-    _target_: str = "mnist_lightning.model.MNISTClassifier"
+    _target_: str = "mnist_lightning.models.classifier.MNISTClassifier"
     net: Any = None
     activation: str = "sigmoid"
     label_smoothing: float = 0.0
@@ -159,7 +159,7 @@ def one_of(*choices: str) -> Rule:
 
 
 def _activations() -> tuple[str, ...]:
-    from mnist_lightning.network import ACTIVATIONS
+    from mnist_lightning.models.networks import ACTIVATIONS
 
     return tuple(ACTIVATIONS)
 
@@ -208,7 +208,7 @@ def _range_problems(cfg: DictConfig) -> list[str]:
 
 def _monitor_problems(cfg: DictConfig) -> list[str]:
     """Metric names that callbacks and the scheduler watch must be ones the model logs."""
-    from mnist_lightning.model import LOGGED_METRICS
+    from mnist_lightning.models.classifier import LOGGED_METRICS
 
     watched = {"scheduler.monitor": OmegaConf.select(cfg, "scheduler.monitor")}
     for name, node in (cfg.get("callbacks") or {}).items():
@@ -269,7 +269,7 @@ def check_buildable(cfg: DictConfig, overrides: list[str]) -> None:
     import torch
     from hydra.utils import instantiate
 
-    from mnist_lightning.model import build_scheduler
+    from mnist_lightning.models.classifier import build_scheduler
 
     parameter = torch.nn.Parameter(torch.zeros(1))
     try:

@@ -19,8 +19,8 @@ from omegaconf import DictConfig
 
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.config import CONFIG_DIR
+from mnist_lightning.data.mnist_files import NUM_CLASSES
 from mnist_lightning.errors import UserError
-from mnist_lightning.mnist_files import NUM_CLASSES
 
 log = logging.getLogger("mnist_lightning.evaluate")
 
@@ -44,10 +44,10 @@ def per_class_text(per_class: dict[str, list[float]]) -> str:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     import lightning.pytorch as pl
 
-    from mnist_lightning.callbacks import TestSetReport
-    from mnist_lightning.checkpoint import load_trained
-    from mnist_lightning.data import MNISTDataModule
+    from mnist_lightning.data.datamodule import MNISTDataModule
     from mnist_lightning.runtime import imported_objects_frozen, quiet_lightning_logs
+    from mnist_lightning.training.callbacks import TestSetReport
+    from mnist_lightning.training.checkpoints import load_trained
 
     quiet_lightning_logs()
     if cfg.split not in ("test", "val"):

@@ -20,7 +20,7 @@ from torch import nn
 
 from mnist_lightning.atomic import write_atomically
 from mnist_lightning.config import CONFIG_DIR
-from mnist_lightning.data import MNIST_MEAN, MNIST_STD
+from mnist_lightning.data.datamodule import MNIST_MEAN, MNIST_STD
 from mnist_lightning.errors import UserError
 from mnist_lightning.runtime import imported_objects_frozen
 
@@ -45,7 +45,7 @@ class ExportedClassifier(nn.Module):
 
 
 def exportable(ckpt_path: str | Path) -> ExportedClassifier:
-    from mnist_lightning.checkpoint import load_trained
+    from mnist_lightning.training.checkpoints import load_trained
 
     _, model, settings = load_trained(ckpt_path)
     return ExportedClassifier(model.net, settings.get("normalize", True)).eval()
@@ -100,7 +100,7 @@ def main(cfg: DictConfig) -> None:
             raise UserError(
                 f"format={cfg.format} is not supported; use format=onnx or format=torchscript"
             )
-        from mnist_lightning.checkpoint import resolve_checkpoint
+        from mnist_lightning.training.checkpoints import resolve_checkpoint
 
         output = (
             Path(cfg.output)

@@ -27,7 +27,7 @@ def classify(model, images, normalize: bool, top_k: int = 3) -> list[dict[str, A
     """Top-k digits and probabilities for uint8 [N,1,28,28] images."""
     import torch
 
-    from mnist_lightning.data import to_model_input
+    from mnist_lightning.data.datamodule import to_model_input
 
     with torch.no_grad():
         probabilities = model(to_model_input(images, normalize)).softmax(dim=1)
@@ -64,9 +64,9 @@ def write_results(results: list[dict[str, Any]], output: Path) -> None:
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     import torch
 
-    from mnist_lightning import preprocess
-    from mnist_lightning.checkpoint import load_trained
+    from mnist_lightning.data import preprocess
     from mnist_lightning.runtime import imported_objects_frozen
+    from mnist_lightning.training.checkpoints import load_trained
 
     inputs = list(cfg.inputs) if isinstance(cfg.inputs, ListConfig | list) else [str(cfg.inputs)]
     output = Path(cfg.output) if cfg.output else None

@@ -103,7 +103,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def summary_figure(rows: list[dict[str, Any]]):
-    from mnist_lightning import figures
+    from mnist_lightning.training import figures
 
     plt = figures.plt
     figure, (curves, bars) = plt.subplots(
@@ -141,7 +141,7 @@ def summary_figure(rows: list[dict[str, Any]]):
 
 def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Write summary.csv, summary.md and summary.png into the sweep folder; print the table."""
-    from mnist_lightning import figures
+    from mnist_lightning.training import figures
 
     sweep_dir = Path(sweep_dir)
     rows, common = collect_jobs(sweep_dir)

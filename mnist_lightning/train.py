@@ -21,7 +21,7 @@ from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.config import CONFIG_DIR, group_targets
 from mnist_lightning.errors import ConfigError, OutputError, TrainingDiverged, UserError
 from mnist_lightning.runtime import in_multirun
-from mnist_lightning.tracking import (
+from mnist_lightning.training.tracking import (
     finish_runs,
     keep_offline_runs_offline,
     log_config,
@@ -36,7 +36,7 @@ STAGES = ("train/", "val/", "test/")  # the prefixes of the metrics metrics.json
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as the config says; return every final metric (also in metrics.json)."""
     from mnist_lightning.checks import check_buildable, check_output_dir, check_training_config
-    from mnist_lightning.runs import RunFolderLock, finished_metrics, task_overrides
+    from mnist_lightning.training.run_folder import RunFolderLock, finished_metrics, task_overrides
 
     cfg, checkpoint = continue_or_start(cfg)
     check_training_config(cfg)
@@ -54,7 +54,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if checkpoint is None:
             show_data(datamodule, trainer, run_dir)
             if cfg.get("lr_find"):
-                from mnist_lightning.tuning import find_learning_rate
+                from mnist_lightning.training.lr_find import find_learning_rate
 
                 cfg.optimizer.lr = find_learning_rate(trainer, model, datamodule, run_dir)
             save_run_config(cfg, run_dir, trainer)
@@ -79,7 +79,7 @@ def continue_or_start(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
     the same `hydra.sweep.dir` keeps its finished jobs and continues the killed ones. Any other
     run refuses a folder that already holds a run, rather than mix two runs' files.
     """
-    from mnist_lightning import runs
+    from mnist_lightning.training import run_folder as runs
 
     run_dir = Path(cfg.paths.output_dir)
     overrides = runs.task_overrides()
@@ -111,7 +111,7 @@ def continue_or_start(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
 
 
 def read_checkpoint_step(checkpoint: Path) -> int:
-    from mnist_lightning.checkpoint import read_checkpoint
+    from mnist_lightning.training.checkpoints import read_checkpoint
 
     return int(read_checkpoint(checkpoint).get("global_step", 0))
 
@@ -175,7 +175,7 @@ def build(cfg: DictConfig):
     from hydra.utils import instantiate
 
     from mnist_lightning.checks import building
-    from mnist_lightning.runs import task_overrides
+    from mnist_lightning.training.run_folder import task_overrides
 
     overrides = task_overrides()
     with building("data", overrides):
@@ -196,9 +196,9 @@ def build(cfg: DictConfig):
 
 def show_data(datamodule, trainer, run_dir: Path) -> None:
     """The lesson's look at the data: the first 9 training images, and one batch's shapes."""
-    from mnist_lightning import figures
-    from mnist_lightning.callbacks import tensorboard_writer
-    from mnist_lightning.data import to_model_input
+    from mnist_lightning.data.datamodule import to_model_input
+    from mnist_lightning.training import figures
+    from mnist_lightning.training.callbacks import tensorboard_writer
 
     if not trainer.is_global_zero:
         return
@@ -220,7 +220,7 @@ def show_data(datamodule, trainer, run_dir: Path) -> None:
 def save_run_config(cfg: DictConfig, run_dir: Path, trainer) -> None:
     """The resolved config, with the options chosen per group and the command's overrides:
     what `resume=` continues with."""
-    from mnist_lightning import runs
+    from mnist_lightning.training import run_folder as runs
 
     if trainer.is_global_zero:
         groups = ("optimizer", "scheduler", "augment", "model/net")
@@ -234,7 +234,7 @@ def fit(trainer, model, datamodule, checkpoint: Path | None) -> float:
     from mnist_lightning.runtime import imported_objects_frozen
 
     if checkpoint is not None:
-        from mnist_lightning.checkpoint import check_checkpoint_fits
+        from mnist_lightning.training.checkpoints import check_checkpoint_fits
 
         check_checkpoint_fits(model, checkpoint)
     with imported_objects_frozen():
@@ -283,7 +283,7 @@ def divergence(trainer) -> str | None:
 
 def final_metrics(trainer, fit_seconds: float) -> dict[str, Any]:
     """The fit's last epoch metrics, its per-epoch history and its size."""
-    from mnist_lightning.callbacks import EpochReport
+    from mnist_lightning.training.callbacks import EpochReport
 
     metrics: dict[str, Any] = _stage_scalars(trainer.callback_metrics)
     report = next((c for c in trainer.callbacks if isinstance(c, EpochReport)), None)
@@ -303,7 +303,7 @@ def final_metrics(trainer, fit_seconds: float) -> dict[str, Any]:
 
 def test_best_checkpoint(trainer, model, datamodule) -> dict[str, Any]:
     """The official test set, once, on the best checkpoint by val/acc (or the final weights)."""
-    from mnist_lightning.checkpoint import read_checkpoint
+    from mnist_lightning.training.checkpoints import read_checkpoint
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:

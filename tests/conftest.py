@@ -45,7 +45,7 @@ def synthetic_digits(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]
     The class is in the shape (not the position), so the data is learnable and real images of
     these digits can be recognised after preprocessing.
     """
-    from mnist_lightning.preprocess import to_mnist
+    from mnist_lightning.data.preprocess import to_mnist
 
     generator = torch.Generator().manual_seed(seed)
     labels = (torch.arange(count) % 10)[torch.randperm(count, generator=generator)]
@@ -100,7 +100,7 @@ FIXTURE_FILES_OVERRIDE = f"data.expected_files={{{_ENTRIES}}}"
 
 def load_fixture(data_dir: Path):
     """The stand-in files read as the project reads MNIST."""
-    from mnist_lightning.mnist_files import load_mnist
+    from mnist_lightning.data.mnist_files import load_mnist
 
     return load_mnist(data_dir, download=False, expected_files=FIXTURE_EXPECTED)
 

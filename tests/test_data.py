@@ -15,8 +15,9 @@ import pytest
 import torch
 from lightning.pytorch.plugins.precision import Precision
 
-from mnist_lightning import data, mnist_files
-from mnist_lightning.data import MNISTDataModule
+from mnist_lightning.data import datamodule as data
+from mnist_lightning.data import mnist_files
+from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.errors import MNISTDataError
 from tests.conftest import (
     FAST,
@@ -313,7 +314,7 @@ def test_augmentation_applies_to_training_batches_only_with_a_draw_per_image(fix
     from types import SimpleNamespace
 
     augment = {
-        "_target_": "mnist_lightning.augment.BatchAugment",
+        "_target_": "mnist_lightning.data.augment.BatchAugment",
         "degrees": 15,
         "elastic_alpha": 20.0,
         "elastic_bank": 64,

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mnist_lightning import mnist_files, preprocess
 from mnist_lightning.checks import check_output_dir
+from mnist_lightning.data import mnist_files, preprocess
 from mnist_lightning.errors import ConfigError, MNISTDataError, TrainingDiverged, UserError
 from mnist_lightning.train import train
 from tests.conftest import FAST, compose, run_module, start_training
@@ -161,7 +161,7 @@ def test_each_bad_value_is_refused_in_one_line_before_any_work(overrides, expect
 
 
 def test_a_constructors_error_names_the_override_that_caused_it(tmp_path, monkeypatch):
-    from mnist_lightning import runs
+    from mnist_lightning.training import run_folder as runs
 
     monkeypatch.setattr(runs, "task_overrides", lambda: ["optimizer.momentum=-1"])  # as given
     with pytest.raises(ConfigError) as error:
@@ -212,9 +212,9 @@ def test_a_checkpoint_write_failing_half_way_leaves_the_previous_file_whole(
     import errno
     import tempfile
 
-    from mnist_lightning.checkpoint import read_checkpoint
     from mnist_lightning.errors import OutputError
     from mnist_lightning.train import build
+    from mnist_lightning.training.checkpoints import read_checkpoint
 
     other_filesystem = Path(tempfile.mkdtemp(dir="/dev/shm"))
     monkeypatch.setattr(tempfile, "tempdir", str(other_filesystem))
@@ -275,7 +275,7 @@ def test_a_full_disk_during_training_ends_in_one_line(fixture_data_dir, tmp_path
 
 
 def read_checkpoint_ok(path) -> bool:
-    from mnist_lightning.checkpoint import read_checkpoint
+    from mnist_lightning.training.checkpoints import read_checkpoint
 
     return bool(read_checkpoint(path)["state_dict"])
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mnist_lightning.checkpoint import read_checkpoint
-from mnist_lightning.data import to_model_input
-from mnist_lightning.model import MNISTClassifier
+from mnist_lightning.data.datamodule import to_model_input
+from mnist_lightning.models.classifier import MNISTClassifier
 from mnist_lightning.train import build, train
+from mnist_lightning.training.checkpoints import read_checkpoint
 from tests.conftest import FAST, compose, load_fixture
 
 # 512 training images in batches of 16: 32 optimizer steps an epoch.

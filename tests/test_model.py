@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from mnist_lightning.network import ACTIVATIONS, MLP
+from mnist_lightning.models.networks import ACTIVATIONS, MLP
 from mnist_lightning.train import build
 from tests.conftest import FIXTURE_FILES_OVERRIDE, compose
 
@@ -198,7 +198,7 @@ def test_epoch_losses_are_per_image_means_whatever_the_batch_sizes(fixture_data_
     """540 training images are 8 batches of 64 and one of 28; 100 validation images are
     batches of 64 and 36: a mean of batch means would weigh the small batches too much."""
 
-    from mnist_lightning.data import to_model_input
+    from mnist_lightning.data.datamodule import to_model_input
 
     recorder = StepRecorder()
     datamodule, model, trainer = fit_one_epoch(

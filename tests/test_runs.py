@@ -14,8 +14,8 @@ import torch
 import yaml
 
 from mnist_lightning.errors import CheckpointError, ConfigError, OutputError
-from mnist_lightning.runs import RunFolderLock
 from mnist_lightning.train import train
+from mnist_lightning.training.run_folder import RunFolderLock
 from tests.conftest import FAST, compose, run_module, start_training
 
 

@@ -22,8 +22,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_lightning.checkpoint import load_classifier, read_checkpoint, resolve_checkpoint
-from mnist_lightning.data import to_model_input
+from mnist_lightning.data.datamodule import to_model_input
+from mnist_lightning.training.checkpoints import (
+    load_classifier,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 from tests.conftest import ROOT, compose, free_port, load_fixture, run_module
 
 SCREENSHOT = ROOT / "docs" / "serve.png"  # the README's picture, remade with UPDATE_SCREENSHOT=1
@@ -170,7 +174,7 @@ def test_each_kind_of_input_gets_the_models_answer(server, served_run, digits):
 
 
 def test_a_photo_of_a_digit_is_preprocessed_as_predict_does(server, digits):
-    from mnist_lightning import preprocess
+    from mnist_lightning.data import preprocess
 
     images, _ = digits
     big = Image.fromarray(255 - images[1, 0].numpy()).resize((300, 300))  # dark ink, big
@@ -284,7 +288,7 @@ def test_a_bad_checkpoint_stops_the_server_before_it_starts(problem, trained_run
     from omegaconf import OmegaConf
 
     from mnist_lightning.errors import CheckpointError
-    from mnist_lightning.serve import build_server
+    from mnist_lightning.serve.server import build_server
 
     checkpoint = tmp_path / "model.ckpt"
     if problem == "foreign":
@@ -337,7 +341,7 @@ def drawing_case(fixture_data_dir, trained_run, tmp_path_factory):
     if not data_dir:
         images, labels = load_fixture(fixture_data_dir)["test"]
         return trained_run, images[0, 0].numpy(), int(labels[0])
-    from mnist_lightning.mnist_files import load_mnist
+    from mnist_lightning.data.mnist_files import load_mnist
     from mnist_lightning.train import train
 
     run_dir = tmp_path_factory.mktemp("real")

@@ -44,7 +44,7 @@ def test_every_experiment_composes(experiment, tmp_path):
 
 def test_the_best_experiment_keeps_the_lessons_network():
     cfg = compose_full(["experiment=best"])
-    assert cfg.model._target_ == "mnist_lightning.model.MNISTClassifier"
+    assert cfg.model._target_ == "mnist_lightning.models.classifier.MNISTClassifier"
     assert cfg.augment.elastic_alpha > 0 and cfg.model.label_smoothing > 0
     assert cfg.callbacks.weight_averaging._target_.endswith(".EMAWeightAveraging")
 

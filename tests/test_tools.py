@@ -15,15 +15,15 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from PIL import Image
 
-from mnist_lightning import preprocess
-from mnist_lightning.checkpoint import (
+from mnist_lightning.config import CONFIG_DIR
+from mnist_lightning.data import preprocess
+from mnist_lightning.data.datamodule import to_model_input
+from mnist_lightning.training.checkpoints import (
     CheckpointError,
     load_classifier,
     read_checkpoint,
     resolve_checkpoint,
 )
-from mnist_lightning.config import CONFIG_DIR
-from mnist_lightning.data import to_model_input
 from tests.conftest import load_fixture, run_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -261,7 +261,7 @@ def mnist_digits(request, fixture_data_dir, count: int):
 
 
 def load_mnist_real(data_dir: str, count: int):
-    from mnist_lightning.mnist_files import load_mnist
+    from mnist_lightning.data.mnist_files import load_mnist
 
     images, labels = load_mnist(data_dir, download=False)["test"]
     return images[:count], labels[:count]

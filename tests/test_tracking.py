@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_lightning.checkpoint import load_classifier, resolve_checkpoint
-from mnist_lightning.data import to_model_input
+from mnist_lightning.data.datamodule import to_model_input
 from mnist_lightning.errors import ConfigError
-from mnist_lightning.network import CNN
+from mnist_lightning.models.networks import CNN
 from mnist_lightning.train import train
+from mnist_lightning.training.checkpoints import load_classifier, resolve_checkpoint
 from tests.conftest import FAST, compose, load_fixture, train_relu_adam
 
 
@@ -63,7 +63,7 @@ def check_mlflow_runs(store: Path, sweep_dir: Path) -> None:
         assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"} <= set(
             run.data.metrics
         )
-        assert run.data.params["config/model/net/_target_"] == "mnist_lightning.network.MLP"
+        assert run.data.params["config/model/net/_target_"] == "mnist_lightning.models.networks.MLP"
         assert run.data.params["config/optimizer/_target_"] in (
             "torch.optim.SGD",
             "torch.optim.Adam",
@@ -168,7 +168,7 @@ def test_preparing_a_sweeps_mlflow_store_does_not_load_lightning_into_the_launch
 import sys
 from hydra import compose, initialize_config_dir
 from mnist_lightning.config import CONFIG_DIR
-from mnist_lightning.tracking import PrepareTrackingStores
+from mnist_lightning.training.tracking import PrepareTrackingStores
 with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
     cfg = compose("train", overrides={mlflow_overrides(tmp_path)!r})
 PrepareTrackingStores().on_multirun_start(cfg)
@@ -231,7 +231,7 @@ def test_a_short_cnn_fit_learns_and_keeps_its_network_in_the_checkpoint(cnn_run)
     assert metrics["history"]["train/loss"][-1] < metrics["history"]["train/loss"][0]
     model = load_classifier(resolve_checkpoint(cnn_run))
     assert isinstance(model.net, CNN)
-    assert model.hparams.net["_target_"] == "mnist_lightning.network.CNN"  # kept as data
+    assert model.hparams.net["_target_"] == "mnist_lightning.models.networks.CNN"  # kept as data
 
 
 def test_the_cnn_exports_to_onnx_with_the_same_answers(cnn_run, fixture_data_dir, tmp_path):
@@ -258,7 +258,7 @@ def test_predict_evaluate_and_serve_work_with_the_cnn(
 
     from mnist_lightning.evaluate import evaluate
     from mnist_lightning.predict import predict
-    from mnist_lightning.serve_api import DigitAPI
+    from mnist_lightning.serve.api import DigitAPI
     from tests.test_tools import tool_config
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -26,7 +26,7 @@ log = logging.getLogger("mnist_lightning.serve")
 
 def page() -> str:
     """The drawing page, from the package (no file outside it is ever served)."""
-    return resources.files("mnist_lightning").joinpath("static/draw.html").read_text()
+    return resources.files("mnist_lightning.serve").joinpath("draw.html").read_text()
 
 
 def check_port(host: str, port: int) -> None:
@@ -45,12 +45,12 @@ def build_server(cfg: DictConfig):
         import litserve as ls
         from fastapi.responses import HTMLResponse
 
-        from mnist_lightning.serve_api import DigitAPI, RequestCheck
+        from mnist_lightning.serve.api import DigitAPI, RequestCheck
     except ImportError as error:
         raise UserError(
             f"serving needs the 'serve' extra ({error.name} is missing): pip install -e '.[serve]'"
         ) from None
-    from mnist_lightning.checkpoint import load_trained, resolve_checkpoint
+    from mnist_lightning.training.checkpoints import load_trained, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(cfg.ckpt_path)
     load_trained(checkpoint)  # a missing, foreign or unsafe checkpoint stops here, in one line

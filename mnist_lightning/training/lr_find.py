@@ -7,9 +7,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from mnist_lightning import figures
-from mnist_lightning.callbacks import tensorboard_writer
 from mnist_lightning.errors import UserError
+from mnist_lightning.training import figures
+from mnist_lightning.training.callbacks import tensorboard_writer
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from mnist_lightning.mnist_files import IMAGE_SIZE, NUM_CLASSES
+from mnist_lightning.data.mnist_files import IMAGE_SIZE, NUM_CLASSES
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,  # the lesson's choice

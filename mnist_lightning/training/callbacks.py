@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from mnist_lightning.mnist_files import NUM_CLASSES
+from mnist_lightning.data.mnist_files import NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ class TestSetReport(pl.Callback):
                 self.wrong.append((images[i].detach().cpu(), int(preds[i]), int(targets[i])))
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from mnist_lightning import figures
+        from mnist_lightning.training import figures
 
         matrix = self.confusion.compute().cpu()
         per_class = {

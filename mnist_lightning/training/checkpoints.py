@@ -139,7 +139,7 @@ def load_classifier(path: str | Path):
 
 
 def _rebuild_model(path: Path):
-    from mnist_lightning.model import MNISTClassifier
+    from mnist_lightning.models.classifier import MNISTClassifier
 
     try:
         model = MNISTClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)

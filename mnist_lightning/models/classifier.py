@@ -15,10 +15,10 @@ from hydra.utils import instantiate
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnist_lightning.mnist_files import NUM_CLASSES
+from mnist_lightning.data.mnist_files import NUM_CLASSES
 
 # The lesson's network and optimizer, for a model built without a config: MNISTClassifier().
-LESSON_NETWORK = {"_target_": "mnist_lightning.network.MLP"}
+LESSON_NETWORK = {"_target_": "mnist_lightning.models.networks.MLP"}
 LESSON_OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.2}
 # What the model logs: the names callbacks, schedulers and sweepers may watch.
 LOGGED_METRICS = (

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from fastapi import HTTPException
 
+from mnist_lightning.data.mnist_files import IMAGE_SIZE
 from mnist_lightning.errors import ImageError, ImageTooLarge, NotAnImage
-from mnist_lightning.mnist_files import IMAGE_SIZE
 
 USAGE = (
     'send an image file (multipart field "file"), {"image": "<base64 PNG or JPEG>"} or '
@@ -61,7 +61,7 @@ def _pixels(value: Any) -> torch.Tensor:
 
 def decode_digit(request: Any, max_side: int) -> torch.Tensor:
     """A request as the 28x28 uint8 [1, 28, 28] digit the model sees (predict's preprocessing)."""
-    from mnist_lightning import preprocess
+    from mnist_lightning.data import preprocess
 
     if isinstance(request, dict) and "pixels" in request:
         return _pixels(request["pixels"])
@@ -113,7 +113,7 @@ class DigitAPI(ls.LitAPI):
         self.ckpt_path, self.max_side = ckpt_path, max_side
 
     def setup(self, device: str) -> None:
-        from mnist_lightning.checkpoint import load_trained
+        from mnist_lightning.training.checkpoints import load_trained
 
         # One CPU thread: this small network gains nothing from more, and the HTTP server and
         # the other workers need the remaining cores.
@@ -137,7 +137,7 @@ class DigitAPI(ls.LitAPI):
         return torch.stack(inputs)
 
     def predict(self, digits: torch.Tensor):
-        from mnist_lightning.data import to_model_input
+        from mnist_lightning.data.datamodule import to_model_input
 
         batch = digits if digits.dim() == 4 else digits[None]
         with torch.inference_mode():

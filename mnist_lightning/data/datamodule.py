@@ -15,8 +15,8 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Dataset
 
+from mnist_lightning.data.mnist_files import MIRRORS, default_data_dir, ensure_raw_files, load_mnist
 from mnist_lightning.errors import MNISTDataError
-from mnist_lightning.mnist_files import MIRRORS, default_data_dir, ensure_raw_files, load_mnist
 
 # The training set's pixel mean and standard deviation (of values in [0, 1]).
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
