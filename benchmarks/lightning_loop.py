@@ -17,22 +17,20 @@ import sys
 import lightning.pytorch as pl
 import torch
 
+from mnist_lightning.command import imported_objects_frozen, quiet_library_logs
 from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.models.classifier import MNISTClassifier
-from mnist_lightning.runtime import imported_objects_frozen, quiet_lightning_logs, set_cpu_threads
 from mnist_lightning.training.callbacks import EpochReport
 
 epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 threads = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-set_cpu_threads(threads)
-quiet_lightning_logs()
+torch.set_num_threads(threads)
+quiet_library_logs()
 torch.manual_seed(0)
 
 # The train command's own epoch clock (history.epoch_seconds), so both figures time the same span.
 clock = EpochReport(print_every_n_batches=0)
-model = MNISTClassifier(
-    optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.2, "fused": True}
-)
+model = MNISTClassifier()  # the lesson's: conf/optimizer/sgd.yaml (fused SGD, lr 0.2)
 trainer = pl.Trainer(
     max_epochs=epochs,
     accelerator="auto",

@@ -153,7 +153,8 @@ def main() -> None:
         images, labels = load_mnist(default_data_dir(), download=False)["test"]
         count = min(args.requests, len(labels))
         images, labels = images[:count], labels[:count]
-        _, model, settings = load_trained(ckpt)
+        trained = load_trained(ckpt)
+        model, settings = trained.model, trained.data
         with torch.no_grad():
             direct = model(to_model_input(images, settings.get("normalize", True))).argmax(dim=1)
         evaluate_accuracy = float((direct == labels).float().mean())

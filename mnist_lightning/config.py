@@ -12,6 +12,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
 
 
+def conf_option(group: str, name: str) -> dict:
+    """One option of a config group as conf/ writes it (`conf_option("optimizer", "sgd")`): the
+    project's defaults where code needs them without a composed config."""
+    node = OmegaConf.load(Path(CONFIG_DIR) / group / f"{name}.yaml")
+    return {k: v for k, v in OmegaConf.to_container(node).items() if k != "defaults"}
+
+
 def _on_terminal(value=True, otherwise=None):
     """`value` when the output is a terminal, else `otherwise`: a progress bar redrawn into a
     log file floods it, and one that is switched off still costs a callback call every step."""

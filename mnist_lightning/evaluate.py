@@ -1,26 +1,31 @@
 """Evaluate a checkpoint again: `python -m mnist_lightning.evaluate ckpt_path=<file or run folder>`.
 
 Tests on the official test set (or `split=val`) with the data settings the checkpoint was
-trained with; prints accuracy, loss, per-class precision/recall/accuracy and the confusion
-matrix; writes `eval.json`, `confusion_matrix.png` and `misclassified.png` into its own folder.
+trained with (normalisation, split), on the data the command says (`data_dir`, else
+$MNIST_DATA_DIR, else data/); prints accuracy, loss, per-class precision/recall/accuracy and the
+confusion matrix; writes `eval.json`, `confusion_matrix.png` and `misclassified.png` into its
+own folder.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import hydra
+import lightning.pytorch as pl
 from omegaconf import DictConfig
 
 from mnist_lightning.atomic import write_text_atomically
+from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
+from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.data.mnist_files import NUM_CLASSES
-from mnist_lightning.errors import UserError
+from mnist_lightning.schema import EvaluateOptions, command_options
+from mnist_lightning.training.callbacks import TestSetReport
+from mnist_lightning.training.checkpoints import load_trained
+from mnist_lightning.training.folders import refuse_inside_a_run
 
 log = logging.getLogger("mnist_lightning.evaluate")
 
@@ -42,38 +47,16 @@ def per_class_text(per_class: dict[str, list[float]]) -> str:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    import lightning.pytorch as pl
-
-    from mnist_lightning.data.datamodule import MNISTDataModule
-    from mnist_lightning.runtime import imported_objects_frozen, quiet_lightning_logs
-    from mnist_lightning.training.callbacks import TestSetReport
-    from mnist_lightning.training.checkpoints import load_trained
-
-    quiet_lightning_logs()
-    if cfg.split not in ("test", "val"):
-        raise UserError(
-            f"split={cfg.split} is not a split; use split=test (the official test set) or split=val"
-        )
-    checkpoint, model, settings = load_trained(cfg.ckpt_path)
-    data_dir = cfg.data_dir or os.environ.get("MNIST_DATA_DIR") or settings.get("data_dir")
-    # The data settings the checkpoint was trained with (its split, normalisation, files).
-    kept = (
-        "val_size",
-        "batch_size",
-        "eval_batch_size",
-        "normalize",
-        "split_seed",
-        "mirrors",
-        "expected_files",
-    )
-    datamodule = MNISTDataModule(
-        data_dir=data_dir, shuffle=False, **{k: settings[k] for k in kept if k in settings}
-    )
-    datamodule.test_split = cfg.split
-    output_dir = Path(cfg.paths.output_dir)
-    report = TestSetReport(str(output_dir), max_misclassified=cfg.max_misclassified)
+    options: EvaluateOptions = command_options(EvaluateOptions, cfg)
+    output_dir = refuse_inside_a_run(cfg.paths.output_dir, "hydra.run.dir")
+    trained = load_trained(options.ckpt_path, options.net_target)
+    # The checkpoint's split and normalisation; where the data is, from this command.
+    settings = {k: v for k, v in trained.data.items() if k not in ("augment", "shuffle")}
+    datamodule = MNISTDataModule(data_dir=options.data_dir, shuffle=False, **settings)
+    datamodule.test_split = options.split
+    report = TestSetReport(str(output_dir), max_misclassified=options.max_misclassified)
     trainer = pl.Trainer(
-        accelerator=cfg.accelerator,
+        accelerator=options.accelerator,
         devices=1,
         logger=False,
         callbacks=[report],
@@ -81,15 +64,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         enable_model_summary=False,
         enable_checkpointing=False,
     )
-    with imported_objects_frozen():
-        tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    tested = trainer.test(trained.model, datamodule=datamodule, verbose=False)[0]
+    split = options.split
     results = {
-        "checkpoint": str(checkpoint),
-        "split": cfg.split,
-        "images": len(datamodule.splits[cfg.split]),
-        f"{cfg.split}/acc": tested["test/acc"],
-        f"{cfg.split}/loss": tested["test/loss"],
-        "data": {k: settings.get(k) for k in ("normalize", "val_size", "split_seed", "batch_size")},
+        "checkpoint": str(trained.checkpoint),
+        "split": split,
+        "images": len(datamodule.splits[split]),
+        f"{split}/acc": tested["test/acc"],
+        f"{split}/loss": tested["test/loss"],
+        "data": {k: trained.data.get(k) for k in ("normalize", "val_size", "split_seed")},
         **report.results,
     }
     write_text_atomically(output_dir / "eval.json", json.dumps(results, indent=2) + "\n")
@@ -97,11 +80,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint %s\n%s split, %d images: accuracy %.4f  loss %.4f\n\n%s\n\nconfusion matrix "
         "(rows: true digit, columns: predicted)\n%s\n\nwrote eval.json, confusion_matrix.png, "
         "misclassified.png to %s",
-        checkpoint,
-        cfg.split,
+        trained.checkpoint,
+        split,
         results["images"],
-        results[f"{cfg.split}/acc"],
-        results[f"{cfg.split}/loss"],
+        results[f"{split}/acc"],
+        results[f"{split}/loss"],
         per_class_text(report.results["per_class"]),
         confusion_text(report.results["confusion_matrix"]),
         output_dir,
@@ -110,12 +93,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="evaluate", version_base="1.3")
+@command
 def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except UserError as error:
-        log.error("error: %s", error)
-        sys.exit(1)
+    evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ returns the 10 logits per image.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -19,10 +17,13 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mnist_lightning.atomic import write_atomically
+from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data.datamodule import MNIST_MEAN, MNIST_STD
 from mnist_lightning.errors import UserError
-from mnist_lightning.runtime import imported_objects_frozen
+from mnist_lightning.schema import ExportOptions, command_options
+from mnist_lightning.training.checkpoints import load_trained
+from mnist_lightning.training.folders import refuse_inside_a_run, writable
 
 log = logging.getLogger("mnist_lightning.export")
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -44,29 +45,18 @@ class ExportedClassifier(nn.Module):
         return self.net(images)
 
 
-def exportable(ckpt_path: str | Path) -> ExportedClassifier:
-    from mnist_lightning.training.checkpoints import load_trained
-
-    _, model, settings = load_trained(ckpt_path)
-    return ExportedClassifier(model.net, settings.get("normalize", True)).eval()
+def exportable(ckpt_path: str | Path, net_target: str | None = None) -> ExportedClassifier:
+    trained = load_trained(ckpt_path, net_target)
+    return ExportedClassifier(trained.model.net, trained.data.get("normalize", True)).eval()
 
 
-def check_output(output: Path, checkpoint: Path) -> Path:
-    """Refuse, before any work, an output that would destroy the input or cannot be written."""
-    if output.exists() and (output.suffix == ".ckpt" or output.resolve() == checkpoint.resolve()):
-        raise UserError(
-            f"output={output} is a checkpoint (the one being exported, or another); writing the "
-            "export there would destroy it. Choose another file name, e.g. model.onnx."
-        )
+def check_output(output: Path) -> Path:
+    """Refuse, before any work, an output that would replace a run's file (its checkpoints,
+    metrics.json, run_config.yaml, ...) or cannot be written."""
+    output = refuse_inside_a_run(output, "output")
     if output.is_dir():
         raise UserError(f"output={output} is a folder; give a file name, e.g. {output}/model.onnx")
-    folder = output.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"output={output}: its folder cannot be made ({error.strerror}).") from None
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"output={output}: the folder {folder} cannot be written.")
+    writable(output.parent)
     return output
 
 
@@ -94,30 +84,16 @@ def export(module: ExportedClassifier, format: str, output: Path) -> Path:
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="export", version_base="1.3")
+@command
 def main(cfg: DictConfig) -> None:
-    try:
-        if cfg.format not in FORMATS:
-            raise UserError(
-                f"format={cfg.format} is not supported; use format=onnx or format=torchscript"
-            )
-        from mnist_lightning.training.checkpoints import resolve_checkpoint
-
-        output = (
-            Path(cfg.output)
-            if cfg.output
-            else Path(cfg.paths.output_dir) / f"model{FORMATS[cfg.format]}"
-        )
-        check_output(output.expanduser(), resolve_checkpoint(cfg.ckpt_path))
-        module = exportable(cfg.ckpt_path)
-        with imported_objects_frozen():  # and the exit is 1 s shorter
-            path = export(module, cfg.format, output)
-    except UserError as error:
-        log.error("error: %s", error)
-        sys.exit(1)
+    options: ExportOptions = command_options(ExportOptions, cfg)
+    default = Path(cfg.paths.output_dir) / f"model{FORMATS[options.format]}"
+    output = check_output(Path(options.output) if options.output else default)
+    path = export(exportable(options.ckpt_path, options.net_target), options.format, output)
     log.info(
         "exported %s model to %s\ninput: images float32 [N, 1, 28, 28] in [0, 1] (white digit on black); "
         "output: logits [N, 10]",
-        cfg.format,
+        options.format,
         path.resolve(),
     )
 

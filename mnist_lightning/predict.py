@@ -1,13 +1,14 @@
 """Read digits in real images: `python -m mnist_lightning.predict ckpt_path=... inputs=[...]`.
 
-Each image is made to look like MNIST (see preprocess.py) and classified. One line per image:
-file, predicted digit, probability, top 3. A bad file gets its own error line and the rest
+Each image is made to look like MNIST (data/preprocess.py) and classified. One line per image:
+file, predicted digit, probability, top k. A bad file gets its own error line and the rest
 still run; the exit code is 1 when any file failed.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import sys
@@ -15,20 +16,25 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, ListConfig
+import torch
+from omegaconf import DictConfig
+from PIL import Image
 
+from mnist_lightning.atomic import write_text_atomically
+from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
+from mnist_lightning.data import preprocess
+from mnist_lightning.data.datamodule import to_model_input
 from mnist_lightning.errors import UserError
+from mnist_lightning.schema import PredictOptions, command_options
+from mnist_lightning.training.checkpoints import load_trained
+from mnist_lightning.training.folders import refuse_inside_a_run
 
 log = logging.getLogger("mnist_lightning.predict")
 
 
-def classify(model, images, normalize: bool, top_k: int = 3) -> list[dict[str, Any]]:
+def classify(model, images: torch.Tensor, normalize: bool, top_k: int = 3) -> list[dict[str, Any]]:
     """Top-k digits and probabilities for uint8 [N,1,28,28] images."""
-    import torch
-
-    from mnist_lightning.data.datamodule import to_model_input
-
     with torch.no_grad():
         probabilities = model(to_model_input(images, normalize)).softmax(dim=1)
     values, digits = probabilities.topk(top_k, dim=1)
@@ -43,10 +49,6 @@ def classify(model, images, normalize: bool, top_k: int = 3) -> list[dict[str, A
 
 
 def write_results(results: list[dict[str, Any]], output: Path) -> None:
-    import io
-
-    from mnist_lightning.atomic import write_text_atomically
-
     if output.suffix.lower() == ".json":
         write_text_atomically(output, json.dumps(results, indent=2) + "\n")
         return
@@ -62,18 +64,16 @@ def write_results(results: list[dict[str, Any]], output: Path) -> None:
 
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
-    import torch
-
-    from mnist_lightning.data import preprocess
-    from mnist_lightning.runtime import imported_objects_frozen
-    from mnist_lightning.training.checkpoints import load_trained
-
-    inputs = list(cfg.inputs) if isinstance(cfg.inputs, ListConfig | list) else [str(cfg.inputs)]
-    output = Path(cfg.output) if cfg.output else None
-    if output is not None and output.suffix.lower() not in (".csv", ".json"):
-        raise UserError(f"output={output}: use a .csv or .json file name")
-    _, model, settings = load_trained(cfg.ckpt_path)
-    normalize = settings.get("normalize", True)
+    options: PredictOptions = command_options(PredictOptions, cfg)
+    output = None
+    if options.output:
+        output = refuse_inside_a_run(options.output, "output")
+        if output.suffix.lower() not in (".csv", ".json"):
+            raise UserError(f"output={options.output}: use a .csv or .json file name")
+    run_dir = refuse_inside_a_run(cfg.paths.output_dir, "hydra.run.dir")
+    trained = load_trained(options.ckpt_path, options.net_target)
+    normalize = trained.data.get("normalize", True)
+    inputs = [options.inputs] if isinstance(options.inputs, str) else list(options.inputs)
     files, skipped = preprocess.find_images(inputs)
     if skipped:
         log.info("ignored %d non-image file(s) in the folders given", skipped)
@@ -89,16 +89,12 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
             message = str(error).removeprefix(f"{path}: ")
             results.append({"file": str(path), "error": message})
     if digits:
-        with imported_objects_frozen():  # and the exit is 1 s shorter
-            batch = torch.stack(list(digits.values()))
-            answers = classify(model, batch, normalize, cfg.top_k)
+        batch = torch.stack(list(digits.values()))
+        answers = classify(trained.model, batch, normalize, options.top_k)
         for index, answer in zip(digits, answers, strict=True):
             results[index].update(answer)
 
-    run_dir = Path(cfg.paths.output_dir)
-    if cfg.save_preprocessed and digits:
-        from PIL import Image
-
+    if options.save_preprocessed and digits:
         folder = run_dir / "preprocessed"
         folder.mkdir(parents=True, exist_ok=True)
         for index, image in digits.items():
@@ -118,16 +114,12 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
                 r["file"],
                 r["digit"],
                 r["probability"],
-                cfg.top_k,
+                options.top_k,
                 top,
             )
     failed = sum("error" in r for r in results)
-    log.info(
-        "%d image(s), %d failed%s",
-        len(results),
-        failed,
-        f"; 28x28 inputs in {run_dir / 'preprocessed'}" if cfg.save_preprocessed and digits else "",
-    )
+    saved = f"; 28x28 inputs in {run_dir / 'preprocessed'}" if options.save_preprocessed else ""
+    log.info("%d image(s), %d failed%s", len(results), failed, saved if digits else "")
     if output is not None:
         write_results(results, output)
         log.info("results written to %s", output)
@@ -135,12 +127,9 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="predict", version_base="1.3")
+@command
 def main(cfg: DictConfig) -> None:
-    try:
-        results = predict(cfg)
-    except UserError as error:
-        log.error("error: %s", error)
-        sys.exit(1)
+    results = predict(cfg)
     if any("error" in r for r in results):
         sys.exit(1)
 

@@ -2,24 +2,32 @@
 
 Writes `summary.csv`, `summary.md` and `summary.png` (validation-accuracy curves of every job
 and the final test accuracy per job) into the sweep folder and prints the table. The Hydra
-callback `SweepSummary` does this when a multirun ends;
+callback `SweepSummary` (hydra_callbacks.py) does this when a multirun ends;
 `python -m mnist_lightning.report <multirun folder>` rebuilds it for any finished or partly
 failed sweep.
+
+A sweep folder is data: its files are parsed, never resolved (an interpolation in a job's
+overrides.yaml stays text) or run, and a job whose files cannot be read is a row saying why.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
+import yaml
 
 from mnist_lightning.atomic import write_text_atomically
+from mnist_lightning.command import command
+from mnist_lightning.errors import UserError
+from mnist_lightning.training import figures
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +43,78 @@ COLUMNS = (
 )
 
 
-def _job_overrides(job_dir: Path) -> list[str]:
-    from omegaconf import OmegaConf
+class Unreadable(Exception):
+    """A job's file that is not what the train command writes."""
 
-    return [str(item) for item in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise Unreadable(f"{path.name} is not valid JSON ({type(error).__name__})") from None
+    if not isinstance(data, dict):
+        raise Unreadable(f"{path.name} is not a JSON object")
+    return data
+
+
+def _job_overrides(job_dir: Path) -> list[str]:
+    """A job's overrides as written: plain text, nothing resolved."""
+    try:
+        overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raise Unreadable(".hydra/overrides.yaml is not valid YAML") from None
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise Unreadable(".hydra/overrides.yaml is not a list of overrides")
+    return overrides
+
+
+def _number(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise Unreadable(f"metrics.json: {name} is not a number")
+    return float(value)
+
+
+def _history(value: Any) -> dict[str, list[float]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(v, list) and all(_is_number(x) for x in v) for v in value.values()
+    ):
+        raise Unreadable("metrics.json: history is not lists of numbers by name")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _job_order(job_dir: Path) -> tuple[int, str]:
     return (int(job_dir.name), "") if job_dir.name.isdigit() else (sys.maxsize, job_dir.name)
+
+
+def _job_row(job_dir: Path) -> dict[str, Any]:
+    """A job folder as a row of the summary; a file it cannot read makes the row say so."""
+    metrics_file, failure_file = job_dir / "metrics.json", job_dir / "failure.json"
+    if metrics_file.is_file():
+        metrics = _read_json(metrics_file)
+        epochs = metrics.get("epochs")
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)):
+            raise Unreadable("metrics.json: epochs is not a whole number")
+        return {
+            "status": "ok",
+            "seconds": _number(metrics.get("fit_seconds"), "fit_seconds"),
+            "epochs": epochs,
+            "history": _history(metrics.get("history")),
+            **{k: _number(metrics.get(k), k) for k in ("val/acc_best", "test/acc", "test/loss")},
+        }
+    if failure_file.is_file():
+        failure = _read_json(failure_file)
+        reason = failure.get("message") or failure.get("error") or ""
+        lines = str(reason).strip().splitlines()
+        return {"status": f"failed: {lines[0][:160] if lines else 'no reason given'}"}
+    return {"status": "failed: no metrics.json (killed, crashed, or still running)"}
 
 
 def collect_jobs(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
@@ -51,31 +123,25 @@ def collect_jobs(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
         (d for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()),
         key=_job_order,
     )
-    overrides = {d: _job_overrides(d) for d in job_dirs}
-    common = set.intersection(*(set(o) for o in overrides.values())) if len(job_dirs) > 1 else set()
+    overrides: dict[Path, list[str]] = {}
+    unreadable: dict[Path, str] = {}
+    for job_dir in job_dirs:
+        try:
+            overrides[job_dir] = _job_overrides(job_dir)
+        except Unreadable as error:
+            overrides[job_dir], unreadable[job_dir] = [], str(error)
+    readable = [o for d, o in overrides.items() if d not in unreadable]
+    common = set.intersection(*(set(o) for o in readable)) if len(readable) > 1 else set()
     rows = []
     for job_dir in job_dirs:
-        row: dict[str, Any] = {
-            "job": job_dir.name,
-            "overrides": " ".join(o for o in overrides[job_dir] if o not in common) or "(none)",
-            "history": {},
-        }
-        metrics_file, failure_file = job_dir / "metrics.json", job_dir / "failure.json"
-        if metrics_file.is_file():
-            metrics = json.loads(metrics_file.read_text())
-            row.update(
-                status="ok",
-                seconds=metrics.get("fit_seconds"),
-                epochs=metrics.get("epochs"),
-                history=metrics.get("history", {}),
-                **{k: metrics.get(k) for k in ("val/acc_best", "test/acc", "test/loss")},
-            )
-        elif failure_file.is_file():
-            failure = json.loads(failure_file.read_text())
-            first_line = (failure.get("message") or failure.get("error", "")).strip().splitlines()
-            row["status"] = f"failed: {first_line[0][:160] if first_line else failure.get('error')}"
-        else:
-            row["status"] = "failed: no metrics.json (killed, crashed, or still running)"
+        shown = " ".join(o for o in overrides[job_dir] if o not in common) or "(none)"
+        row: dict[str, Any] = {"job": job_dir.name, "overrides": shown, "history": {}}
+        try:
+            if job_dir in unreadable:
+                raise Unreadable(unreadable[job_dir])
+            row.update(_job_row(job_dir))
+        except Unreadable as error:
+            row["status"] = f"unreadable: {error}"
         rows.append(row)
     # Best first by validation (the test set is not for choosing); failures last.
     rows.sort(
@@ -85,7 +151,8 @@ def collect_jobs(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
             -(r.get("test/acc") or 0.0),
         )
     )
-    return rows, [o for o in overrides[job_dirs[0]] if o in common] if job_dirs else []
+    first = readable[0] if readable else []
+    return rows, [o for o in first if o in common]
 
 
 def _cell(value: Any) -> str:
@@ -96,15 +163,21 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _markdown(value: Any) -> str:
+    return " ".join(_cell(value).split()).replace("|", "\\|")  # one line, one cell
+
+
+def _label(text: str) -> str:
+    return text.replace("$", r"\$")  # job text, not matplotlib's mathematics
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(_markdown(row.get(c)) for c in COLUMNS) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def summary_figure(rows: list[dict[str, Any]]):
-    from mnist_lightning.training import figures
-
     plt = figures.plt
     figure, (curves, bars) = plt.subplots(
         1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]}
@@ -117,7 +190,7 @@ def summary_figure(rows: list[dict[str, Any]]):
                 accuracy,
                 marker="o",
                 markersize=3,
-                label=row["overrides"],
+                label=_label(row["overrides"]),
             )
     curves.set(xlabel="epoch", ylabel="val/acc", title="validation accuracy per epoch")
     curves.xaxis.get_major_locator().set_params(integer=True)
@@ -126,7 +199,9 @@ def summary_figure(rows: list[dict[str, Any]]):
         curves.legend(fontsize=7)
     done = [r for r in rows if r["status"] == "ok" and r.get("test/acc") is not None]
     bars.barh(
-        [r["overrides"] for r in done][::-1], [r["test/acc"] for r in done][::-1], color="tab:blue"
+        [_label(r["overrides"]) for r in done][::-1],
+        [r["test/acc"] for r in done][::-1],
+        color="tab:blue",
     )
     for y, row in enumerate(done[::-1]):
         bars.text(row["test/acc"], y, f" {row['test/acc']:.4f}", va="center", fontsize=8)
@@ -141,12 +216,15 @@ def summary_figure(rows: list[dict[str, Any]]):
 
 def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Write summary.csv, summary.md and summary.png into the sweep folder; print the table."""
-    from mnist_lightning.training import figures
-
     sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserError(
+            f"{sweep_dir} is not a folder; pass a multirun folder such as "
+            "outputs/multirun/<date-time>"
+        )
     rows, common = collect_jobs(sweep_dir)
     if not rows:
-        raise FileNotFoundError(f"{sweep_dir} holds no Hydra job folders (*/.hydra/overrides.yaml)")
+        raise UserError(f"{sweep_dir} holds no Hydra job folders (*/.hydra/overrides.yaml)")
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
@@ -163,16 +241,8 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-class SweepSummary(Callback):
-    """Hydra callback: summarise a multirun in its folder when it ends."""
-
-    def on_multirun_end(self, config, **kwargs: Any) -> None:
-        write_summary(config.hydra.sweep.dir)
-
-
+@command
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="python -m mnist_lightning.report", description=__doc__.split("\n\n")[0]
     )
@@ -181,17 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not args.sweep_dir.is_dir():
-        log.error(
-            "error: %s is not a folder; pass a multirun folder such as outputs/multirun/<date-time>",
-            args.sweep_dir,
-        )
-        return 2
-    try:
-        write_summary(args.sweep_dir)
-    except FileNotFoundError as error:
-        log.error("error: %s", error)
-        return 2
+    write_summary(args.sweep_dir)
     return 0
 
 

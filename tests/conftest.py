@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import signal
 import struct
@@ -79,7 +80,7 @@ def write_mnist(root: Path, train: int = FIXTURE_TRAIN, test: int = FIXTURE_TEST
 
 
 def expected_files(files: dict[str, bytes]) -> dict[str, dict]:
-    """What data.expected_files must say for these files: their MD5s and item counts."""
+    """How the tests declare stand-in files: their MD5s and item counts."""
     return {
         name: {
             "md5": hashlib.md5(content).hexdigest(),
@@ -89,20 +90,22 @@ def expected_files(files: dict[str, bytes]) -> dict[str, dict]:
     }
 
 
-# The project accepts only the official MNIST files unless data.expected_files names others:
-# the one setting that lets the tests use their small stand-ins.
+def accept_files(files: dict[str, bytes]) -> str:
+    """The value of the test-only hook (data/mnist_files.TEST_FILES_VARIABLE) for these files."""
+    return json.dumps(expected_files(files))
+
+
+# The project accepts only the official MNIST files, and the stand-ins that the tests declare
+# in their environment (inherited by every command they run); no config or file can.
 FIXTURE_EXPECTED = expected_files(fixture_files())
-_ENTRIES = ",".join(
-    f"{name}:{{md5:'{v['md5']}',items:{v['items']}}}" for name, v in FIXTURE_EXPECTED.items()
-)
-FIXTURE_FILES_OVERRIDE = f"data.expected_files={{{_ENTRIES}}}"
+os.environ["MNIST_LIGHTNING_TEST_FILES"] = accept_files(fixture_files())
 
 
 def load_fixture(data_dir: Path):
     """The stand-in files read as the project reads MNIST."""
     from mnist_lightning.data.mnist_files import load_mnist
 
-    return load_mnist(data_dir, download=False, expected_files=FIXTURE_EXPECTED)
+    return load_mnist(data_dir, download=False)
 
 
 @pytest.fixture(scope="session")
@@ -127,7 +130,6 @@ def real_data_dir() -> Path:
 
 # Overrides that make a run fit the tiny files and finish in seconds.
 FAST = [
-    FIXTURE_FILES_OVERRIDE,
     "data.val_size=128",
     "trainer.max_epochs=1",
     "callbacks.epoch_report.print_every_n_batches=0",
@@ -142,7 +144,11 @@ def compose(overrides: list[str], output_dir: Path):
     from mnist_lightning.config import CONFIG_DIR
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        return hydra_compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+        return hydra_compose(
+            "train",
+            overrides=[*overrides, f"paths.output_dir={output_dir}"],
+            return_hydra_config=True,  # its choices and overrides are the run's record
+        )
 
 
 def run_module(
@@ -201,3 +207,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def onnx_session(path: Path):
+    """An onnxruntime session on an exported model, with onnxruntime's own telemetry off (it
+    would otherwise send usage events from a background thread of the test process)."""
+    import onnxruntime
+
+    onnxruntime.disable_telemetry_events()
+    return onnxruntime.InferenceSession(str(path))

@@ -21,9 +21,9 @@ from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.errors import MNISTDataError
 from tests.conftest import (
     FAST,
-    FIXTURE_EXPECTED,
     FIXTURE_TEST,
     FIXTURE_TRAIN,
+    accept_files,
     fixture_files,
     load_fixture,
     run_module,
@@ -32,10 +32,7 @@ from tests.conftest import (
 
 def make_datamodule(data_dir, **kwargs) -> MNISTDataModule:
     datamodule = MNISTDataModule(
-        data_dir=str(data_dir),
-        val_size=kwargs.pop("val_size", 128),
-        expected_files=FIXTURE_EXPECTED,
-        **kwargs,
+        data_dir=str(data_dir), val_size=kwargs.pop("val_size", 128), **kwargs
     )
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -123,7 +120,7 @@ def test_gz_files_in_a_read_only_folder_are_used_without_network(
     )  # root ignores chmod
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(mnist_files, "_download", lambda *a: pytest.fail("must not download"))
-    loaded = mnist_files.load_mnist(fresh_data_dir, expected_files=FIXTURE_EXPECTED)
+    loaded = mnist_files.load_mnist(fresh_data_dir)
     assert loaded["train"][0].shape == (FIXTURE_TRAIN, 1, 28, 28)
     assert sorted(p.name for p in raw.iterdir()) == sorted(f"{n}.gz" for n in mnist_files.RAW_FILES)
     assert (
@@ -221,7 +218,7 @@ def test_a_mirror_serving_other_files_is_refused_by_md5(tmp_path):
         http_mirror(other) as mirror,
         pytest.raises(MNISTDataError, match="is not the expected file .MD5"),
     ):
-        mnist_files.ensure_raw_files(tmp_path, mirrors=[mirror], expected_files=FIXTURE_EXPECTED)
+        mnist_files.ensure_raw_files(tmp_path, mirrors=[mirror])
 
 
 def test_swapped_train_and_test_files_are_named(real_data_dir, tmp_path):
@@ -271,18 +268,17 @@ def test_a_corrupt_gz_file_is_named(fresh_data_dir):
     assert not (raw / "t10k-labels-idx1-ubyte").exists()  # no half-written file left behind
 
 
-def test_labels_outside_0_to_9_are_refused(fresh_data_dir):
-    from tests.conftest import expected_files
-
+def test_labels_outside_0_to_9_are_refused(fresh_data_dir, monkeypatch):
     raw = fresh_data_dir / "MNIST" / "raw"
     path = raw / "t10k-labels-idx1-ubyte"
     content = bytearray(path.read_bytes())
     content[-1] = 42
     path.write_bytes(bytes(content))
-    # Expected as they are now, so that the label check itself is what refuses them.
-    damaged = expected_files({name: (raw / name).read_bytes() for name in mnist_files.RAW_FILES})
+    # Declared as they are now, so that the label check itself is what refuses them.
+    damaged = accept_files({name: (raw / name).read_bytes() for name in mnist_files.RAW_FILES})
+    monkeypatch.setenv(mnist_files.TEST_FILES_VARIABLE, damaged)
     with pytest.raises(MNISTDataError, match="label 42"):
-        mnist_files.load_mnist(fresh_data_dir, download=False, expected_files=damaged)
+        mnist_files.load_mnist(fresh_data_dir, download=False)
 
 
 def test_image_and_label_counts_must_agree(fresh_data_dir, tmp_path):
@@ -314,7 +310,6 @@ def test_augmentation_applies_to_training_batches_only_with_a_draw_per_image(fix
     from types import SimpleNamespace
 
     augment = {
-        "_target_": "mnist_lightning.data.augment.BatchAugment",
         "degrees": 15,
         "elastic_alpha": 20.0,
         "elastic_bank": 64,

@@ -7,6 +7,7 @@ import signal
 import struct
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mnist_lightning.checks import check_output_dir
 from mnist_lightning.data import mnist_files, preprocess
 from mnist_lightning.errors import ConfigError, MNISTDataError, TrainingDiverged, UserError
 from mnist_lightning.train import train
+from mnist_lightning.training.folders import writable
 from tests.conftest import FAST, compose, run_module, start_training
 
 
@@ -40,7 +41,7 @@ def test_a_killed_run_resumes_in_its_folder_and_finishes(fixture_data_dir, tmp_p
     assert not (run_dir / "metrics.json").exists()
     assert (run_dir / ".lock").exists()  # the killed run's lock file, no longer locked
 
-    train(compose([f"resume={run_dir}"], run_dir))
+    train(compose([f"resume={run_dir}", f"data.data_dir={fixture_data_dir}"], run_dir))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 6 and len(metrics["history"]["val/acc"]) == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["killed"]  # no second run folder
@@ -94,10 +95,10 @@ BAD_VALUES = [
     ("optimizer.lr=0", "optimizer.lr=0: must be a finite number above 0"),
     ("optimizer.lr=-0.1", "optimizer.lr=-0.1: must be a finite number above 0"),
     ("optimizer.lr=nan", "optimizer.lr=nan: must be a finite number above 0"),
-    ("optimizer.momentum=-1", "optimizer: Invalid momentum value: -1"),
+    ("optimizer.momentum=-1", "optimizer.momentum=-1: Invalid momentum value: -1"),
     (
         "optimizer=adam optimizer.betas=[1.5,0.9]",
-        "optimizer: Invalid beta parameter at index 0: 1.5",
+        "optimizer=adam optimizer.betas=[1.5,0.9]: Invalid beta parameter at index 0: 1.5",
     ),
     ("model.activation=sigmod", "model.activation=sigmod: must be one of sigmoid, relu"),
     (
@@ -111,7 +112,7 @@ BAD_VALUES = [
     ("trainer.max_epochs=0", "trainer.max_epochs=0: must be a whole number at least 1"),
     (
         "trainer.precision=63",
-        "trainer: Precision 63 is invalid. Allowed precision values",
+        "trainer.precision=63: Precision 63 is invalid. Allowed precision values",
     ),
     (
         "+trainer.max_epoch=3",
@@ -137,7 +138,7 @@ BAD_VALUES = [
         "scheduler=onecycle scheduler.pct_start=2",
         "scheduler.pct_start=2: must be a finite number above 0",
     ),
-    ("augment=affine augment.scale=[2,1]", "augment: uniform_ expects"),
+    ("augment=affine augment.scale=[2,1]", "augment.scale=[2, 1]: must be [low, high]"),
     (
         "callbacks.model_checkpoint.monitor=val/nope",
         "callbacks.model_checkpoint.monitor=val/nope: not a metric this model logs",
@@ -160,10 +161,7 @@ def test_each_bad_value_is_refused_in_one_line_before_any_work(overrides, expect
     assert not empty.exists() and not (tmp_path / "run_config.yaml").exists()
 
 
-def test_a_constructors_error_names_the_override_that_caused_it(tmp_path, monkeypatch):
-    from mnist_lightning.training import run_folder as runs
-
-    monkeypatch.setattr(runs, "task_overrides", lambda: ["optimizer.momentum=-1"])  # as given
+def test_a_constructors_error_names_the_override_that_caused_it(tmp_path):
     with pytest.raises(ConfigError) as error:
         train(compose(["optimizer.momentum=-1"], tmp_path))
     assert str(error.value) == "optimizer.momentum=-1: Invalid momentum value: -1"
@@ -182,8 +180,8 @@ def test_bad_values_end_the_command_in_one_line_each_and_exit_code_1(tmp_path):
     assert result.returncode == 1
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert lines[-3:] == [
-        "error: data.shuffle=maybe: must be true or false",
-        "data.batch_size=0: must be a whole number at least 1",
+        "error: data.batch_size=0: must be a whole number at least 1",
+        "data.shuffle=maybe: must be true or false",
         f"data.data_dir={data_file}: is a file; it must be a folder holding MNIST/raw/",
     ]
     assert "Traceback" not in result.stdout + result.stderr
@@ -193,8 +191,8 @@ def test_bad_values_end_the_command_in_one_line_each_and_exit_code_1(tmp_path):
 def test_an_unwritable_output_folder_is_reported_before_training(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(UserError, match="cannot write the run folder .*hydra.run.dir"):
-        check_output_dir(blocker / "run")
+    with pytest.raises(UserError, match="cannot write the folder .*hydra.run.dir"):
+        writable(blocker / "run")
 
 
 def test_a_read_only_data_folder_without_files_says_why(tmp_path, monkeypatch):
@@ -206,72 +204,95 @@ def test_a_read_only_data_folder_without_files_says_why(tmp_path, monkeypatch):
 def test_a_checkpoint_write_failing_half_way_leaves_the_previous_file_whole(
     fixture_data_dir, tmp_path, monkeypatch
 ):
-    """The disk fills up half-way through writing last.ckpt, with the system's temp folder on
-    another filesystem (where a copy into place is not atomic): the old file stays whole, no
+    """The disk fills up half-way through writing last.ckpt: the old file stays whole, no
     partial file is left anywhere, and the error is one line naming the folder."""
     import errno
-    import tempfile
 
     from mnist_lightning.errors import OutputError
-    from mnist_lightning.train import build
     from mnist_lightning.training.checkpoints import read_checkpoint
+    from mnist_lightning.training.run import build
 
-    other_filesystem = Path(tempfile.mkdtemp(dir="/dev/shm"))
-    monkeypatch.setattr(tempfile, "tempdir", str(other_filesystem))
     run_dir = tmp_path / "run"
     cfg = compose([f"data.data_dir={fixture_data_dir}", *FAST, "logger=none"], run_dir)
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule)
     last = run_dir / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
-    real_save = torch.save
+    real_write_bytes = Path.write_bytes
 
-    def disk_full_half_way(obj, f, *args, **kwargs):
-        import io
-
-        buffer = io.BytesIO()
-        real_save(obj, buffer, *args, **kwargs)
-        Path(f).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    def disk_full_half_way(self, data):
+        real_write_bytes(self, bytes(data)[: len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", disk_full_half_way)
+    monkeypatch.setattr(Path, "write_bytes", disk_full_half_way)
     with pytest.raises(OutputError) as error:
         trainer.save_checkpoint(last)
     message = str(error.value)
     assert "\n" not in message
     assert f"cannot write last.ckpt in {last.parent} (No space left on device)" in message
+    monkeypatch.undo()
     assert last.read_bytes() == before and read_checkpoint(last)["state_dict"]
     assert sorted(p.name for p in last.parent.iterdir()) == sorted(
         p.name for p in last.parent.iterdir() if not p.name.startswith(".")
     )  # no temporary file left beside it
-    assert list(other_filesystem.iterdir()) == []
 
 
-def test_a_full_disk_during_training_ends_in_one_line(fixture_data_dir, tmp_path, monkeypatch):
-    import errno
+@contextmanager
+def mounted_tmpfs(folder: Path, size: str, read_only: bool = False):
+    """A small filesystem of its own at `folder` (a real full disk, or one that refuses every
+    write, even root's)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
-    from mnist_lightning.errors import OutputError
 
-    saves = []
-    real_save = torch.save
-
-    def full_on_the_third_save(obj, f, *args, **kwargs):
-        saves.append(f)
-        if len(saves) >= 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", full_on_the_third_save)
-    run_dir = tmp_path / "run"
-    with pytest.raises(OutputError, match="No space left on device"):
-        train(
-            compose([f"data.data_dir={fixture_data_dir}", *FAST, "trainer.max_epochs=3"], run_dir)
+def test_a_full_disk_during_training_ends_in_one_line_and_keeps_whole_checkpoints(
+    fixture_data_dir, tmp_path
+):
+    with mounted_tmpfs(tmp_path / "small", "1600k") as small:
+        run_dir = small / "run"
+        result = run_module(
+            "mnist_lightning.train",
+            *FAST,
+            "trainer.max_epochs=30",
+            "trainer.log_every_n_steps=1",
+            f"hydra.run.dir={run_dir}",
+            data_dir=fixture_data_dir,
         )
-    checkpoints = run_dir / "checkpoints"
-    assert not (run_dir / "metrics.json").exists()
-    for checkpoint in checkpoints.glob("*.ckpt"):  # what was written is whole
-        assert read_checkpoint_ok(checkpoint)
-    assert not [p for p in checkpoints.iterdir() if p.name.startswith(".")]
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, output[-3000:]
+        assert "Traceback" not in output and "Logging error" not in output, output[-3000:]
+        last = [line for line in result.stdout.splitlines() if line.strip()][-1]
+        assert last.startswith("error: ") and "No space left on device" in last, last
+        checkpoints = run_dir / "checkpoints"
+        assert not (run_dir / "metrics.json").exists()
+        for checkpoint in checkpoints.glob("*.ckpt"):  # what was written is whole
+            assert read_checkpoint_ok(checkpoint)
+        assert not [p for p in checkpoints.iterdir() if p.name.startswith(".")]
+
+
+def test_a_read_only_folder_is_refused_in_one_line_before_anything_is_written(
+    fixture_data_dir, tmp_path
+):
+    with mounted_tmpfs(tmp_path / "read_only", "1m", read_only=True) as read_only:
+        result = run_module(
+            "mnist_lightning.train",
+            *FAST,
+            f"hydra.run.dir={read_only / 'x'}",
+            data_dir=fixture_data_dir,
+        )
+        assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+        last = result.stdout.strip().splitlines()[-1]
+        assert last.startswith(f"error: cannot write the folder {read_only / 'x'}"), last
+        assert "Read-only file system" in last
 
 
 def read_checkpoint_ok(path) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -17,8 +16,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mnist_lightning.data.datamodule import to_model_input
 from mnist_lightning.models.classifier import MNISTClassifier
-from mnist_lightning.train import build, train
+from mnist_lightning.train import train
 from mnist_lightning.training.checkpoints import read_checkpoint
+from mnist_lightning.training.run import build
 from tests.conftest import FAST, compose, load_fixture
 
 # 512 training images in batches of 16: 32 optimizer steps an epoch.
@@ -170,7 +170,7 @@ def test_lr_find_suggests_a_rate_and_the_fit_trains_with_it(fixture_data_dir, tm
     saved = (run_dir / "run_config.yaml").read_text()
     import yaml
 
-    lr = yaml.safe_load(saved)["optimizer"]["lr"]
+    lr = yaml.safe_load(saved)["settings"]["optimizer"]["lr"]
     assert lr != pytest.approx(1e-3)  # the suggestion replaced adam's configured rate
     checkpoint = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert checkpoint["hyper_parameters"]["optimizer"]["lr"] == pytest.approx(lr)
@@ -212,7 +212,7 @@ def test_ema_weights_are_the_ones_validated_checkpointed_and_tested(fixture_data
             tmp_path,
         )
     )
-    checkpoint = read_checkpoint(metrics["test_checkpoint"])
+    checkpoint = read_checkpoint(tmp_path / metrics["test_checkpoint"])
     average, current = checkpoint["state_dict"], checkpoint["current_model_state"]
     assert not torch.equal(average["net.hidden1.weight"], current["net.hidden1.weight"])
 
@@ -291,7 +291,7 @@ def test_metrics_json_keeps_global_step_and_epoch_times(fixture_data_dir, tmp_pa
     assert saved["global_step"] == metrics["global_step"] == 16
     assert len(saved["history"]["epoch_seconds"]) == 2
     assert len(saved["history"]["train/loss"]) == len(saved["history"]["val/acc"]) == 2
-    assert Path(saved["test_checkpoint"]).is_file()
+    assert (tmp_path / saved["test_checkpoint"]).is_file()  # a path inside the run folder
 
 
 def test_stochastic_weight_averaging_moves_the_rate_and_averages(fixture_data_dir, tmp_path):

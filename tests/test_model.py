@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from mnist_lightning.models.networks import ACTIVATIONS, MLP
-from mnist_lightning.train import build
-from tests.conftest import FIXTURE_FILES_OVERRIDE, compose
+from mnist_lightning.models.optim import OPTIMIZERS, SCHEDULERS
+from mnist_lightning.schema import is_plain
+from mnist_lightning.training.run import build
+from tests.conftest import compose
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
-SCHEDULERS = sorted(p.stem for p in (CONF / "scheduler").glob("*.yaml"))
+OPTIMIZER_CONFS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
+SCHEDULER_CONFS = sorted(p.stem for p in (CONF / "scheduler").glob("*.yaml"))
 
 
 def test_the_lessons_network_has_136074_parameters():
@@ -40,8 +42,20 @@ def test_an_unknown_activation_names_the_choices():
 
 
 def test_the_lists_of_choices_are_complete():
-    assert set(OPTIMIZERS) == {"sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad", "adadelta"}
-    assert set(SCHEDULERS) == {"none", "step", "cosine", "onecycle", "plateau"}
+    assert set(OPTIMIZER_CONFS) == {
+        "sgd",
+        "momentum",
+        "adam",
+        "adamw",
+        "rmsprop",
+        "adagrad",
+        "adadelta",
+    }
+    assert set(SCHEDULER_CONFS) == {"none", "step", "cosine", "onecycle", "plateau"}
+    # Each option of conf/ names what it configures by its own name, which models/optim.py knows.
+    assert set(OPTIMIZERS) == set(OPTIMIZER_CONFS) and set(SCHEDULERS) == set(SCHEDULER_CONFS) - {
+        "none"
+    }
     assert {
         "sigmoid",
         "relu",
@@ -60,7 +74,6 @@ def fit_briefly(overrides, data_dir, tmp_path):
     cfg = compose(
         [
             f"data.data_dir={data_dir}",
-            FIXTURE_FILES_OVERRIDE,
             "data.val_size=128",
             "trainer.max_epochs=2",
             "+trainer.limit_train_batches=4",
@@ -81,7 +94,7 @@ def fit_briefly(overrides, data_dir, tmp_path):
     return cfg, trainer, changed
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("optimizer", OPTIMIZER_CONFS)
 def test_every_optimizer_config_takes_steps(optimizer, fixture_data_dir, tmp_path):
     cfg, trainer, changed = fit_briefly([f"optimizer={optimizer}"], fixture_data_dir, tmp_path)
     assert changed
@@ -89,7 +102,7 @@ def test_every_optimizer_config_takes_steps(optimizer, fixture_data_dir, tmp_pat
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(cfg.optimizer.lr)
 
 
-@pytest.mark.parametrize("scheduler", [s for s in SCHEDULERS if s != "none"])
+@pytest.mark.parametrize("scheduler", [s for s in SCHEDULER_CONFS if s != "none"])
 def test_every_scheduler_config_steps_the_learning_rate(scheduler, fixture_data_dir, tmp_path):
     overrides = {
         "step": ["scheduler.step_size=1"],
@@ -122,8 +135,9 @@ def test_hyperparameters_are_plain_data(fixture_data_dir, tmp_path):
     )
     _, model, _ = build(cfg)
     assert type(model.hparams.optimizer) is dict and type(model.hparams.scheduler) is dict
-    assert model.hparams.optimizer["_target_"] == "torch.optim.Adam"
+    assert model.hparams.optimizer["name"] == "adam" and model.hparams.net == {"name": "mlp"}
     assert model.hparams.scheduler["T_max"] == 10  # interpolations resolved
+    assert is_plain(dict(model.hparams))  # names and numbers: no class, path or object
 
 
 @pytest.mark.parametrize(
@@ -170,7 +184,6 @@ def fit_one_epoch(overrides, callbacks, data_dir, tmp_path):
     cfg = compose(
         [
             f"data.data_dir={data_dir}",
-            FIXTURE_FILES_OVERRIDE,
             "trainer.max_epochs=1",
             "logger=none",
             "~callbacks",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,14 @@ import yaml
 
 from mnist_lightning.errors import CheckpointError, ConfigError, OutputError
 from mnist_lightning.train import train
-from mnist_lightning.training.run_folder import RunFolderLock
+from mnist_lightning.training.folders import FolderLock
 from tests.conftest import FAST, compose, run_module, start_training
+
+
+@pytest.fixture(autouse=True)
+def data_from_the_environment(fixture_data_dir, monkeypatch):
+    """A resumed run's data folder is the command's (here $MNIST_DATA_DIR), never its record's."""
+    monkeypatch.setenv("MNIST_DATA_DIR", str(fixture_data_dir))
 
 
 def finished_run(data_dir: Path, run_dir: Path, *overrides: str) -> dict:
@@ -27,9 +35,9 @@ def finished_run(data_dir: Path, run_dir: Path, *overrides: str) -> dict:
 
 def unfinished(run_dir: Path, max_epochs: int) -> None:
     """Make a finished run look like one that stopped early: more epochs planned, no results."""
-    config = yaml.safe_load((run_dir / "run_config.yaml").read_text())
-    config["trainer"]["max_epochs"] = max_epochs
-    (run_dir / "run_config.yaml").write_text(yaml.safe_dump(config))
+    record = yaml.safe_load((run_dir / "run_config.yaml").read_text())
+    record["settings"]["trainer"]["max_epochs"] = max_epochs
+    (run_dir / "run_config.yaml").write_text(yaml.safe_dump(record))
     (run_dir / "metrics.json").unlink()
 
 
@@ -37,15 +45,39 @@ def resume(run_dir: Path) -> dict:
     return train(compose([f"resume={run_dir}"], run_dir))
 
 
+@contextmanager
+def held_by_another_process(folder: Path):
+    """The folder's lock, held by another process for as long as the block runs."""
+    script = (
+        "import sys, time\n"
+        "from mnist_lightning.training.folders import FolderLock\n"
+        "with FolderLock(sys.argv[1]):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(folder)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_second_writer_is_refused_naming_the_process(fixture_data_dir, tmp_path):
     run_dir = tmp_path / "run"
     finished_run(fixture_data_dir, run_dir)
     unfinished(run_dir, 3)
-    with RunFolderLock(run_dir), pytest.raises(OutputError) as error:
+    record = (run_dir / "run_config.yaml").read_bytes()
+    with held_by_another_process(run_dir) as pid, pytest.raises(OutputError) as error:
         resume(run_dir)
-    assert f"{run_dir} is in use by process {os.getpid()} on " in str(error.value)
+    assert f"{run_dir} is in use by process {pid} on " in str(error.value)
     assert not (run_dir / "metrics.json").exists()
-    assert resume(run_dir)["epochs"] == 3  # free again once the holder let go
+    assert (run_dir / "run_config.yaml").read_bytes() == record
+    with FolderLock(run_dir):  # the same process may take it again (a Hydra callback did first)
+        assert resume(run_dir)["epochs"] == 3  # free again once the holder let go
 
 
 def test_a_new_run_never_writes_into_a_folder_that_holds_a_run(fixture_data_dir, tmp_path):
@@ -67,7 +99,8 @@ def test_a_moved_run_folder_resumes_where_it_is_now(fixture_data_dir, tmp_path):
     metrics = resume(moved)
     assert not original.exists()  # nothing written to the old place
     assert (
-        metrics["epochs"] == 3 and Path(metrics["test_checkpoint"]).parent == moved / "checkpoints"
+        metrics["epochs"] == 3
+        and (moved / metrics["test_checkpoint"]).parent == moved / "checkpoints"
     )
     assert json.loads((moved / "metrics.json").read_text())["global_step"] == 24
     assert len(list((moved / "checkpoints").glob("epoch=*.ckpt"))) == 1
@@ -79,11 +112,15 @@ def test_a_crafted_run_config_cannot_name_code_to_run(fixture_data_dir, tmp_path
     unfinished(run_dir, 3)
     victim = tmp_path / "precious.txt"
     victim.write_text("keep me")
-    config = yaml.safe_load((run_dir / "run_config.yaml").read_text())
-    config["callbacks"]["evil"] = {"_target_": "builtins.open", "file": str(victim), "mode": "w"}
-    (run_dir / "run_config.yaml").write_text(yaml.safe_dump(config))
+    record = yaml.safe_load((run_dir / "run_config.yaml").read_text())
+    record["settings"]["callbacks"]["evil"] = {
+        "_target_": "builtins.open",
+        "file": str(victim),
+        "mode": "w",
+    }
+    (run_dir / "run_config.yaml").write_text(yaml.safe_dump(record))
     with pytest.raises(
-        ConfigError, match="names callbacks.evil._target_: builtins.open, which is not"
+        ConfigError, match="settings.callbacks.evil._target_: not a setting a record may hold"
     ):
         resume(run_dir)
     assert victim.read_text() == "keep me"
@@ -98,8 +135,9 @@ def test_overrides_beside_resume_are_refused(fixture_data_dir, tmp_path):
     )
     assert result.returncode == 1
     assert result.stdout.strip().splitlines()[-1] == (
-        f"error: resume continues {run_dir} with its own saved config (run_config.yaml); these "
-        "overrides would be ignored: optimizer.lr=0.5. Drop them, or start a new run with them."
+        f"error: resume continues {run_dir} with its own recorded settings (run_config.yaml); "
+        "these overrides would change the run: optimizer.lr=0.5. Drop them, or start a new run "
+        "with them."
     )
 
 

@@ -23,11 +23,7 @@ import torch
 from PIL import Image
 
 from mnist_lightning.data.datamodule import to_model_input
-from mnist_lightning.training.checkpoints import (
-    load_classifier,
-    read_checkpoint,
-    resolve_checkpoint,
-)
+from mnist_lightning.training.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
 from tests.conftest import ROOT, compose, free_port, load_fixture, run_module
 
 SCREENSHOT = ROOT / "docs" / "serve.png"  # the README's picture, remade with UPDATE_SCREENSHOT=1
@@ -146,7 +142,7 @@ def digits(fixture_data_dir):
 
 
 def expected_answers(trained_run, images: torch.Tensor) -> torch.Tensor:
-    model = load_classifier(resolve_checkpoint(trained_run))
+    model = load_trained(trained_run).model
     with torch.no_grad():
         return model(to_model_input(images)).softmax(dim=1)
 

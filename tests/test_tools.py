@@ -18,13 +18,9 @@ from PIL import Image
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import preprocess
 from mnist_lightning.data.datamodule import to_model_input
-from mnist_lightning.training.checkpoints import (
-    CheckpointError,
-    load_classifier,
-    read_checkpoint,
-    resolve_checkpoint,
-)
-from tests.conftest import load_fixture, run_module
+from mnist_lightning.errors import CheckpointError
+from mnist_lightning.training.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
+from tests.conftest import load_fixture, onnx_session, run_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from user_digits import make_user_digits  # noqa: E402
@@ -45,7 +41,7 @@ def test_evaluate_reproduces_the_training_test_metrics(
     results = evaluate(tool_config("evaluate", [f"ckpt_path={trained_run}"], tmp_path / "test"))
     assert results["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-4)
     assert results["test/loss"] == pytest.approx(trained["test/loss"], abs=1e-4)
-    assert results["checkpoint"] == trained["test_checkpoint"]
+    assert results["checkpoint"] == str(trained_run / trained["test_checkpoint"])
     saved = json.loads((tmp_path / "test" / "eval.json").read_text())
     assert sum(map(sum, saved["confusion_matrix"])) == 160 == saved["images"]
     assert len(saved["per_class"]["precision"]) == 10
@@ -127,17 +123,15 @@ def test_predict_reads_user_images_and_reports_bad_files(trained_run, fixture_da
 
 
 def test_exported_models_match_pytorch(trained_run, fixture_data_dir, tmp_path):
-    import onnxruntime
-
     from mnist_lightning.export import export, exportable
 
     module = exportable(trained_run)
     images = load_fixture(fixture_data_dir)["test"][0].float() / 255
-    model = load_classifier(resolve_checkpoint(trained_run))
+    model = load_trained(trained_run).model
     with torch.no_grad():
         expected = model(to_model_input((images * 255).to(torch.uint8))).numpy()
 
-    session = onnxruntime.InferenceSession(str(export(module, "onnx", tmp_path / "m.onnx")))
+    session = onnx_session(export(module, "onnx", tmp_path / "m.onnx"))
     for batch in (images, images[:1], images[:37]):  # any batch size
         (logits,) = session.run(None, {"images": batch.numpy()})
         np.testing.assert_allclose(logits, expected[: len(batch)], atol=1e-4)
@@ -167,13 +161,13 @@ def test_a_checkpoint_carrying_code_is_refused_without_running_it(trained_run, t
         CheckpointError,
         match="refused to load .*pickled Python objects.*Nothing in it was executed",
     ):
-        load_classifier(evil)
+        load_trained(evil)
     assert not payload.marker.exists()
 
     with evil.open("wb") as f:  # a plain pickle, not even a torch file
         pickle.dump({"state_dict": payload}, f)
     with pytest.raises(CheckpointError):
-        load_classifier(evil)
+        load_trained(evil)
     assert not payload.marker.exists()
 
 
@@ -184,17 +178,17 @@ def test_missing_truncated_and_foreign_checkpoints_are_reported(trained_run, tmp
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(good[: len(good) // 3])
     with pytest.raises(CheckpointError, match="truncated or not a PyTorch checkpoint"):
-        load_classifier(truncated)
+        load_trained(truncated)
     weights_only = tmp_path / "weights.ckpt"
     torch.save({"weight": torch.zeros(3)}, weights_only)
     with pytest.raises(CheckpointError, match="not a Lightning checkpoint"):
-        load_classifier(weights_only)
+        load_trained(weights_only)
     other = read_checkpoint(resolve_checkpoint(trained_run))
     other["state_dict"]["net.hidden1.weight"] = torch.zeros(64, 784)  # another architecture
     wrong = tmp_path / "wrong.ckpt"
     torch.save(other, wrong)
-    with pytest.raises(CheckpointError, match="does not hold one of this project's networks"):
-        load_classifier(wrong)
+    with pytest.raises(CheckpointError, match=r"holds another network \(net.hidden1.weight is"):
+        load_trained(wrong)
 
 
 def test_the_tools_end_in_one_clear_line_on_a_bad_checkpoint(tmp_path):
@@ -219,17 +213,17 @@ def test_export_refuses_an_output_that_would_destroy_or_cannot_be_written(traine
     assert (
         result.stdout.strip()
         .splitlines()[-1]
-        .startswith(
-            f"error: output={checkpoint} is a checkpoint (the one being exported, or another)"
-        )
+        .startswith(f"error: output={checkpoint} is inside the run folder {trained_run}")
     )
     assert checkpoint.read_bytes() == before
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     with pytest.raises(UserError, match=f"output={tmp_path} is a folder"):
-        check_output(tmp_path, checkpoint)
-    with pytest.raises(UserError, match="its folder cannot be made"):
-        check_output(blocker / "model.onnx", checkpoint)
+        check_output(tmp_path)
+    with pytest.raises(UserError, match="cannot write the folder"):
+        check_output(blocker / "model.onnx")
+    with pytest.raises(UserError, match="is a checkpoint's name"):
+        check_output(tmp_path / "model.ckpt")
 
 
 def test_export_replaces_an_existing_file_whole(trained_run, tmp_path, monkeypatch):
@@ -282,7 +276,7 @@ def test_predict_on_mnist_digits_saved_as_png_answers_as_evaluate_does(
     results = predict(
         tool_config("predict", [f"ckpt_path={trained_run}", f"inputs=[{folder}]"], tmp_path / "p")
     )
-    model = load_classifier(resolve_checkpoint(trained_run))
+    model = load_trained(trained_run).model
     with torch.no_grad():
         direct = model(to_model_input(images)).argmax(dim=1)
     predicted = torch.tensor([r["digit"] for r in results])

@@ -20,8 +20,8 @@ from mnist_lightning.data.datamodule import to_model_input
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.networks import CNN
 from mnist_lightning.train import train
-from mnist_lightning.training.checkpoints import load_classifier, resolve_checkpoint
-from tests.conftest import FAST, compose, load_fixture, train_relu_adam
+from mnist_lightning.training.checkpoints import load_trained, resolve_checkpoint
+from tests.conftest import FAST, compose, load_fixture, onnx_session, train_relu_adam
 
 
 def mlflow_overrides(store: Path) -> list[str]:
@@ -63,11 +63,8 @@ def check_mlflow_runs(store: Path, sweep_dir: Path) -> None:
         assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"} <= set(
             run.data.metrics
         )
-        assert run.data.params["config/model/net/_target_"] == "mnist_lightning.models.networks.MLP"
-        assert run.data.params["config/optimizer/_target_"] in (
-            "torch.optim.SGD",
-            "torch.optim.Adam",
-        )
+        assert run.data.params["config/model/net/name"] == "mlp"
+        assert run.data.params["config/optimizer/name"] in ("sgd", "adam")
         files = artifacts(client, run.info.run_id)
         assert {"samples.png", "confusion_matrix.png", "metrics.json"} <= set(files)
         assert f"checkpoints/{Path(metrics['test_checkpoint']).name}" in files
@@ -168,7 +165,7 @@ def test_preparing_a_sweeps_mlflow_store_does_not_load_lightning_into_the_launch
 import sys
 from hydra import compose, initialize_config_dir
 from mnist_lightning.config import CONFIG_DIR
-from mnist_lightning.training.tracking import PrepareTrackingStores
+from mnist_lightning.hydra_callbacks import PrepareTrackingStores
 with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
     cfg = compose("train", overrides={mlflow_overrides(tmp_path)!r})
 PrepareTrackingStores().on_multirun_start(cfg)
@@ -210,12 +207,12 @@ def test_the_cnn_is_small_and_maps_images_to_ten_logits():
 def test_the_cnn_defaults_to_relu_and_the_mlp_keeps_the_lessons_sigmoid(tmp_path):
     def composed(*overrides):
         model = compose(list(overrides), tmp_path).model
-        return model.net._target_.rsplit(".", 1)[1], model.activation
+        return model.net.name, model.activation
 
-    assert composed() == ("MLP", "sigmoid")
-    assert composed("model/net=cnn") == ("CNN", "relu")
-    assert composed("model/net=cnn", "model.activation=tanh") == ("CNN", "tanh")
-    assert composed("model/net=mlp", "model.activation=gelu") == ("MLP", "gelu")
+    assert composed() == ("mlp", "sigmoid")
+    assert composed("model/net=cnn") == ("cnn", "relu")
+    assert composed("model/net=cnn", "model.activation=tanh") == ("cnn", "tanh")
+    assert composed("model/net=mlp", "model.activation=gelu") == ("mlp", "gelu")
 
 
 @pytest.fixture(scope="module")
@@ -229,23 +226,19 @@ def test_a_short_cnn_fit_learns_and_keeps_its_network_in_the_checkpoint(cnn_run)
     metrics = json.loads((cnn_run / "metrics.json").read_text())
     assert metrics["test/acc"] > 0.5  # far above chance on the stand-in digits
     assert metrics["history"]["train/loss"][-1] < metrics["history"]["train/loss"][0]
-    model = load_classifier(resolve_checkpoint(cnn_run))
+    model = load_trained(cnn_run).model
     assert isinstance(model.net, CNN)
-    assert model.hparams.net["_target_"] == "mnist_lightning.models.networks.CNN"  # kept as data
+    assert model.hparams.net == {"name": "cnn", "channels": [24, 48, 96]}  # kept as data
 
 
 def test_the_cnn_exports_to_onnx_with_the_same_answers(cnn_run, fixture_data_dir, tmp_path):
-    import onnxruntime
-
     from mnist_lightning.export import export, exportable
 
     images = load_fixture(fixture_data_dir)["test"][0]
-    model = load_classifier(resolve_checkpoint(cnn_run))
+    model = load_trained(cnn_run).model
     with torch.no_grad():
         expected = model(to_model_input(images)).numpy()
-    session = onnxruntime.InferenceSession(
-        str(export(exportable(cnn_run), "onnx", tmp_path / "m.onnx"))
-    )
+    session = onnx_session(export(exportable(cnn_run), "onnx", tmp_path / "m.onnx"))
     for batch in (images, images[:1], images[:37]):
         (logits,) = session.run(None, {"images": (batch.float() / 255).numpy()})
         np.testing.assert_allclose(logits, expected[: len(batch)], atol=1e-4)

@@ -15,22 +15,43 @@ at random, with a random flip of each axis.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnist_lightning.schema import Rule, number, whole
+
+# [low, high] zoom factors.
+SCALE = Rule(
+    lambda v: (
+        isinstance(v, list | tuple)
+        and len(v) == 2
+        and all(_is_number(x) for x in v)
+        and 0 < v[0] <= v[1]
+    ),
+    "[low, high] with 0 < low <= high",
+)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
 
 class BatchAugment(nn.Module):
+    """Per-image random affine transforms and elastic distortions of a batch, on its device.
+    The ranges beside the arguments are checked with the rest of a config (schema.py)."""
+
     def __init__(
         self,
-        degrees: float = 10.0,
-        translate: float = 0.1,
-        scale: tuple[float, float] = (0.9, 1.1),
-        shear: float = 0.0,
-        elastic_alpha: float = 0.0,
-        elastic_sigma: float = 4.0,
-        elastic_bank: int = 4096,
+        degrees: Annotated[float, number(0, 180)] = 10.0,
+        translate: Annotated[float, number(0, 1)] = 0.1,
+        scale: Annotated[tuple[float, float], SCALE] = (0.9, 1.1),
+        shear: Annotated[float, number(0, 89)] = 0.0,
+        elastic_alpha: Annotated[float, number(0)] = 0.0,
+        elastic_sigma: Annotated[float, number(0, low_open=True)] = 4.0,
+        elastic_bank: Annotated[int, whole(1)] = 4096,
     ) -> None:
         super().__init__()
         self.degrees, self.translate, self.shear = degrees, translate, shear

@@ -8,15 +8,21 @@ batch -> device -> scale, augment (training only) and normalise on the device
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Any
 
 import lightning.pytorch as pl
 import torch
-from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Dataset
 
-from mnist_lightning.data.mnist_files import MIRRORS, default_data_dir, ensure_raw_files, load_mnist
+from mnist_lightning.data.augment import BatchAugment
+from mnist_lightning.data.mnist_files import default_data_dir, ensure_raw_files, load_mnist
 from mnist_lightning.errors import MNISTDataError
+from mnist_lightning.schema import whole
+
+# Where the data is and comes from: given by each command, never kept in a checkpoint.
+DATA_SOURCE = ("data_dir", "download", "mirrors")
 
 # The training set's pixel mean and standard deviation (of values in [0, 1]).
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -60,55 +66,48 @@ def to_model_input(images: torch.Tensor, normalize: bool = True, augment=None) -
 class MNISTDataModule(pl.LightningDataModule):
     """MNIST with a seeded train/val split of the 60,000 training images and the official test set.
 
-    `augment` is a Hydra config (conf/augment/), kept as plain data in checkpoints and built here.
-    `expected_files` (name -> {"md5", "items"}) is None for the official files; only the tests
-    set it, for their small stand-in files.
+    `augment` holds BatchAugment's settings (conf/augment/), or None. The ranges beside the
+    arguments are checked with the rest of a config (schema.py). Where the files are
+    (`data_dir`, else $MNIST_DATA_DIR, else data/), whether they may be downloaded and from which
+    `mirrors` (default: torchvision's) are not hyperparameters: a checkpoint never says where
+    its data comes from.
     """
 
     def __init__(
         self,
         data_dir: str | None = None,
-        val_size: int = 5_000,
-        batch_size: int = 64,
-        eval_batch_size: int = 1000,
+        val_size: Annotated[int, whole(1, 59_999)] = 5_000,  # of the 60,000 training images
+        batch_size: Annotated[int, whole(1)] = 64,
+        eval_batch_size: Annotated[int, whole(1)] = 1000,
         shuffle: bool = True,
         normalize: bool = True,
-        split_seed: int = 0,
+        split_seed: Annotated[int, whole(0)] = 0,
+        augment: dict[str, Any] | None = None,
         download: bool = True,
-        mirrors: list[str] | tuple[str, ...] = MIRRORS,
-        expected_files: dict | None = None,
-        augment: dict | None = None,
+        mirrors: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        # Absolute, so a checkpoint's data settings mean the same folder from any directory.
-        data_dir = str(Path(data_dir or default_data_dir()).expanduser().resolve())
-        self.save_hyperparameters()
-        self.data_dir = Path(data_dir)
+        self.save_hyperparameters(ignore=DATA_SOURCE)
+        self.data_dir = Path(data_dir or default_data_dir()).expanduser()
+        self.download, self.mirrors = download, mirrors
         self.mnist: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the files as read
         self.splits: dict[str, InMemoryMNIST] = {}
         self.test_split = "test"  # what trainer.test() runs on; evaluate may pick "val"
-        self.augment = instantiate(augment) if augment else None
+        self.augment = BatchAugment(**augment) if augment else None
 
     def prepare_data(self) -> None:
         # Once per node: find, decompress or download, and check the files.
-        ensure_raw_files(self.data_dir, **self._file_settings(download=self.hparams.download))
+        ensure_raw_files(self.data_dir, self.download, self.mirrors)
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
-            self.mnist = load_mnist(self.data_dir, **self._file_settings(download=False))
+            self.mnist = load_mnist(self.data_dir, download=False)
             self.splits = self._split()
         device = self.trainer.strategy.root_device if self.trainer is not None else None
         if device is not None and device.type == "cuda":
             # All of MNIST is ~55 MB as uint8: keep it on the GPU, no copy per batch.
             for split in self.splits.values():
                 split.images, split.labels = split.images.to(device), split.labels.to(device)
-
-    def _file_settings(self, download: bool) -> dict:
-        return {
-            "download": download,
-            "mirrors": self.hparams.mirrors,
-            "expected_files": self.hparams.expected_files,
-        }
 
     def _split(self) -> dict[str, InMemoryMNIST]:
         images, labels = self.mnist["train"]

@@ -1,4 +1,4 @@
-"""MNISTClassifier: the LightningModule that trains the lesson's network (network.py).
+"""MNISTClassifier: the LightningModule that trains the lesson's network (networks.py).
 
 Textbook Lightning: `training_step` takes one `(x, y)` batch and returns its loss; the Trainer
 does the backward pass, the optimizer and scheduler steps, accumulation and clipping.
@@ -6,20 +6,20 @@ does the backward pass, the optimizer and scheduler steps, accumulation and clip
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mnist_lightning.config import conf_option
 from mnist_lightning.data.mnist_files import NUM_CLASSES
+from mnist_lightning.models.networks import ACTIVATIONS, build_network
+from mnist_lightning.models.optim import build_optimizer, build_scheduler
+from mnist_lightning.schema import number, one_of
 
-# The lesson's network and optimizer, for a model built without a config: MNISTClassifier().
-LESSON_NETWORK = {"_target_": "mnist_lightning.models.networks.MLP"}
-LESSON_OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.2}
 # What the model logs: the names callbacks, schedulers and sweepers may watch.
 LOGGED_METRICS = (
     "train/loss",
@@ -29,8 +29,6 @@ LOGGED_METRICS = (
     "val/acc",
     "val/acc_best",
 )
-# Keys of a scheduler config that are Lightning's (its lr_scheduler dict), not the scheduler's.
-LIGHTNING_SCHEDULER_KEYS = ("interval", "frequency", "monitor")
 
 
 def _epoch_mean() -> MeanMetric:
@@ -39,49 +37,34 @@ def _epoch_mean() -> MeanMetric:
     return MeanMetric(nan_strategy="disable")
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: dict[str, Any], total_steps: int
-) -> tuple[Any, dict[str, Any]]:
-    """The scheduler a config describes, and the keys of it that are Lightning's (interval,
-    frequency, monitor). OneCycle makes one cycle of `total_steps`, peaking at the optimizer's
-    learning rate."""
-    settings = dict(config)
-    lightning_keys = {k: settings.pop(k) for k in LIGHTNING_SCHEDULER_KEYS if k in settings}
-    make_scheduler = instantiate(settings)
-    if make_scheduler.func is torch.optim.lr_scheduler.OneCycleLR:
-        max_lr = optimizer.param_groups[0]["lr"]
-        return make_scheduler(optimizer, max_lr=max_lr, total_steps=total_steps), lightning_keys
-    return make_scheduler(optimizer), lightning_keys
-
-
 def _accuracy() -> MulticlassAccuracy:
     return MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro", validate_args=False)
 
 
 class MNISTClassifier(pl.LightningModule):
-    """Cross-entropy classifier around a network of network.py (`net`, the lesson's MLP by
-    default); optimizer and scheduler are Hydra partial configs.
+    """Cross-entropy classifier around a network of networks.py (`net`, the lesson's MLP by
+    default), trained with the optimizer and scheduler its settings name (models/optim.py).
 
-    The configs are stored as plain dicts in the hyperparameters (and so in checkpoints) and
-    instantiated here, so a checkpoint is data, never pickled code.
+    Every argument is a name or a number, so the hyperparameters Lightning keeps in checkpoints
+    are data, never code. `MNISTClassifier()` is the lesson: MLP, sigmoid, SGD with lr 0.2.
     """
 
     def __init__(
         self,
-        activation: str = "sigmoid",
+        activation: Annotated[str, one_of(*ACTIVATIONS)] = "sigmoid",
         net: dict[str, Any] | None = None,
         optimizer: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
-        label_smoothing: float = 0.0,
+        label_smoothing: Annotated[float, number(0, 1, high_open=True)] = 0.0,
         compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if self.hparams.optimizer is None:
-            self.hparams.optimizer = dict(LESSON_OPTIMIZER)
+        if self.hparams.optimizer is None:  # the lesson's, as conf/optimizer/sgd.yaml says
+            self.hparams.optimizer = conf_option("optimizer", "sgd")
         if self.hparams.net is None:
-            self.hparams.net = dict(LESSON_NETWORK)
-        self.net = instantiate(self.hparams.net, activation=activation)
+            self.hparams.net = conf_option("model/net", "mlp")
+        self.net = build_network(self.hparams.net, activation)
         # A compiled forward function, not a module: the state_dict keys stay those of `net`.
         self.compiled_forward = torch.compile(self.net.forward) if compile else None
         self.train_loss, self.val_loss, self.test_loss = _epoch_mean(), _epoch_mean(), _epoch_mean()
@@ -161,7 +144,7 @@ class MNISTClassifier(pl.LightningModule):
         return self(x).softmax(dim=1)
 
     def configure_optimizers(self):
-        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        optimizer = build_optimizer(self.parameters(), self.hparams.optimizer)
         if not self.hparams.scheduler:
             return optimizer
         scheduler, lightning_keys = build_scheduler(

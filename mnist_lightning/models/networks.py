@@ -1,17 +1,21 @@
 """The networks: the lesson's MLP, and a small CNN beside it (`model/net=mlp|cnn`).
 
-Plain torch (no Lightning), so that config checks, export and predict can use them cheaply.
-Both take the activation by name, so `model.activation` works with either.
+Plain torch (no Lightning). Both take the activation by name, so `model.activation` works with
+either; a model's `net` settings name one of NETWORKS (`{"name": "cnn", "channels": [...]}`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
 
 import torch
+from hydra.utils import get_class, instantiate
 from torch import nn
 
 from mnist_lightning.data.mnist_files import IMAGE_SIZE, NUM_CLASSES
+from mnist_lightning.schema import class_problems, plain_container
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,  # the lesson's choice
@@ -92,3 +96,44 @@ class CNN(nn.Sequential):
                 out=nn.Linear(c3, NUM_CLASSES),
             )
         )
+
+
+# model/net=<name> -> the network class (conf/model/net/<name>.yaml holds its settings).
+NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN}
+
+
+def build_network(settings: Mapping[str, Any], activation: str) -> nn.Module:
+    """The network a model's `net` settings describe: one of NETWORKS by `name`, with its own
+    settings (the CNN's `channels`), or, when `_target_` is given, the user's own class, which
+    only the user's command line can name (model/net=custom model.net._target_=my_pkg.MyNet)."""
+    options = dict(settings)
+    if "_target_" in options:
+        return instantiate(options, _convert_="all")
+    name = options.pop("name", "mlp")
+    if name not in NETWORKS:
+        raise ValueError(f"unknown model/net={name!r}; choose one of {', '.join(NETWORKS)}")
+    return NETWORKS[name](activation=activation, **options)
+
+
+def net_problems(where: str, settings: Any, named_target: str | None = None) -> list[str]:
+    """The problems of a model's `net` settings, one line each. A `_target_` (the user's own
+    class) is accepted only when it is `named_target`, the class the command itself names."""
+    settings = plain_container(settings)
+    if not isinstance(settings, Mapping):
+        return [f"{where}={settings}: must be a network's settings (model/net=mlp, cnn or custom)"]
+    target = settings.get("_target_")
+    if target is not None:
+        if target != named_target:
+            return [
+                f"{where} is your own network class {target}; it is loaded only when the command "
+                f"names it too: net_target={target}"
+            ]
+        try:
+            return class_problems(where, get_class(target), settings)
+        except (ImportError, ValueError) as error:
+            return [f"{where}._target_={target}: cannot be imported ({error})"]
+    name = settings.get("name", "mlp")
+    if name not in NETWORKS:
+        return [f"{where}.name={name}: must be one of {', '.join(NETWORKS)}"]
+    options = {k: v for k, v in settings.items() if k != "name"}
+    return class_problems(where, NETWORKS[name], options, ignore=("activation",))

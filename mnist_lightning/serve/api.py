@@ -108,9 +108,11 @@ class DigitAPI(ls.LitAPI):
     """The model behind POST /predict: decode a request into a 28x28 digit, classify a batch
     of them, answer each as JSON."""
 
-    def __init__(self, ckpt_path: str, max_side: int, **kwargs: Any) -> None:
+    def __init__(
+        self, ckpt_path: str, max_side: int, net_target: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.ckpt_path, self.max_side = ckpt_path, max_side
+        self.ckpt_path, self.max_side, self.net_target = ckpt_path, max_side, net_target
 
     def setup(self, device: str) -> None:
         from mnist_lightning.training.checkpoints import load_trained
@@ -119,10 +121,10 @@ class DigitAPI(ls.LitAPI):
         # the other workers need the remaining cores.
         torch.set_num_threads(1)
 
-        _, model, settings = load_trained(self.ckpt_path)
-        self.model = model.to(device).eval()
+        trained = load_trained(self.ckpt_path, self.net_target)
+        self.model = trained.model.to(device).eval()
         self.device = device
-        self.normalize = settings.get("normalize", True)
+        self.normalize = trained.data.get("normalize", True)
         # Torch and the rest leave ~500,000 objects that a full garbage collection would walk
         # (a pause of ~0.4 s, in the middle of answering): they live as long as the worker.
         gc.freeze()

@@ -12,14 +12,15 @@ from __future__ import annotations
 import gc
 import logging
 import socket
-import sys
 from importlib import resources
 
 import hydra
 from omegaconf import DictConfig
 
+from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.errors import UserError
+from mnist_lightning.schema import ServeOptions, command_options
 
 log = logging.getLogger("mnist_lightning.serve")
 
@@ -50,13 +51,15 @@ def build_server(cfg: DictConfig):
         raise UserError(
             f"serving needs the 'serve' extra ({error.name} is missing): pip install -e '.[serve]'"
         ) from None
-    from mnist_lightning.training.checkpoints import load_trained, resolve_checkpoint
+    from mnist_lightning.training.checkpoints import load_trained
 
-    checkpoint = resolve_checkpoint(cfg.ckpt_path)
-    load_trained(checkpoint)  # a missing, foreign or unsafe checkpoint stops here, in one line
+    options: ServeOptions = command_options(ServeOptions, cfg)
+    # A missing, foreign or unsafe checkpoint stops here, in one line.
+    checkpoint = load_trained(options.ckpt_path, options.net_target).checkpoint
     api = DigitAPI(
         str(checkpoint),
         cfg.max_side,
+        net_target=options.net_target,
         max_batch_size=cfg.max_batch_size,
         batch_timeout=cfg.batch_timeout,
     )
@@ -79,15 +82,11 @@ def build_server(cfg: DictConfig):
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="serve", version_base="1.3")
+@command
 def main(cfg: DictConfig) -> None:
-    try:
-        if cfg.host not in ("127.0.0.1", "0.0.0.0", "::"):
-            raise UserError(f"host={cfg.host}: use 127.0.0.1 (this machine only), 0.0.0.0 or ::")
-        check_port(cfg.host, cfg.port)
-        server, checkpoint = build_server(cfg)
-    except UserError as error:
-        log.error("error: %s", error)
-        sys.exit(1)
+    options: ServeOptions = command_options(ServeOptions, cfg)
+    check_port(options.host, options.port)
+    server, checkpoint = build_server(cfg)
     log.info(
         "serving %s on http://%s:%d/ (draw there; POST /predict)", checkpoint, cfg.host, cfg.port
     )

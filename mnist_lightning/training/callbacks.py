@@ -9,8 +9,19 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import grad_norm
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 
+from mnist_lightning.data.datamodule import to_model_input
 from mnist_lightning.data.mnist_files import NUM_CLASSES
+from mnist_lightning.training import figures
 
 log = logging.getLogger(__name__)
 
@@ -19,12 +30,40 @@ EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best
 
 def tensorboard_writer(trainer: pl.Trainer):
     """The TensorBoard SummaryWriter of the run, or None without a TensorBoard logger."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
+
+
+class DataPreview(pl.Callback):
+    """The lesson's look at the data when the fit starts: the first 9 training images titled with
+    their labels (samples.png and TensorBoard), and the shape of one batch as the model gets it
+    (`x [64, 1, 28, 28] float32, y [64] int64`)."""
+
+    def __init__(self, output_dir: str) -> None:
+        self.output_dir = Path(output_dir)
+        self.shown = False  # once: the learning-rate finder starts a fit of its own
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if self.shown or not trainer.is_global_zero or not hasattr(datamodule, "mnist"):
+            return
+        self.shown = True
+        images, labels = datamodule.mnist["train"]  # the training file, in its own order
+        figure = figures.digit_grid(images[:9], [str(int(label)) for label in labels[:9]])
+        figures.publish(
+            figure, self.output_dir / "samples.png", tensorboard_writer(trainer), "data/samples"
+        )
+        images, y = next(iter(datamodule.train_dataloader()))
+        x = to_model_input(images, datamodule.hparams.normalize)  # as the model gets it
+        log.info(
+            "one batch: x %s %s, y %s %s",
+            list(x.shape),
+            str(x.dtype).removeprefix("torch."),
+            list(y.shape),
+            str(y.dtype).removeprefix("torch."),
+        )
 
 
 class EpochReport(pl.Callback):
@@ -106,8 +145,6 @@ class GradientMonitor(pl.Callback):
         # The condition and x-axis step of Lightning's own step logging (train/loss_step).
         if not every or (step + 1) % every or not trainer.loggers or not trainer.is_global_zero:
             return
-        from lightning.pytorch.utilities import grad_norm
-
         norms = grad_norm(getattr(pl_module, "net", pl_module), norm_type=2)
         scalars = {name: float(value) for name, value in norms.items()}
         for logger in trainer.loggers:
@@ -173,6 +210,10 @@ class GracefulInterrupt(pl.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore()
+        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
+            log.warning(
+                "resume with: python -m mnist_lightning.train resume=%s", trainer.default_root_dir
+            )
 
     def _restore(self) -> None:
         if self.previous_handler is not None:
@@ -185,14 +226,6 @@ class TestSetReport(pl.Callback):
     misclassified digits titled `pred/true`; figures saved to `output_dir` and TensorBoard."""
 
     def __init__(self, output_dir: str, max_misclassified: int = 36) -> None:
-        from torchmetrics import MetricCollection
-        from torchmetrics.classification import (
-            MulticlassAccuracy,
-            MulticlassConfusionMatrix,
-            MulticlassPrecision,
-            MulticlassRecall,
-        )
-
         self.output_dir = Path(output_dir)
         self.max_misclassified = max_misclassified
         per_class = {"num_classes": NUM_CLASSES, "average": None, "validate_args": False}
@@ -226,8 +259,6 @@ class TestSetReport(pl.Callback):
                 self.wrong.append((images[i].detach().cpu(), int(preds[i]), int(targets[i])))
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from mnist_lightning.training import figures
-
         matrix = self.confusion.compute().cpu()
         per_class = {
             name: [round(float(v), 6) for v in values]

@@ -13,6 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from mnist_lightning.atomic import write_atomically  # noqa: E402
 
 
 def digit_grid(images: torch.Tensor, titles: Sequence[str], columns: int = 3) -> Figure:
@@ -52,10 +55,6 @@ def render(figure: Figure) -> np.ndarray:
 
 def save(figure: Figure | np.ndarray, path: str | Path) -> np.ndarray:
     """Save a figure (or an already rendered one) as PNG; returns the RGB array."""
-    from PIL import Image
-
-    from mnist_lightning.atomic import write_atomically
-
     image = figure if isinstance(figure, np.ndarray) else render(figure)
     write_atomically(path, lambda temporary: Image.fromarray(image).save(temporary, format="PNG"))
     return image

@@ -1,242 +1,400 @@
-"""A run folder: who owns it, the config it keeps, and how a run in it is continued.
+"""A run's folder: how a run starts in it or continues, its record, and what it may be.
 
-A run's folder holds `run_config.yaml`, the resolved config it was started with. `resume=`
-continues with that config, read as data: paths in it are re-anchored to where the folder is
-now (it can be moved or copied), and it may name only the classes the project's own configs
-name. A run takes a lock on its folder for as long as it works there.
+Everything about a folder is derived from where the folder is now; what a file in it says is
+data. `run_config.yaml` is the run's record (schema.RunRecord): the option chosen per config
+group and the run's settings, as names and numbers. `resume=<run>` continues a run by composing
+the config again from the project's own conf/ with the recorded choices, then applying the
+recorded settings, checked like any command line: no file ever names the code to run, the data
+to use, or a folder to write to.
 """
 
 from __future__ import annotations
 
-import fcntl
+import csv
 import json
-import os
+import logging
 import re
-import socket
-import sys
-from functools import cache
+import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from mnist_lightning.config import CONFIG_DIR, PROJECT_ROOT, logger_configs
+from mnist_lightning.atomic import write_text_atomically
+from mnist_lightning.config import CONFIG_DIR, logger_configs
 from mnist_lightning.errors import ConfigError, OutputError, UserError
+from mnist_lightning.schema import RECORD_FORMAT, RunRecord, is_object_config, plain_container
+from mnist_lightning.training.checkpoints import CHECKPOINTS, LAST
+from mnist_lightning.training.folders import RUN_CONFIG, FolderLock, run_folder_of
 
-RUN_CONFIG = "run_config.yaml"
-LOCK_FILE = ".lock"
-# Overrides that say which run to continue, not how: allowed beside resume=.
-RESUME_KEYS = ("resume", "ckpt_path")
+log = logging.getLogger(__name__)
 
-
-class RunFolderLock:
-    """An exclusive lock on a run folder, released when the run ends or its process dies.
-
-    `flock` locks belong to the open file: the operating system drops them when the process
-    exits however it exits, so a crashed run never leaves a stale lock behind.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / LOCK_FILE
-        self.fd: int | None = None
-
-    def __enter__(self) -> RunFolderLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise OutputError(
-                f"{self.path.parent} is in use by {holder}; wait for that run to end or stop it, "
-                "or choose another folder (hydra.run.dir=<folder>)."
-            ) from None
-        os.ftruncate(fd, 0)
-        command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
-        os.pwrite(
-            fd, f"process {os.getpid()} on {socket.gethostname()} ({command[:200]})".encode(), 0
-        )
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            self.path.unlink(missing_ok=True)
-            os.close(self.fd)  # releases the lock
-            self.fd = None
-
-
-@cache
-def known_targets() -> frozenset[str]:
-    """Every class the project's configs name: all that a run_config.yaml may name."""
-    targets = set()
-    for path in Path(CONFIG_DIR).rglob("*.yaml"):
-        targets.update(re.findall(r"_target_:\s*([\w.]+)", path.read_text()))
-    return frozenset(targets)
+METRICS = "metrics.json"
+# The config groups whose option a record keeps: what composing the run again needs.
+RECORDED_GROUPS = (
+    "data",
+    "augment",
+    "model",
+    "model/net",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "callbacks",
+    "logger",
+    "experiment",
+    "debug",
+)
+# Settings that say where things are or come from. They are derived again by every command
+# (from the folder, the environment and the command line) and never kept in a record.
+PLACES = frozenset(
+    {
+        "data_dir",
+        "download",
+        "mirrors",
+        "dirpath",
+        "filename",
+        "output_dir",
+        "save_dir",
+        "default_root_dir",
+        "tracking_uri",
+        "artifact_location",
+        "log_dir",
+        "root_dir",
+    }
+)
+# Top-level parts of the config that are not the run's settings: places, the command's own.
+NOT_SETTINGS = ("paths", "logger", "hydra", "resume", "ckpt_path")
+# What may be given beside resume=: where the data and the trackers are, and the classes of your
+# own the run was started with (named again, as only a command line can).
+RESUME_KEYS = ("resume", "ckpt_path", "data.data_dir", "data.download", "data.mirrors")
+RESUME_PREFIXES = ("logger.", "paths.", "hydra.")
+A_NAME = re.compile(r"[\w.+\-]*(/[\w.+\-]+)?")  # relu, 32-true, val/acc: never a path or URL
 
 
-def _walk(node: Any, key: str = ""):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _walk(v, f"{key}.{k}" if key else str(k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _walk(v, f"{key}[{i}]")
+def is_rank_zero() -> bool:
+    """Whether this process is rank zero (Lightning's other DDP processes re-run the command)."""
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def hydra_part(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any], list[str], bool]:
+    """The config without Hydra's own node; the option Hydra chose per group; the command's
+    overrides; whether it is a job of a multirun. From the composed config (`compose(...,
+    return_hydra_config=True)`) or from the running Hydra app."""
+    if "hydra" in cfg:
+        hydra_cfg = cfg.hydra
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
+    elif HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
     else:
-        yield key, node
+        return cfg, {}, [], False
+    choices = OmegaConf.to_container(hydra_cfg.runtime.choices)
+    overrides = [str(o) for o in hydra_cfg.overrides.task]
+    return cfg, choices, overrides, str(hydra_cfg.mode) == "RunMode.MULTIRUN"
 
 
-def _moved(text: str, moves: list[tuple[str, str]]) -> str:
-    for old, new in moves:
-        if text == old or text.startswith(old + os.sep):
-            return new + text[len(old) :]
-    return text
+def _given(overrides: list[str]) -> dict[str, str]:
+    """`key=value` overrides by key (`+`/`++` aside)."""
+    given = {}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        given[key.lstrip("+")] = value
+    return given
 
 
-def _relocate(node: Any, moves: list[tuple[str, str]]) -> Any:
-    """Every string (and dict key) under an old folder, re-anchored under the new one."""
+def typed_targets(overrides: list[str]) -> dict[str, str]:
+    """The classes the command line names: its `..._target_=...` overrides."""
+    return {k: v for k, v in _given(overrides).items() if k.endswith("_target_")}
+
+
+def settings_of(cfg: DictConfig) -> dict[str, Any]:
+    """The run's settings as names and numbers: every value of the config except places
+    (PLACES, `paths`, trackers), code (`_target_` and the objects Hydra builds) and the command's
+    own (`resume`)."""
+
+    def keep(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: keep(v)
+                for k, v in node.items()
+                if not k.startswith("_") and k not in PLACES and not is_object_config(v)
+            }
+        return node
+
+    config = plain_container(cfg)
+    settings = {k: keep(v) for k, v in config.items() if k not in NOT_SETTINGS}
+    callbacks = config.get("callbacks") or {}
+    settings["callbacks"] = {  # a callback's settings; a removed one is not recorded at all
+        name: keep(node) for name, node in callbacks.items() if is_object_config(node)
+    }
+    return settings
+
+
+def _record_problems(node: Any, where: str) -> list[str]:
+    """A record's settings hold names and numbers only: no Hydra keys (`_target_`), no places,
+    no interpolations, no text that could be a path or an address."""
     if isinstance(node, dict):
-        return {
-            (_moved(k, moves) if isinstance(k, str) else k): _relocate(v, moves)
-            for k, v in node.items()
-        }
+        found = []
+        for key, value in node.items():
+            name = f"{where}.{key}" if where else str(key)
+            if not isinstance(key, str) or key.startswith("_") or key in PLACES:
+                found.append(f"{name}: not a setting a record may hold")
+            else:
+                found += _record_problems(value, name)
+        return found
     if isinstance(node, list):
-        return [_relocate(v, moves) for v in node]
-    if isinstance(node, str):
-        return _moved(node, moves)
-    return node
-
-
-def load_run_config(run_dir: Path) -> tuple[DictConfig, list[tuple[str, str]]]:
-    """A run folder's saved config, checked and re-anchored to where the folder is now; and the
-    moves made (old folder, new folder)."""
-    path = run_dir / RUN_CONFIG
-    try:
-        saved = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception as error:  # YAML errors, unreadable file
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"{path} cannot be read ({detail}); start a new run instead.") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("paths"), dict):
-        raise ConfigError(f"{path} is not a run config of this project; start a new run instead.")
-    for key, value in _walk(saved):
-        if key.endswith("_target_") and value not in known_targets():
-            raise ConfigError(
-                f"{path} names {key}: {value}, which is not one of this project's classes; "
-                "refusing to resume from it (run_config.yaml is data, not code)."
-            )
-        if isinstance(value, str) and "${" in value:
-            raise ConfigError(f"{path}: {key} holds an interpolation ({value}); refusing it.")
-    paths = saved["paths"]
-    moves = [(str(paths.get("output_dir", "")), str(run_dir))]
-    if paths.get("root_dir"):
-        moves.append((str(paths["root_dir"]), str(PROJECT_ROOT)))
-    moves = [(old, new) for old, new in moves if old and old != new]
-    return OmegaConf.create(_relocate(saved, moves)), moves
-
-
-def relocate_checkpoint(path: Path, moves: list[tuple[str, str]]) -> None:
-    """The paths a checkpoint's callbacks remember (best checkpoints, their folder), re-anchored
-    to where the run folder is now, so that a moved run keeps managing its own files."""
-    if not moves:
-        return
-    import torch
-
-    from mnist_lightning.atomic import write_atomically
-
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    remembered = checkpoint.get("callbacks", {})
-    values = (v for _, v in _walk(remembered) if isinstance(v, str))
-    if all(_moved(text, moves) == text for text in (*values, *map(str, _keys(remembered)))):
-        return
-    checkpoint["callbacks"] = _relocate(remembered, moves)
-    write_atomically(path, lambda temporary: torch.save(checkpoint, temporary))
-
-
-def _keys(node: Any):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield k
-            yield from _keys(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _keys(v)
-
-
-def save_run_config(cfg: DictConfig, run_dir: Path, choices: dict[str, str], overrides: list[str]):
-    from mnist_lightning.atomic import write_text_atomically
-
-    saved = OmegaConf.to_container(cfg, resolve=True)
-    saved["choices"] = choices
-    saved["overrides"] = overrides
-    write_text_atomically(run_dir / RUN_CONFIG, OmegaConf.to_yaml(saved))
-
-
-def task_overrides() -> list[str]:
-    """The overrides the command was given (not Hydra's own), or [] outside @hydra.main."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
+        return [p for i, v in enumerate(node) for p in _record_problems(v, f"{where}[{i}]")]
+    if isinstance(node, str) and (".." in node or not A_NAME.fullmatch(node)):
+        return [f"{where}={node!r}: not a name"]
+    if node is None or isinstance(node, bool | int | float | str):
         return []
-    return [str(o) for o in HydraConfig.get().overrides.task]
+    return [f"{where}: not a name or a number"]
 
 
-def refuse_overrides_on_resume(overrides: list[str], run_dir: Path) -> None:
-    ignored = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in RESUME_KEYS]
-    if ignored:
-        raise ConfigError(
-            f"resume continues {run_dir} with its own saved config ({RUN_CONFIG}); these overrides "
-            f"would be ignored: {' '.join(ignored)}. Drop them, or start a new run with them."
-        )
+def compose_train(overrides: list[str]) -> DictConfig:
+    """conf/train.yaml composed with `overrides`, inside a Hydra app or outside one."""
+    if GlobalHydra.instance().is_initialized():
+        return compose("train", overrides=overrides, return_hydra_config=True)
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
 
 
-def checkpoint_to_resume(cfg: DictConfig) -> Path | None:
-    """`resume=<run folder>` or `ckpt_path=<file>`: the checkpoint to continue from."""
-    if cfg.get("ckpt_path"):
-        checkpoint = Path(cfg.ckpt_path).expanduser()
+class RunFolder:
+    """A run's folder, as it is now: its lock, its record, its checkpoints, its results."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).resolve()
+        self.checkpoints = self.path / CHECKPOINTS
+        self.record_file = self.path / RUN_CONFIG
+        self.metrics_file = self.path / METRICS
+        self.choices: dict[str, Any] = {}  # what the command chose per group, and its overrides
+        self.overrides: list[str] = []
+
+    def locked(self):
+        """The folder's lock, held by rank zero (DDP's other processes join its run)."""
+        return FolderLock(self.path) if is_rank_zero() else nullcontext()
+
+    def holds_a_run(self) -> bool:
+        return self.record_file.is_file()
+
+    # --- starting or continuing ---------------------------------------------------------------
+
+    def start_or_continue(self, cfg: DictConfig) -> tuple[DictConfig, Path | None]:
+        """The config to train with, and the checkpoint to continue from (None: a new run).
+
+        `resume=`/`ckpt_path=` continue the run with its recorded settings. A sweep run again
+        with the same `hydra.sweep.dir` keeps its finished jobs and continues the killed ones
+        (the job's command is the same). Any other command refuses a folder that already holds a
+        run, rather than mix two runs' files, and a folder inside another run's.
+        """
+        cfg, self.choices, self.overrides, multirun = hydra_part(cfg)
+        overrides = self.overrides
+        if cfg.get("resume") or cfg.get("ckpt_path"):
+            checkpoint = self._resume_point(cfg)
+            return self._recomposed(overrides), checkpoint
+        enclosing = run_folder_of(self.path.parent)
+        if enclosing is not None:
+            raise OutputError(
+                f"{self.path} is inside the run folder {enclosing}; choose a folder of its "
+                "own (hydra.run.dir=<folder>)."
+            )
+        if not self.holds_a_run() or not is_rank_zero():
+            return cfg, None  # (DDP's other processes start once rank zero wrote the record)
+        if not multirun:
+            raise OutputError(
+                f"{self.path} already holds a run; continue it with resume={self.path}, or "
+                "choose another folder (hydra.run.dir=<folder>)."
+            )
+        record = self.read_record()
+        if record.overrides != overrides:
+            raise ConfigError(
+                f"{self.path} holds another sweep job ({' '.join(record.overrides)}); run this "
+                "sweep in a new folder (hydra.sweep.dir=<folder>)."
+            )
+        last = self.checkpoints / LAST
+        return cfg, (last if last.is_file() else None)
+
+    def _resume_point(self, cfg: DictConfig) -> Path:
+        if cfg.get("ckpt_path"):
+            checkpoint = Path(cfg.ckpt_path).expanduser().resolve()
+            if not checkpoint.is_file():
+                raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+        else:
+            checkpoint = self.checkpoints / LAST
+        if not self.holds_a_run():
+            raise UserError(
+                f"resume={self.path}: not a run folder of this project (no {RUN_CONFIG})"
+            )
         if not checkpoint.is_file():
-            raise UserError(f"ckpt_path={checkpoint}: no such checkpoint file")
+            raise UserError(
+                f"resume={self.path}: it has no {CHECKPOINTS}/{LAST}; the run stopped before its "
+                "first epoch ended. Start it again instead."
+            )
         return checkpoint
-    if not cfg.get("resume"):
-        return None
-    run = Path(cfg.resume).expanduser()
-    if not (run / RUN_CONFIG).is_file():
-        raise UserError(f"resume={run}: not a run folder of this project (no {RUN_CONFIG})")
-    checkpoint = run / "checkpoints" / "last.ckpt"
-    if not checkpoint.is_file():
-        raise UserError(
-            f"resume={run}: it has no checkpoints/last.ckpt; the run stopped before its first epoch "
-            "ended. Start it again instead."
+
+    def _recomposed(self, overrides: list[str]) -> DictConfig:
+        """The run's config again: conf/ with the recorded choices, the command's places and
+        classes, then the recorded settings."""
+        given = _given(overrides)
+        refused = [
+            f"{k}={v}"
+            for k, v in given.items()
+            if k not in RESUME_KEYS
+            and not k.startswith(RESUME_PREFIXES)
+            and k not in typed_targets(overrides)
+        ]
+        if refused:
+            raise ConfigError(
+                f"resume continues {self.path} with its own recorded settings ({RUN_CONFIG}); "
+                f"these overrides would change the run: {' '.join(refused)}. Drop them, or start "
+                "a new run with them."
+            )
+        record = self.read_record()
+        named = typed_targets(overrides)
+        if named != record.typed_targets:
+            needed = " ".join(f"{k}={v}" for k, v in record.typed_targets.items())
+            raise ConfigError(
+                f"{self.path} was started with classes of your own; resume it naming the same ones "
+                f"(code runs only where you name it): python -m mnist_lightning.train "
+                f"resume={self.path} {needed}".rstrip()
+            )
+        places = [
+            o
+            for o in overrides
+            if o.split("=", 1)[0].lstrip("+") not in ("resume", "ckpt_path")
+            and not o.startswith("hydra.")
+        ]
+        choices = [f"{group}={option}" for group, option in record.choices.items() if option]
+        recomposed, *_ = hydra_part(
+            compose_train([*choices, *places, f"paths.output_dir={self.path}"])
         )
-    return checkpoint
+        settings = OmegaConf.create(record.settings)
+        with open_dict(recomposed):
+            recorded_callbacks = settings.pop("callbacks", {})
+            callbacks = recomposed.get("callbacks") or {}
+            for name in [n for n, node in callbacks.items() if is_object_config(node)]:
+                if name not in recorded_callbacks:
+                    del callbacks[name]  # removed when the run started (~callbacks.<name>)
+            try:
+                merged = OmegaConf.merge(recomposed, settings, {"callbacks": recorded_callbacks})
+            except OmegaConfBaseException as error:
+                raise ConfigError(f"{self.record_file}: {str(error).splitlines()[0]}") from None
+        return merged
 
+    # --- the record -----------------------------------------------------------------------------
 
-def finished_metrics(run_dir: Path) -> dict | None:
-    """The results of a run that already finished in this folder, or None."""
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    def read_record(self) -> RunRecord:
+        """run_config.yaml, checked: its structure against schema.RunRecord, its choices against
+        the options conf/ has, its settings as names and numbers (their types and ranges are
+        checked with the rest of the config)."""
+        try:
+            loaded = yaml.safe_load(self.record_file.read_text())
+        except (OSError, yaml.YAMLError) as error:
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+            raise ConfigError(
+                f"{self.record_file} cannot be read ({detail}); start a new run instead."
+            ) from None
+        if not isinstance(loaded, dict) or loaded.get("format") != RECORD_FORMAT:
+            raise ConfigError(
+                f"{self.record_file} is not a run record of this version of the project; "
+                "start a new run instead (checkpoints of earlier runs still load in evaluate, "
+                "predict, export and serve)."
+            )
+        problems = _record_problems(loaded.get("settings"), "settings")
+        problems += _record_problems(loaded.get("choices"), "choices")
+        try:
+            record = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunRecord), loaded))
+        except OmegaConfBaseException as error:
+            problems.append(str(error).splitlines()[0])
+            record = None
+        if record is not None:
+            for group, option in record.choices.items():
+                if group not in RECORDED_GROUPS:
+                    problems.append(f"choices.{group}: not a config group a record keeps")
+                elif option and not _is_option(group, option):
+                    problems.append(f"choices.{group}={option}: conf/{group}/ has no such option")
+            for key in sorted(set(record.settings) & set(NOT_SETTINGS)):
+                problems.append(f"settings.{key}: not a setting a record may hold")
+        if problems:
+            raise ConfigError(f"{self.record_file}: {problems[0]}; refusing to resume from it.")
+        return record
 
+    def save_record(self, cfg: DictConfig) -> None:
+        """Write run_config.yaml: what `resume=` continues with (rank zero's to write)."""
+        if not is_rank_zero():
+            return
+        choices, overrides = self.choices, self.overrides
+        recorded = {group: choices.get(group) for group in RECORDED_GROUPS}
+        if "logger" not in choices:  # a list of loggers: logger=[tensorboard,csv]
+            recorded["logger"] = _given(overrides).get("logger")
+        record = RunRecord(
+            choices=recorded,
+            settings=settings_of(cfg),
+            typed_targets=typed_targets(overrides),
+            overrides=overrides,
+        )
+        text = OmegaConf.to_yaml(OmegaConf.structured(record))
+        header = "# What this run is (resume=<this folder> continues it); read back as data.\n"
+        write_text_atomically(self.record_file, header + text)
 
-def forget_logged_after(cfg: DictConfig, run_dir: Path, step: int) -> None:
-    """Before a run continues from `step`: what the killed attempt logged after it goes, so the
-    logs read as those of an uninterrupted run. TensorBoard hides it (`purge_step`); the CSV
-    log loses those rows."""
-    from lightning.pytorch.loggers import TensorBoardLogger
+    def finished_metrics(self) -> dict | None:
+        """The results of a run that already finished in this folder, or None."""
+        try:
+            metrics = json.loads(self.metrics_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return metrics if isinstance(metrics, dict) else None
 
-    for node in logger_configs(cfg, TensorBoardLogger):
-        node.purge_step = step
-    csv_log = run_dir / "metrics.csv"
-    if csv_log.is_file():
-        import csv
-        import io
+    # --- logs of a resumed run -----------------------------------------------------------------
 
-        from mnist_lightning.atomic import write_text_atomically
-
+    def forget_logged_after(self, cfg: DictConfig, step: int) -> list[dict[str, Any]]:
+        """Before a run continues from `step`: TensorBoard hides what the killed attempt wrote
+        after it (`purge_step`), and the CSV log's rows before it are kept (returned, to be
+        written again by the CSV logger, which starts a new file)."""
+        for node in logger_configs(cfg, TensorBoardLogger):
+            node.purge_step = step
+        csv_log = self.path / "metrics.csv"
+        if not csv_log.is_file():
+            return []
         with csv_log.open(newline="") as f:
-            reader = csv.DictReader(f)
-            rows = [row for row in reader if not row.get("step") or int(row["step"]) < step]
-            fields = reader.fieldnames or []
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text_atomically(csv_log, text.getvalue())
+            rows = [
+                {k: _number(v) for k, v in row.items() if v not in ("", None)}
+                for row in csv.DictReader(f)
+                if row.get("step", "").isdigit() and int(row["step"]) < step
+            ]
+        return rows
+
+    def log_again(self, loggers: list, rows: list[dict[str, Any]]) -> None:
+        """The CSV rows before the resume point, written again through the CSV logger."""
+        for logger in loggers:
+            if not isinstance(logger, CSVLogger):
+                continue
+            with warnings.catch_warnings():  # "Previous log files ... will be deleted": kept here
+                warnings.simplefilter("ignore")
+                logger.experiment  # noqa: B018 - starts the new file, as Lightning would
+            for row in rows:
+                values = {k: v for k, v in row.items() if k not in ("step",)}
+                logger.log_metrics(values, step=row["step"])
+            logger.save()
+
+
+def _number(text: str) -> int | float:
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def _is_option(group: str, option: str) -> bool:
+    names = option.strip("[]").split(",") if group == "logger" else [option]
+    return all(
+        re.fullmatch(r"\w+", n.strip())
+        and (Path(CONFIG_DIR) / group / f"{n.strip()}.yaml").is_file()
+        for n in names
+    )

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
-from hydra.experimental.callback import Callback
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lightning.config import group_targets, logger_configs
+from mnist_lightning.config import logger_configs
 
 # The files of a run folder worth keeping beside a tracker's run, when they exist.
 RUN_FILES = (
@@ -26,8 +25,6 @@ def keep_offline_runs_offline(cfg: DictConfig) -> None:
     """An offline W&B run sends nothing at all: without this, wandb's service process still
     reports its own errors and telemetry over the network. Set WANDB_ERROR_REPORTING to decide
     otherwise."""
-    from lightning.pytorch.loggers import WandbLogger
-
     if any(node.get("offline") for node in logger_configs(cfg, WandbLogger)):
         os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 
@@ -36,9 +33,7 @@ def log_config(trainer, cfg: DictConfig) -> None:
     """The resolved config as parameters (`config/optimizer/lr`, ...) of every tracker.
 
     TensorBoard is left out: its HParams tab gets its own entry, beside the final metrics, when
-    the run ends (train.log_hparams)."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
+    the run ends (results.log_hparams)."""
     if not trainer.is_global_zero:
         return
     config = {"config": OmegaConf.to_container(cfg, resolve=True)}
@@ -50,8 +45,6 @@ def log_config(trainer, cfg: DictConfig) -> None:
 def log_run_files(trainer, run_dir: Path, checkpoint: str = "") -> None:
     """The run's figures, metrics.json and tested checkpoint as files of its MLflow run, the
     figures as W&B images."""
-    from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
-
     if not trainer.is_global_zero:
         return
     files = [run_dir / name for name in RUN_FILES if (run_dir / name).is_file()]
@@ -67,28 +60,9 @@ def log_run_files(trainer, run_dir: Path, checkpoint: str = "") -> None:
                 logger.log_image(key=f"files/{path.stem}", images=[str(path)])
 
 
-class PrepareTrackingStores(Callback):
-    """Hydra callback: before a sweep's jobs start, create the MLflow store and experiment they
-    share, so that jobs running at the same time do not race to create its tables."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # By the target's name, not logger_configs: resolving the targets imports Lightning
-        # (~5 s) into the process that launches the sweep, which otherwise never loads it.
-        for node in group_targets(config.get("logger")):
-            if not str(node._target_).endswith("MLFlowLogger"):
-                continue
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient(tracking_uri=node.tracking_uri)
-            if client.get_experiment_by_name(node.experiment_name) is None:
-                client.create_experiment(node.experiment_name, node.get("artifact_location"))
-
-
 def finish_runs(trainer) -> None:
     """End the W&B run: W&B keeps one run per process open until it is finished, and the next
     job of a sweep in this process would otherwise log into it."""
-    from lightning.pytorch.loggers import WandbLogger
-
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             logger.experiment.finish()

@@ -1,0 +1,106 @@
+"""A finished run's results: its final metrics, metrics.json, TensorBoard's HParams entry, the
+trackers' files and the line the train command ends with."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig
+
+from mnist_lightning.atomic import write_text_atomically
+from mnist_lightning.training.callbacks import EpochReport
+from mnist_lightning.training.checkpoints import CHECKPOINTS
+from mnist_lightning.training.run_folder import RunFolder
+from mnist_lightning.training.tracking import finish_runs, log_run_files
+
+log = logging.getLogger("mnist_lightning.train")
+
+STAGES = ("train/", "val/", "test/")  # the prefixes of the metrics metrics.json keeps
+
+
+def stage_scalars(metrics: dict) -> dict[str, float]:
+    return {name: float(v) for name, v in metrics.items() if name.startswith(STAGES)}
+
+
+def final_metrics(trainer: pl.Trainer, fit_seconds: float) -> dict[str, Any]:
+    """The fit's last epoch metrics, its per-epoch history and its size."""
+    metrics: dict[str, Any] = stage_scalars(trainer.callback_metrics)
+    report = next((c for c in trainer.callbacks if isinstance(c, EpochReport)), None)
+    if report is not None:
+        # The history is the record, also when a resumed fit had nothing left to do.
+        metrics.update({name: values[-1] for name, values in report.history.items() if values})
+        metrics.pop("epoch_seconds", None)
+        metrics.update(history=dict(report.history), training_started_at=report.training_started_at)
+    metrics.update(
+        fit_seconds=round(fit_seconds, 2),
+        epochs=trainer.current_epoch,
+        global_step=trainer.global_step,
+        world_size=trainer.world_size,
+    )
+    return metrics
+
+
+def tested(trainer: pl.Trainer, checkpoint_name: str) -> dict[str, Any]:
+    """The test metrics, and which checkpoint they are of (a path inside the run folder)."""
+    where = (
+        f"{CHECKPOINTS}/{checkpoint_name}" if checkpoint_name.endswith(".ckpt") else checkpoint_name
+    )
+    return {**stage_scalars(trainer.callback_metrics), "test_checkpoint": where}
+
+
+def write_results(
+    cfg: DictConfig,
+    choices: dict[str, Any],
+    trainer: pl.Trainer,
+    metrics: dict[str, Any],
+    folder: RunFolder,
+) -> None:
+    """metrics.json, TensorBoard's HParams entry, the trackers' files and the summary line
+    (by rank zero alone under DDP)."""
+    if not trainer.is_global_zero:
+        return
+    log_hparams(trainer, cfg, choices, metrics)
+    write_text_atomically(folder.metrics_file, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    tested_file = folder.path / str(metrics.get("test_checkpoint", ""))
+    log_run_files(trainer, folder.path, str(tested_file) if tested_file.is_file() else "")
+    finish_runs(trainer)
+    log.info(
+        "test/acc %.4f  test/loss %.4f  epochs %d  time %.1f s  run dir %s",
+        metrics.get("test/acc", float("nan")),
+        metrics.get("test/loss", float("nan")),
+        metrics["epochs"],
+        metrics["fit_seconds"],
+        folder.path,
+    )
+
+
+def log_hparams(
+    trainer: pl.Trainer, cfg: DictConfig, choices: dict[str, Any], metrics: dict[str, Any]
+) -> None:
+    """TensorBoard's HParams tab: the run's hyperparameters beside its final metrics."""
+    params = {
+        "net": choices.get("model/net") or cfg.model.net.get("name", "custom"),
+        "optimizer": cfg.optimizer.name,
+        "lr": cfg.optimizer.lr,
+        "activation": cfg.model.activation,
+        "batch_size": cfg.data.batch_size,
+        "epochs": cfg.trainer.max_epochs,
+        "scheduler": cfg.scheduler.name if cfg.get("scheduler") else "none",
+        "seed": cfg.seed,
+        "normalize": cfg.data.normalize,
+        "shuffle": cfg.data.shuffle,
+    }
+    # Own tags: the HParams tab shows each metric's last value, and test/acc is already a scalar.
+    final = {
+        f"hp/{k.replace('/', '_')}": metrics[k]
+        for k in ("test/acc", "test/loss", "val/acc_best")
+        if k in metrics
+    }
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, final)
+            logger.experiment.flush()

@@ -1,0 +1,274 @@
+"""The run, stage by stage: check the config, build the data, the model and the Trainer from it,
+fit, and test the best checkpoint on the official test set."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_lightning.config import group_targets
+from mnist_lightning.data.augment import BatchAugment
+from mnist_lightning.errors import ConfigError, TrainingDiverged, UserError
+from mnist_lightning.models.classifier import LOGGED_METRICS
+from mnist_lightning.models.networks import net_problems
+from mnist_lightning.models.optim import (
+    build_optimizer,
+    build_scheduler,
+    optimizer_problems,
+    scheduler_problems,
+)
+from mnist_lightning.schema import (
+    TRAIN_RULES,
+    TrainOptions,
+    check_rules,
+    class_problems,
+    plain_container,
+    problems,
+)
+from mnist_lightning.training.checkpoints import read_checkpoint
+from mnist_lightning.training.tracking import keep_offline_runs_offline
+
+log = logging.getLogger(__name__)
+
+# The config's parts beside the train command's own options (TrainOptions).
+GROUPS = ("paths", "data", "augment", "model", "optimizer", "scheduler", "trainer", "callbacks")
+GROUPS += ("logger", "hydra")
+# The config group a missing optional package belongs to, and the extra that installs it.
+OPTIONAL_EXTRAS = {"logger": "tracking"}
+
+
+# --- check ----------------------------------------------------------------------------------
+
+
+def _target_problems(where: str, node: DictConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """`class_problems` of a config node with a `_target_` (from conf/ or the command line)."""
+    try:
+        cls = get_class(node._target_)
+    except (ImportError, ValueError) as error:
+        extra = OPTIONAL_EXTRAS.get(where.split(".")[0])
+        if extra and isinstance(error, ImportError):
+            return [
+                f"{where} needs the '{extra}' extra ({error}); install it with: "
+                f"pip install -e '.[{extra}]'"
+            ]
+        return [f"{where}._target_={node._target_}: cannot be imported ({error})"]
+    return class_problems(where, cls, node, ignore)
+
+
+def _setting(problem: str) -> str:
+    return re.split(r"[=: ]", problem, maxsplit=1)[0]
+
+
+def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
+    """Every bad value of the config, one line each, before any data is read or file written:
+    each group as its class's settings (schema.py), the ranges no constructor checks, the metric
+    names callbacks watch; then the optimizer and scheduler built on a stand-in parameter, so
+    that torch's own checks of their values speak now rather than in the fit."""
+    found = problems("", TrainOptions, cfg, skip=lambda key: key in GROUPS)
+    found += _target_problems("data", cfg.data, ignore=("augment",))
+    if cfg.get("augment"):
+        found += class_problems("augment", BatchAugment, cfg.augment)
+    found += _target_problems("model", cfg.model, ignore=("net", "optimizer", "scheduler"))
+    net = plain_container(cfg.model.get("net")) or {}
+    target = net.get("_target_") if isinstance(net, dict) else None
+    if target == "???":
+        found.append("model.net._target_: missing; name your class: model.net._target_=pkg.MyNet")
+    else:
+        found += net_problems("model.net", net, named_target=target)
+    found += optimizer_problems("optimizer", cfg.optimizer)
+    found += scheduler_problems("scheduler", cfg.get("scheduler"))
+    found += _target_problems("trainer", cfg.trainer)
+    for group in ("callbacks", "logger"):
+        for name, node in (cfg.get(group) or {}).items():
+            if isinstance(node, DictConfig) and "_target_" in node:
+                found += _target_problems(f"{group}.{name}", node)
+    wrong = {_setting(p) for p in found}  # a range means nothing for a wrong type
+    found += [p for p in check_rules(TRAIN_RULES, cfg) if _setting(p) not in wrong]
+    found += _monitor_problems(cfg)
+    data_dir = cfg.data.get("data_dir")
+    if data_dir and Path(str(data_dir)).expanduser().is_file():
+        found.append(f"data.data_dir={data_dir}: is a file; it must be a folder holding MNIST/raw/")
+    if found:
+        raise ConfigError("\n".join(found))
+    _check_buildable(cfg, list(overrides))
+
+
+def _monitor_problems(cfg: DictConfig) -> list[str]:
+    """Metric names that callbacks and the scheduler watch must be ones the model logs."""
+    watched = {"scheduler.monitor": OmegaConf.select(cfg, "scheduler.monitor")}
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if isinstance(node, DictConfig):
+            watched[f"callbacks.{name}.monitor"] = node.get("monitor")
+    watched["optimized_metric"] = cfg.get("optimized_metric")
+    return [
+        f"{key}={value}: not a metric this model logs; choose one of {', '.join(LOGGED_METRICS)}"
+        for key, value in watched.items()
+        if value is not None and value not in LOGGED_METRICS
+    ]
+
+
+def _named(group: str, overrides: list[str]) -> str:
+    """The overrides a user gave for a group, to name in a message (else the group)."""
+    given = [o for o in overrides if o.lstrip("+~").split("=")[0].split(".")[0] == group]
+    return " ".join(given) or group
+
+
+def _check_buildable(cfg: DictConfig, overrides: list[str]) -> None:
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    with building("optimizer", overrides):
+        optimizer = build_optimizer([parameter], plain_container(cfg.optimizer))
+    if cfg.get("scheduler"):
+        with building("scheduler", overrides):
+            scheduler, _ = build_scheduler(optimizer, plain_container(cfg.scheduler), 10)
+            if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step()  # some values fail only when the schedule is used
+
+
+def _first_line(error: BaseException) -> str:
+    # Hydra's instantiate wraps a constructor's error: the constructor's own says what is wrong.
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@contextmanager
+def building(group: str, overrides: list[str] = ()) -> Iterator[None]:
+    """A constructor's error while building `group` becomes one line naming what the user set
+    for it (`optimizer.momentum=-1: Invalid momentum value: -1`)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any constructor error is the user's value
+        cause = error
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        named = _named(group, list(overrides))
+        if isinstance(cause, ImportError):  # an optional package is missing
+            extra = OPTIONAL_EXTRAS.get(group, "dev")
+            raise ConfigError(
+                f"{group} needs the '{extra}' extra ({_first_line(cause)}); install it with: "
+                f"pip install -e '.[{extra}]'"
+            ) from None
+        raise ConfigError(f"{named}: {_first_line(cause)}") from None
+
+
+# --- build ----------------------------------------------------------------------------------
+
+
+def set_up_process(cfg: DictConfig) -> None:
+    """Seed and CPU threads, before anything is built.
+
+    Two trainings that each use every core slow each other down many times over, and this small
+    network gains little from a second thread (cpu_threads: 1; benchmarks/README.md).
+    """
+    if cfg.get("cpu_threads"):
+        torch.set_num_threads(cfg.cpu_threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
+def build(cfg: DictConfig, overrides: list[str] = ()):
+    """The datamodule, the model, and the Trainer with its loggers and callbacks, from the
+    config: the data and model get their settings as plain values (which Lightning keeps in
+    checkpoints); the rest are objects Hydra instantiates from their `_target_`."""
+    plain = {"_recursive_": False, "_convert_": "all"}
+    with building("data", overrides):
+        datamodule = instantiate(cfg.data, **plain, augment=plain_container(cfg.get("augment")))
+    with building("model", overrides):
+        model = instantiate(
+            cfg.model,
+            **plain,
+            optimizer=plain_container(cfg.optimizer),
+            scheduler=plain_container(cfg.get("scheduler")) or None,
+        )
+    with building("logger", overrides):
+        keep_offline_runs_offline(cfg)
+        loggers = [instantiate(node) for node in group_targets(cfg.get("logger"))]
+    with building("callbacks", overrides):
+        callbacks = [instantiate(node) for node in group_targets(cfg.get("callbacks"))]
+    with building("trainer", overrides):
+        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    return datamodule, model, trainer
+
+
+# --- fit and test ---------------------------------------------------------------------------
+
+
+def fit(
+    trainer: pl.Trainer, model: pl.LightningModule, datamodule, checkpoint: Path | None
+) -> float:
+    """trainer.fit, from `checkpoint` when resuming; the seconds it took. A diverged loss (the
+    divergence stop, conf/callbacks/) ends in TrainingDiverged."""
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+    seconds = time.perf_counter() - started
+    diverged = divergence(trainer)
+    if diverged:
+        raise TrainingDiverged(diverged)
+    return seconds
+
+
+def divergence(trainer: pl.Trainer) -> str | None:
+    """Why an EarlyStopping callback stopped the fit on a NaN or exploding metric, or None."""
+    diverged = (EarlyStoppingReason.NON_FINITE_METRIC, EarlyStoppingReason.DIVERGENCE_THRESHOLD)
+    for callback in trainer.callbacks:
+        if isinstance(callback, EarlyStopping) and callback.stopping_reason in diverged:
+            optimizer = trainer.optimizers[0]
+            value = float(trainer.callback_metrics.get(callback.monitor, float("nan")))
+            best = (
+                trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            )
+            kept = (
+                f"The best checkpoint so far is kept: {best}" if best else "No checkpoint was kept."
+            )
+            return (
+                f"training stopped in epoch {callback.stopped_epoch + 1}: {callback.monitor} became "
+                f"{value:.4g}. The learning rate is probably too high ({type(optimizer).__name__} "
+                f"lr={optimizer.param_groups[0]['lr']:g}); try a smaller optimizer.lr. {kept}"
+            )
+    return None
+
+
+def test_best_checkpoint(trainer: pl.Trainer, model: pl.LightningModule, datamodule) -> str:
+    """The official test set, once, on the best checkpoint by val/acc (or the final weights);
+    returns the checkpoint's file name (or "final weights")."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        # Only the weights, read as data (weights_only): restoring the whole checkpoint would
+        # also rewind callbacks, and weight averaging would swap its average back out.
+        model.load_state_dict(read_checkpoint(best)["state_dict"])
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    return Path(best).name if best else "final weights"
+
+
+def describe(cfg: DictConfig, choices: dict[str, Any]) -> str:
+    """The composed config in one line per part that matters (the full one is in .hydra/)."""
+    optimizer = {k: v for k, v in plain_container(cfg.optimizer).items() if k != "name"}
+    net = plain_container(cfg.model.net)
+    data = cfg.data
+    return "\n".join(
+        [
+            f"optimizer: {cfg.optimizer.name} {optimizer}",
+            f"model: {net.get('name', net.get('_target_'))} activation={cfg.model.activation}",
+            f"scheduler: {choices.get('scheduler', 'none')}  augment: "
+            f"{choices.get('augment', 'none')}",
+            f"data: batch_size={data.batch_size} val_size={data.val_size} shuffle={data.shuffle} "
+            f"normalize={data.normalize} data_dir={data.data_dir}",
+            f"trainer: accelerator={cfg.trainer.accelerator} max_epochs={cfg.trainer.max_epochs} "
+            f"seed={cfg.seed} cpu_threads={cfg.get('cpu_threads')}",
+        ]
+    )
