@@ -37,7 +37,8 @@ class LockRunFolder(Callback):
     run or any other command, a folder that holds a run, is refused in one line, and nothing is
     written. `resume=` takes the run's own folder; a sweep takes its sweep folder."""
 
-    def __init__(self) -> None:
+    def __init__(self, command: str = "train") -> None:
+        self.command = command
         self.lock: FolderLock | None = None
 
     def _take(self, folder: Path, kind: str) -> None:
@@ -45,7 +46,8 @@ class LockRunFolder(Callback):
         if not _rank_zero():
             return
         try:
-            if kind == "new" and run_folder_of(folder) == folder.resolve():
+            is_a_run = run_folder_of(folder) == folder.resolve()
+            if kind == "new" and self.command == "train" and is_a_run:
                 raise UserError(
                     f"{folder} already holds a run; continue it with resume={folder}, or "
                     "choose another folder (hydra.run.dir=<folder>)."
@@ -69,7 +71,8 @@ class LockRunFolder(Callback):
             self.lock = None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        resuming = config.get("resume") or config.get("ckpt_path")
+        # (Only train's resume= and ckpt_path= continue a run; evaluate's ckpt_path= reads one.)
+        resuming = self.command == "train" and (config.get("resume") or config.get("ckpt_path"))
         self._take(Path(config.hydra.run.dir), "resume" if resuming else "new")
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:

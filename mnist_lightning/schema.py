@@ -47,7 +47,10 @@ def is_plain(value: Any) -> bool:
     if isinstance(value, list | tuple | ListConfig):
         return all(is_plain(v) for v in value)
     if isinstance(value, Mapping | DictConfig):
-        return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
+        # A key of Hydra's own (`_target_`, `_args_`) would make the mapping code to run.
+        return all(
+            isinstance(k, str) and not k.startswith("_") and is_plain(v) for k, v in value.items()
+        )
     return False
 
 
@@ -286,17 +289,22 @@ def problems(
 
 
 def class_problems(
-    where: str, cls: type, values: Mapping | DictConfig, ignore: tuple[str, ...] = ()
+    where: str,
+    cls: type,
+    values: Mapping | DictConfig,
+    ignore: tuple[str, ...] = (),
+    objects: bool = True,
 ) -> list[str]:
-    """`problems` of `values` as the settings of `cls`'s constructor: Hydra's `_target_` and
-    `_partial_` keys, objects Hydra builds, and the arguments in `ignore` (checked on their own)
-    aside."""
+    """`problems` of `values` as the settings of `cls`'s constructor, the arguments in `ignore`
+    (checked on their own) aside. `objects`: a composed config's Hydra keys (`_target_`,
+    `_partial_`) and the objects Hydra builds from it are not settings; in a file read back
+    (objects=False) they are refused like any value that is not plain."""
     schema, open_ended = settings_schema(cls)
 
     def skip(key: str) -> bool:
-        return (
-            key in ignore or key in ("_target_", "_partial_") or is_object_config(values.get(key))
-        )
+        if key in ignore:
+            return True
+        return objects and (key in ("_target_", "_partial_") or is_object_config(values.get(key)))
 
     return problems(where, schema, values, open_ended, skip=skip)
 

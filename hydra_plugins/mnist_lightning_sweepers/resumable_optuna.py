@@ -11,6 +11,7 @@ with a message instead, so the sweep summary (which lists each job's failure) is
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 try:
@@ -28,6 +29,7 @@ if OptunaSweeper is not None:
             # The SQLite file lives in the sweep folder, which Hydra makes only when jobs start.
             Path(impl.sweep_dir).mkdir(parents=True, exist_ok=True)
             if impl.storage and impl.study_name:
+                self._check_storage(impl.storage)
                 self._continue_study(impl)
             try:
                 return super().sweep(arguments)
@@ -40,6 +42,25 @@ if OptunaSweeper is not None:
                     impl.study_name,
                     impl.sweep_dir,
                 )
+
+        @staticmethod
+        def _check_storage(storage: str) -> None:
+            """A study database that is damaged, or not one at all, stops the search in one line
+            before any job starts (it is data: nothing in it is trusted to be a study)."""
+            import optuna
+            from sqlalchemy.exc import SQLAlchemyError
+
+            try:
+                optuna.storages.RDBStorage(storage)
+            except (SQLAlchemyError, RuntimeError, ValueError) as error:
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+                print(
+                    f"error: {storage} is not a readable Optuna study ({reason}); move the file "
+                    "away to start the search afresh, or give the search another folder "
+                    "(hydra.sweep.dir=<folder>).",
+                    flush=True,
+                )
+                sys.exit(1)
 
         @staticmethod
         def _any_trial_complete(impl) -> bool:

@@ -115,9 +115,12 @@ def build_network(settings: Mapping[str, Any], activation: str) -> nn.Module:
     return NETWORKS[name](activation=activation, **options)
 
 
-def net_problems(where: str, settings: Any, named_target: str | None = None) -> list[str]:
+def net_problems(
+    where: str, settings: Any, named_target: str | None = None, objects: bool = True
+) -> list[str]:
     """The problems of a model's `net` settings, one line each. A `_target_` (the user's own
-    class) is accepted only when it is `named_target`, the class the command itself names."""
+    class) is accepted only when it is `named_target`, the class the command itself names;
+    `objects=False` for a file read back (schema.class_problems)."""
     settings = plain_container(settings)
     if not isinstance(settings, Mapping):
         return [f"{where}={settings}: must be a network's settings (model/net=mlp, cnn or custom)"]
@@ -129,11 +132,14 @@ def net_problems(where: str, settings: Any, named_target: str | None = None) -> 
                 f"names it too: net_target={target}"
             ]
         try:
-            return class_problems(where, get_class(target), settings)
+            cls = get_class(target)
         except (ImportError, ValueError) as error:
-            return [f"{where}._target_={target}: cannot be imported ({error})"]
+            reason = " ".join(str(error).split())[:200]
+            return [f"{where}._target_={target}: cannot be imported ({reason})"]
+        options = {k: v for k, v in settings.items() if k != "_target_"}
+        return class_problems(where, cls, options, objects=objects)
     name = settings.get("name", "mlp")
     if name not in NETWORKS:
         return [f"{where}.name={name}: must be one of {', '.join(NETWORKS)}"]
     options = {k: v for k, v in settings.items() if k != "name"}
-    return class_problems(where, NETWORKS[name], options, ignore=("activation",))
+    return class_problems(where, NETWORKS[name], options, ignore=("activation",), objects=objects)

@@ -82,16 +82,17 @@ def _named_problems(where: str, settings: Any, table: Mapping[str, type]) -> tup
     return [], table[name]
 
 
-def optimizer_problems(where: str, settings: Any) -> list[str]:
-    """The problems of an optimizer's settings (name, and its class's own arguments)."""
+def optimizer_problems(where: str, settings: Any, objects: bool = True) -> list[str]:
+    """The problems of an optimizer's settings (name, and its class's own arguments);
+    `objects=False` for a file read back (schema.class_problems)."""
     found, cls = _named_problems(where, settings, OPTIMIZERS)
     if cls is None:
         return found
     options = {k: v for k, v in settings.items() if k != "name"}
-    return class_problems(where, cls, options, ignore=("params",))
+    return class_problems(where, cls, options, ignore=("params",), objects=objects)
 
 
-def scheduler_problems(where: str, settings: Any) -> list[str]:
+def scheduler_problems(where: str, settings: Any, objects: bool = True) -> list[str]:
     """The problems of a scheduler's settings; none for no scheduler (None or empty)."""
     if not settings:
         return []
@@ -108,4 +109,5 @@ def scheduler_problems(where: str, settings: Any) -> list[str]:
     options = {
         k: v for k, v in settings.items() if k != "name" and k not in LIGHTNING_SCHEDULER_KEYS
     }
-    return class_problems(where, cls, options, ignore=("optimizer", "last_epoch", *given))
+    ignore = ("optimizer", "last_epoch", *given)
+    return class_problems(where, cls, options, ignore=ignore, objects=objects)

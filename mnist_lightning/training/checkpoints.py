@@ -30,7 +30,7 @@ from mnist_lightning.errors import CheckpointError
 from mnist_lightning.models.classifier import MNISTClassifier
 from mnist_lightning.models.networks import net_problems
 from mnist_lightning.models.optim import OPTIMIZERS, optimizer_problems, scheduler_problems
-from mnist_lightning.schema import class_problems, is_plain
+from mnist_lightning.schema import class_problems
 
 log = logging.getLogger(__name__)
 
@@ -277,20 +277,23 @@ def checkpoint_settings(
     model, data = _upgrade(
         checkpoint["hyper_parameters"], checkpoint.get("datamodule_hyper_parameters") or {}
     )
-    found = []
-    if not is_plain({k: v for k, v in model.items() if k != "net"}) or not is_plain(data):
-        found.append("its settings are not plain names and numbers")
-    else:
-        where = "hyper_parameters"
-        found += class_problems(where, MNISTClassifier, model, ("net", "optimizer", "scheduler"))
-        found += net_problems(f"{where}.net", model.get("net") or {"name": "mlp"}, net_target)
-        if model.get("optimizer") is not None:
-            found += optimizer_problems(f"{where}.optimizer", model["optimizer"])
-        found += scheduler_problems(f"{where}.scheduler", model.get("scheduler"))
-        where = "datamodule_hyper_parameters"
-        found += class_problems(where, MNISTDataModule, data, ignore=(*DATA_SOURCE, "augment"))
-        if data.get("augment"):
-            found += class_problems(f"{where}.augment", BatchAugment, data["augment"])
+    where = "hyper_parameters"
+    parts = ("net", "optimizer", "scheduler")
+    found = class_problems(where, MNISTClassifier, model, ignore=parts, objects=False)
+    net = model.get("net") or {"name": "mlp"}
+    found += net_problems(f"{where}.net", net, net_target, objects=False)
+    if model.get("optimizer") is not None:
+        found += optimizer_problems(f"{where}.optimizer", model["optimizer"], objects=False)
+    found += scheduler_problems(f"{where}.scheduler", model.get("scheduler"), objects=False)
+    where = "datamodule_hyper_parameters"
+    found += class_problems(
+        where, MNISTDataModule, data, ignore=(*DATA_SOURCE, "augment"), objects=False
+    )
+    augment = data.get("augment")
+    if augment and isinstance(augment, dict):
+        found += class_problems(f"{where}.augment", BatchAugment, augment, objects=False)
+    elif augment:
+        found.append(f"{where}.augment={augment}: must be the augmentation's settings")
     if found:
         raise CheckpointError(
             f"{path} is not a checkpoint this project can load: {found[0]}"

@@ -64,7 +64,8 @@ def _target_problems(where: str, node: DictConfig, ignore: tuple[str, ...] = ())
                 f"{where} needs the '{extra}' extra ({error}); install it with: "
                 f"pip install -e '.[{extra}]'"
             ]
-        return [f"{where}._target_={node._target_}: cannot be imported ({error})"]
+        reason = " ".join(str(error).split())[:200]
+        return [f"{where}._target_={node._target_}: cannot be imported ({reason})"]
     return class_problems(where, cls, node, ignore)
 
 

@@ -136,6 +136,9 @@ def settings_of(cfg: DictConfig) -> dict[str, Any]:
     settings["callbacks"] = {  # a callback's settings; a removed one is not recorded at all
         name: keep(node) for name, node in callbacks.items() if is_object_config(node)
     }
+    net = config["model"].get("net")
+    if is_object_config(net):  # a network of your own: its settings (its class is typed again)
+        settings["model"]["net"] = keep(net)
     return settings
 
 
@@ -261,7 +264,7 @@ class RunFolder:
         record = self.read_record()
         named = typed_targets(overrides)
         if named != record.typed_targets:
-            needed = " ".join(f"{k}={v}" for k, v in record.typed_targets.items())
+            needed = " ".join(f"++{k}={v}" for k, v in record.typed_targets.items())
             raise ConfigError(
                 f"{self.path} was started with classes of your own; resume it naming the same ones "
                 f"(code runs only where you name it): python -m mnist_lightning.train "
