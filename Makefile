@@ -2,7 +2,7 @@
 # make test      run the test suite (offline; set MNIST_DATA_DIR for the real-MNIST checks)
 # make train     train with the default config; ARGS="optimizer=adam model.activation=relu"
 # make bench     time the lesson's loop, the project and the raw floor on real MNIST
-# make bench-serve  load on the serve command: 64 clients, 5,000 requests, with and without batching
+# make bench-serve  load on the serve command: 64 clients, 5,000 requests, with and without batching and beside 4 hostile clients
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -48,6 +48,12 @@ def classify(model, images: torch.Tensor, normalize: bool, top_k: int = 3) -> li
     ]
 
 
+def printable(text: str) -> str:
+    """A file name on one line of the console: quoted, with its escapes, if it holds a line
+    break or another control character."""
+    return json.dumps(text) if any(not c.isprintable() for c in text) else text
+
+
 def write_results(results: list[dict[str, Any]], output: Path) -> None:
     if output.suffix.lower() == ".json":
         write_text_atomically(output, json.dumps(results, indent=2) + "\n")
@@ -81,9 +87,9 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         raise UserError(f"no images found in {', '.join(inputs)}")
 
     results, digits = [], {}
-    for path in files:
+    for path in files:  # each file on its own: a bad one costs only its own error line
         try:
-            digits[len(results)] = preprocess.to_mnist(preprocess.load_image(path))
+            digits[len(results)] = preprocess.image_to_digit(preprocess.load_image(path), str(path))
             results.append({"file": str(path)})
         except preprocess.ImageError as error:
             message = str(error).removeprefix(f"{path}: ")
@@ -102,16 +108,17 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
             Image.fromarray(image[0].numpy(), mode="L").save(folder / name)
             results[index]["preprocessed"] = str(folder / name)
 
-    width = max(len(r["file"]) for r in results)
+    shown = {r["file"]: printable(r["file"]) for r in results}
+    width = max(len(name) for name in shown.values())
     for r in results:
         if "error" in r:
-            log.info("%-*s  error: %s", width, r["file"], r["error"])
+            log.info("%-*s  error: %s", width, shown[r["file"]], printable(r["error"]))
         else:
             top = ", ".join(f"{d} {p:.3f}" for d, p in r["top"])
             log.info(
                 "%-*s  digit %d  p=%.3f  top %d: %s",
                 width,
-                r["file"],
+                shown[r["file"]],
                 r["digit"],
                 r["probability"],
                 options.top_k,

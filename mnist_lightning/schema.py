@@ -400,7 +400,7 @@ class ExportOptions:
 class ServeOptions:
     ckpt_path: str = MISSING
     host: str = ranged(one_of("127.0.0.1", "0.0.0.0", "::"), "127.0.0.1")
-    port: int = ranged(whole(1, 65_535), 8000)
+    port: int = ranged(whole(1_024, 65_535), 8000)  # LitServe's range
     max_batch_size: int = ranged(whole(1, 1_024), 32)
     batch_timeout: float = ranged(number(0, 10), 0.005)
     workers: int = ranged(whole(1, 64), 1)
@@ -408,7 +408,8 @@ class ServeOptions:
     accelerator: str = ranged(one_of(*ACCELERATORS), "auto")
     max_upload_mb: float = ranged(number(0, 1_000, low_open=True), 10)
     max_side: int = ranged(whole(28, 65_536), 4096)
-    max_decode_megapixels: float = ranged(number(0, 1_000, low_open=True), 16)
+    max_decode_mb: float = ranged(number(0, 1_000, low_open=True), 16)
+    refusal_delay: float = ranged(number(0, 10), 0.05)
     log_level: str = ranged(one_of("critical", "error", "warning", "info", "debug"), "warning")
     net_target: Optional[str] = None  # noqa: UP045 - OmegaConf
 

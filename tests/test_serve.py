@@ -8,8 +8,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -38,9 +40,9 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@contextmanager
-def running_server(ckpt_path: Path, *overrides: str):
-    """The serve command as a real process on 127.0.0.1 and a free port; yields its base URL."""
+def start_server(ckpt_path: Path, *overrides: str) -> tuple[subprocess.Popen, str]:
+    """The serve command as a real process on 127.0.0.1 and a free port, once it answers its
+    health check; the process and its base URL."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -55,38 +57,64 @@ def running_server(ckpt_path: Path, *overrides: str):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,  # its worker processes share the group, and go with it
+        start_new_session=True,  # its HTTP and model processes share the group
     )
     base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited:\n{process.stdout.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                if response.read() == b"ok":
+                    return process, base
+        except OSError:
+            pass
+        assert time.time() < deadline, "the server never became healthy"
+        time.sleep(0.2)
+
+
+def stop_server(process: subprocess.Popen, how: str = "ctrl-c", seconds: float = 15) -> str:
+    """Stop it as a user (Ctrl-C: SIGINT to the whole group) or a service manager (SIGTERM to
+    the serve command's process) would; assert that every process of it ends within `seconds`
+    and exit code 0; return what it printed."""
+    if how == "ctrl-c":
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        os.kill(process.pid, signal.SIGTERM)
     try:
-        deadline = time.time() + 120
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"the server exited:\n{process.stdout.read()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                    if response.read() == b"ok":
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "the server never became healthy"
-            time.sleep(0.2)
+        output, _ = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"the server did not stop within {seconds} s of {how}") from None
+    deadline = time.time() + seconds
+    while subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True).returncode == 0:
+        if time.time() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise AssertionError(f"server processes were left running after {how}")
+        time.sleep(0.1)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+@contextmanager
+def running_server(ckpt_path: Path, *overrides: str):
+    """A server for the block's requests; yields its base URL. Stopped with Ctrl-C after: every
+    process of it ends, with exit code 0 and no traceback, and the port is free again."""
+    process, base = start_server(ckpt_path, *overrides)
+    try:
         yield base
     finally:
-        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C, as a user stops it
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        deadline = time.time() + 10  # its worker processes shut down after it
-        while (
-            subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True).returncode == 0
-        ):
-            if time.time() > deadline:
-                os.killpg(process.pid, signal.SIGKILL)
-                raise AssertionError("server processes were left running after Ctrl-C")
-            time.sleep(0.1)
+        output = stop_server(process)
+        assert "Traceback" not in output, output[-3000:]
+        assert_port_free(int(base.rsplit(":", 1)[1]))
+
+
+def assert_port_free(port: int) -> None:
+    with socket.socket() as probe:  # nothing listens there any more: a new server can
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+        probe.listen()
 
 
 def post(base: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
@@ -284,6 +312,7 @@ def test_a_bad_checkpoint_stops_the_server_before_it_starts(problem, trained_run
     from omegaconf import OmegaConf
 
     from mnist_lightning.errors import CheckpointError
+    from mnist_lightning.schema import ServeOptions, command_options
     from mnist_lightning.serve.server import build_server
 
     checkpoint = tmp_path / "model.ckpt"
@@ -295,13 +324,14 @@ def test_a_bad_checkpoint_stops_the_server_before_it_starts(problem, trained_run
         torch.save(state, checkpoint)
     cfg = OmegaConf.load(ROOT / "conf" / "serve.yaml")
     cfg.ckpt_path = str(checkpoint)
+    options = command_options(ServeOptions, cfg)
     expected = {
         "missing": "does not exist",
         "foreign": "is not a Lightning checkpoint of this project",
         "unsafe": "refused to load",
     }[problem]
     with pytest.raises(CheckpointError, match=expected):
-        build_server(cfg)
+        build_server(options)
 
 
 def test_a_port_in_use_stops_the_command_in_one_line(trained_run, tmp_path):
@@ -412,3 +442,243 @@ def test_a_digit_drawn_in_the_browser_is_read(server, drawing_case, tmp_path):
             raise
         finally:
             browser.close()
+
+
+# --- hostile and concurrent clients ------------------------------------------------------------
+
+
+def png_with_broken_exif(digit: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(digit).save(buffer, format="PNG", exif=b"Exif\x00\x00not a TIFF block")
+    return buffer.getvalue()
+
+
+def lab_tiff() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("LAB", (28, 28), (50, 0, 0)).save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+def float_tiff_bomb() -> bytes:
+    """~100 kB that decodes to 4096 x 4096 32-bit floats (67 MB)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((4096, 4096), np.float32), "F").save(
+        buffer, format="TIFF", compression="tiff_adobe_deflate"
+    )
+    return buffer.getvalue()
+
+
+def raw_post(base: str, body: bytes, headers: list[tuple[str, str]]) -> tuple[int, dict]:
+    """A POST with exactly these headers (repeated ones too), over a real socket."""
+    import http.client
+
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.putrequest("POST", "/predict")
+    for name, value in headers:
+        connection.putheader(name, value)
+    connection.putheader("Content-Length", str(len(body)))
+    connection.endheaders(body)
+    response = connection.getresponse()
+    status, text = response.status, response.read()
+    connection.close()
+    return status, json.loads(text) if text else {}
+
+
+def hostile(digits) -> dict[str, tuple[bytes, list[tuple[str, str]], int, str]]:
+    """Requests that once ended in a 500 or a failed batch: body, headers, status, reason."""
+    digit = digits[0][0, 0].numpy()
+    upload, multipart_type = multipart(png(digit))
+    many = (
+        "".join(
+            f'--b\r\nContent-Disposition: form-data; name="f{i}"; filename="{i}.png"\r\n\r\nx\r\n'
+            for i in range(1001)
+        ).encode()
+        + b"--b--\r\n"
+    )
+    json_type = [("Content-Type", "application/json")]
+    return {
+        "deeply nested JSON": (
+            b"[" * 100_000 + b"]" * 100_000,
+            json_type,
+            400,
+            "nested too deeply",
+        ),
+        "multipart without a boundary": (
+            upload,
+            [("Content-Type", "multipart/form-data")],
+            400,
+            "form cannot be read",
+        ),
+        "1,001 files": (
+            many,
+            [("Content-Type", "multipart/form-data; boundary=b")],
+            400,
+            "form cannot be read",
+        ),
+        "a form without an image": (
+            b"a=1",
+            [("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")],
+            422,
+            "no file in the form",
+        ),
+        "two Content-Type headers": (
+            b"{}",
+            [*json_type, ("Content-Type", "text/plain")],
+            400,
+            "more than one Content-Type",
+        ),
+        "an unknown Content-Type": (
+            b"hello",
+            [("Content-Type", "text/plain")],
+            415,
+            "not JSON or a form",
+        ),
+        "a PNG with a broken EXIF block": (
+            json.dumps({"image": base64.b64encode(png_with_broken_exif(digit)).decode()}).encode(),
+            json_type,
+            422,
+            "damaged or truncated",
+        ),
+        "a LAB TIFF": (
+            json.dumps({"image": base64.b64encode(lab_tiff()).decode()}).encode(),
+            json_type,
+            422,
+            "cannot be read as a digit",
+        ),
+        "a float TIFF that decodes to 67 MB": (
+            json.dumps({"image": base64.b64encode(float_tiff_bomb()).decode()}).encode(),
+            json_type,
+            413,
+            "would take 67 MB to decode; at most 16 MB",
+        ),
+        "27 rows of pixels": (
+            json.dumps({"pixels": [[0] * 28] * 27}).encode(),
+            json_type,
+            422,
+            "28 rows of 28 numbers",
+        ),
+    }
+
+
+def test_no_malformed_request_is_a_500(server, digits):
+    for name, (body, headers, status, reason) in hostile(digits).items():
+        got, answer = raw_post(server, body, headers)
+        assert (got, reason in answer.get("detail", "")) == (status, True), (name, got, answer)
+        assert "\n" not in answer["detail"], name
+    # A client that waits to be told to send (Expect: 100-continue, as curl does for big
+    # uploads) gets its 413 without sending the body at all.
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 50000000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        assert connection.recv(200).startswith(b"HTTP/1.1 413")
+    # An upload with the media type in another case is still an upload (it is case-insensitive).
+    body, content_type = multipart(png(digits[0][0, 0].numpy()))
+    status, answer = raw_post(
+        server,
+        body,
+        [("Content-Type", content_type.replace("multipart/form-data", "Multipart/Form-Data"))],
+    )
+    assert status == 200 and answer["digit"] in range(10)
+
+
+def test_a_bad_request_never_fails_the_good_ones_batched_with_it(server, served_run, digits):
+    images, _ = digits
+    expected = expected_answers(served_run, images).argmax(dim=1).tolist()
+    bad = hostile(digits)
+    bad_bodies = [
+        bad[name] for name in ("27 rows of pixels", "a PNG with a broken EXIF block", "a LAB TIFF")
+    ]
+    done = threading.Event()
+    refused = []
+
+    def hostile_client(i: int) -> None:
+        while not done.is_set():
+            body, headers, status, _ = bad_bodies[i % len(bad_bodies)]
+            refused.append(raw_post(server, body, headers)[0] == status)
+
+    hostile_threads = [threading.Thread(target=hostile_client, args=(i,)) for i in range(4)]
+    for thread in hostile_threads:
+        thread.start()
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(
+                pool.map(
+                    lambda i: post_json(server, {"pixels": images[i % 8, 0].tolist()}), range(300)
+                )
+            )
+    finally:
+        done.set()
+        for thread in hostile_threads:
+            thread.join()
+    assert [status for status, _ in answers] == [200] * 300
+    assert [a["digit"] for _, a in answers] == [expected[i % 8] for i in range(300)]
+    assert len(refused) > 20 and all(refused)  # the hostile clients were served all along
+
+
+def test_sigterm_stops_every_process_and_frees_the_port(served_run):
+    """What systemd, Docker and Kubernetes send to the serve command's process alone (Ctrl-C,
+    to every process, is how each test's server stops: running_server)."""
+    process, base = start_server(served_run)
+    output = stop_server(process, "sigterm", seconds=15)
+    assert "Traceback" not in output, output[-3000:]
+    assert_port_free(int(base.rsplit(":", 1)[1]))
+
+
+def test_predict_gives_each_hostile_file_its_own_line_and_predicts_the_rest(
+    served_run, digits, tmp_path
+):
+    from mnist_lightning.predict import predict
+    from tests.test_tools import tool_config
+
+    images, _ = digits
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(images[i, 0].numpy()).save(folder / f"good{i}.png")
+    (folder / "broken_exif.png").write_bytes(png_with_broken_exif(images[0, 0].numpy()))
+    (folder / "lab.tif").write_bytes(lab_tiff())
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    (folder / "dangling.png").symlink_to(tmp_path / "gone.png")
+    (folder / "a_folder.png").mkdir()
+    Image.fromarray(images[4, 0].numpy()).save(folder / "two\nlines.png")
+    output = tmp_path / "answers.csv"
+    results = predict(
+        tool_config(
+            "predict",
+            [f"ckpt_path={served_run}", f"inputs=[{folder}]", f"output={output}"],
+            tmp_path / "p",
+        )
+    )
+    by_name = {Path(r["file"]).name: r for r in results}
+    for name in ("good0.png", "good1.png", "good2.png", "good3.png", "two\nlines.png"):
+        assert "digit" in by_name[name], name
+    assert "damaged or truncated" in by_name["broken_exif.png"]["error"]
+    assert "cannot be read as a digit" in by_name["lab.tif"]["error"]
+    for name in ("loop.png", "dangling.png"):
+        assert "broken link or a link loop" in by_name[name]["error"], name
+    assert "a folder" in by_name["a_folder.png"]["error"]
+    import csv
+
+    with output.open(newline="") as f:
+        written = list(csv.DictReader(f))
+    assert len(written) == len(results) == 10
+    assert {Path(r["file"]).name for r in written} == set(by_name)
+
+
+def test_predict_quotes_a_file_name_that_would_break_its_line(served_run, digits, tmp_path):
+    images, _ = digits
+    name = tmp_path / "two\nlines.png"
+    Image.fromarray(images[0, 0].numpy()).save(name)
+    result = run_module(
+        "mnist_lightning.predict",
+        f"ckpt_path={served_run}",
+        f"inputs=[{tmp_path}]",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    line = next(line for line in result.stdout.splitlines() if "lines.png" in line)
+    assert json.dumps(str(name)) in line and "digit" in line

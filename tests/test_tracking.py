@@ -20,7 +20,7 @@ from mnist_lightning.data.datamodule import to_model_input
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.networks import CNN
 from mnist_lightning.train import train
-from mnist_lightning.training.checkpoints import load_trained, resolve_checkpoint
+from mnist_lightning.training.checkpoints import load_trained
 from tests.conftest import FAST, compose, load_fixture, onnx_session, train_relu_adam
 
 
@@ -271,7 +271,7 @@ def test_predict_evaluate_and_serve_work_with_the_cnn(
     )
     assert len(answers) == len(made) and all("digit" in a for a in answers)
 
-    api = DigitAPI(str(resolve_checkpoint(cnn_run)), max_side=4096)
+    api = DigitAPI(load_trained(cnn_run))
     api.setup("cpu")
     probabilities, seen = api.predict(api.batch([images[i] for i in range(4)]))[0]
     assert probabilities.shape == (10,) and torch.equal(seen, images[0])

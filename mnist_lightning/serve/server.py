@@ -1,26 +1,31 @@
 """Draw a digit in the browser: `python -m mnist_lightning.serve ckpt_path=<run folder or .ckpt>`.
 
-A LitServe API (FastAPI underneath, serve_api.py) around a trained checkpoint. `POST /predict`
-takes an image file (multipart), `{"image": "<base64 PNG/JPEG>"}` or `{"pixels": <28x28 numbers
-0-255, white ink on black>}`, preprocesses it with `predict`'s own code, and answers the digit,
-the ten probabilities, the top 3 and the 28x28 the model saw. Concurrent requests are batched.
-`GET /` is a page to draw on; `GET /health` answers probes.
+A LitServe server around a trained checkpoint. `POST /predict` takes an image file (multipart),
+`{"image": "<base64 PNG/JPEG>"}` or `{"pixels": <28x28 numbers 0-255, white ink on black>}`,
+preprocesses it with `predict`'s own code, and answers the digit, the ten probabilities, the top
+3 and the 28x28 the model saw; concurrent requests are answered in batches. `GET /` is a page to
+draw on; `GET /health` answers probes. Ctrl-C or SIGTERM stops every process of the server.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
+import signal
 import socket
 from importlib import resources
 
 import hydra
+import litserve as ls
 from omegaconf import DictConfig
 
 from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.errors import UserError
 from mnist_lightning.schema import ServeOptions, command_options
+from mnist_lightning.serve.api import DigitAPI, Limits, RequestGate
+from mnist_lightning.training.checkpoints import load_trained
 
 log = logging.getLogger("mnist_lightning.serve")
 
@@ -31,7 +36,9 @@ def page() -> str:
 
 
 def check_port(host: str, port: int) -> None:
-    with socket.socket() as probe:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As the server will: connections of a server just stopped do not hold the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:
@@ -41,44 +48,45 @@ def check_port(host: str, port: int) -> None:
             ) from None
 
 
-def build_server(cfg: DictConfig):
-    try:
-        import litserve as ls
-        from fastapi.responses import HTMLResponse
-
-        from mnist_lightning.serve.api import DigitAPI, RequestCheck
-    except ImportError as error:
-        raise UserError(
-            f"serving needs the 'serve' extra ({error.name} is missing): pip install -e '.[serve]'"
-        ) from None
-    from mnist_lightning.training.checkpoints import load_trained
-
-    options: ServeOptions = command_options(ServeOptions, cfg)
-    # A missing, foreign or unsafe checkpoint stops here, in one line.
-    checkpoint = load_trained(options.ckpt_path, options.net_target).checkpoint
+def build_server(options: ServeOptions) -> ls.LitServer:
+    """The LitServe server: the model read once from its checkpoint (a missing, foreign or
+    unsafe one stops here, in one line), behind the request gate."""
+    trained = load_trained(options.ckpt_path, options.net_target)
+    log.info("serving %s", trained.checkpoint)
     api = DigitAPI(
-        str(checkpoint),
-        cfg.max_side,
-        net_target=options.net_target,
-        max_batch_size=cfg.max_batch_size,
-        batch_timeout=cfg.batch_timeout,
+        trained, max_batch_size=options.max_batch_size, batch_timeout=options.batch_timeout
     )
-    server = ls.LitServer(
+    limits = Limits(
+        max_bytes=int(options.max_upload_mb * 1_000_000),
+        max_side=options.max_side,
+        max_decoded_bytes=options.max_decode_mb * 1_000_000,
+        refusal_delay=options.refusal_delay,
+    )
+    return ls.LitServer(
         api,
-        accelerator=cfg.accelerator,
-        workers_per_device=cfg.workers,
-        middlewares=[(RequestCheck, {"max_bytes": int(cfg.max_upload_mb * 1_000_000)})],
+        accelerator=options.accelerator,
+        workers_per_device=options.workers,
+        middlewares=[(RequestGate, {"limits": limits, "page": page()})],
         disable_openapi_url=True,  # its page loads scripts from a CDN
     )
-    html = page()
-    # LitServe answers GET / with a placeholder ("litserve running"): the page replaces it.
-    server.app.router.routes = [
-        r for r in server.app.router.routes if getattr(r, "path", "") != "/"
-    ]
-    server.app.add_api_route(
-        "/", lambda: HTMLResponse(html), methods=["GET"], include_in_schema=False
-    )
-    return server, checkpoint
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (systemd, Docker, Kubernetes) stop the server the one way LitServe
+    shuts down all its processes: a KeyboardInterrupt in the serve command's own process.
+
+    Ctrl-C reaches every process of the server. LitServe's HTTP server processes are forked
+    from this one with this handler; uvicorn raises the signal again after its own graceful
+    stop, and there the handler does nothing: the serve command stops them, without a
+    traceback. (The model's worker ignores Ctrl-C: DigitAPI.setup.)"""
+    serve_command = os.getpid()
+
+    def stop(signum, frame) -> None:
+        if os.getpid() == serve_command:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="serve", version_base="1.3")
@@ -86,20 +94,20 @@ def build_server(cfg: DictConfig):
 def main(cfg: DictConfig) -> None:
     options: ServeOptions = command_options(ServeOptions, cfg)
     check_port(options.host, options.port)
-    server, checkpoint = build_server(cfg)
-    log.info(
-        "serving %s on http://%s:%d/ (draw there; POST /predict)", checkpoint, cfg.host, cfg.port
-    )
-    # The HTTP server processes fork from here: as in the model's worker (serve_api.py), no
-    # full garbage collection walks the imported objects while requests wait.
+    server = build_server(options)
+    log.info("on http://%s:%d/ (draw there; POST /predict)", options.host, options.port)
+    stop_on_signals()
+    # The HTTP server processes start from here: as in the model's worker (api.py), no full
+    # garbage collection walks the imported objects while requests wait.
     gc.freeze()
     server.run(
-        host=cfg.host,
-        port=cfg.port,
-        num_api_servers=cfg.api_servers,
+        host=options.host,
+        port=options.port,
+        num_api_servers=options.api_servers,
         generate_client_file=False,
-        log_level=cfg.log_level,
+        log_level=options.log_level,
     )
+    log.info("stopped")
 
 
 if __name__ == "__main__":
