@@ -6,6 +6,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +44,6 @@ def _run_dir(resume, ckpt_path, new_dir: str) -> str:
 def _run_name(output_dir: str) -> str:
     """A tracker's name for a run: the overrides of a sweep's job (`optimizer=adam,seed=1`), else
     the run folder's name."""
-    from hydra.core.hydra_config import HydraConfig
-
     if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
         job = HydraConfig.get().job
         short = [o for o in HydraConfig.get().overrides.task if len(o) <= 60]
@@ -61,8 +61,6 @@ def group_targets(group: DictConfig | None) -> list:
 def logger_configs(cfg: DictConfig, logger_class: type) -> list[DictConfig]:
     """The entries of the config's `logger` group that build a `logger_class` (or a subclass).
     A `_target_` that does not import is skipped here: building the loggers reports it."""
-    from hydra.utils import get_class
-
     found = []
     for node in group_targets(cfg.get("logger")):
         try:

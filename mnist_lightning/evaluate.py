@@ -20,8 +20,8 @@ from omegaconf import DictConfig
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
+from mnist_lightning.data import NUM_CLASSES
 from mnist_lightning.data.datamodule import MNISTDataModule
-from mnist_lightning.data.mnist_files import NUM_CLASSES
 from mnist_lightning.schema import EvaluateOptions, command_options
 from mnist_lightning.training.callbacks import TestSetReport
 from mnist_lightning.training.checkpoints import load_trained

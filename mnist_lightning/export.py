@@ -19,7 +19,7 @@ from torch import nn
 from mnist_lightning.atomic import write_atomically
 from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
-from mnist_lightning.data.datamodule import MNIST_MEAN, MNIST_STD
+from mnist_lightning.data.datamodule import normalized
 from mnist_lightning.errors import UserError
 from mnist_lightning.schema import ExportOptions, command_options
 from mnist_lightning.training.checkpoints import load_trained
@@ -36,13 +36,9 @@ class ExportedClassifier(nn.Module):
         super().__init__()
         self.net = net
         self.normalize = normalize
-        self.register_buffer("mean", torch.tensor(MNIST_MEAN))
-        self.register_buffer("std", torch.tensor(MNIST_STD))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.normalize:
-            images = (images - self.mean) / self.std
-        return self.net(images)
+        return self.net(normalized(images) if self.normalize else images)
 
 
 def exportable(ckpt_path: str | Path, net_target: str | None = None) -> ExportedClassifier:

@@ -33,19 +33,23 @@ from mnist_lightning.training.folders import refuse_inside_a_run
 log = logging.getLogger("mnist_lightning.predict")
 
 
+def answer(probabilities: torch.Tensor, top_k: int = 3) -> dict[str, Any]:
+    """The answer about one image, the same from predict and serve: the digit, its
+    probability, all ten, and the top k as [digit, probability] pairs."""
+    values, digits = probabilities.topk(top_k)
+    return {
+        "digit": int(digits[0]),
+        "probability": round(float(values[0]), 6),
+        "probabilities": [round(float(p), 6) for p in probabilities],
+        "top": [[int(d), round(float(p), 6)] for d, p in zip(digits, values, strict=True)],
+    }
+
+
 def classify(model, images: torch.Tensor, normalize: bool, top_k: int = 3) -> list[dict[str, Any]]:
-    """Top-k digits and probabilities for uint8 [N,1,28,28] images."""
+    """The answers for uint8 [N,1,28,28] images."""
     with torch.no_grad():
         probabilities = model(to_model_input(images, normalize)).softmax(dim=1)
-    values, digits = probabilities.topk(top_k, dim=1)
-    return [
-        {
-            "digit": int(d[0]),
-            "probability": round(float(v[0]), 6),
-            "top": [[int(di), round(float(vi), 6)] for di, vi in zip(d, v, strict=True)],
-        }
-        for d, v in zip(digits, values, strict=True)
-    ]
+    return [answer(p, top_k) for p in probabilities]
 
 
 def printable(text: str) -> str:

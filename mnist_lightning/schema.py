@@ -34,6 +34,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mnist_lightning.errors import ConfigError
+
 # --- plain data -----------------------------------------------------------------------------
 
 
@@ -417,8 +419,6 @@ class ServeOptions:
 def command_options(schema: type, cfg: DictConfig, groups: tuple[str, ...] = ()) -> Any:
     """A command's options, checked against `schema`, as an instance of it. `groups` are the
     config's other top-level nodes (checked as their own classes' settings)."""
-    from mnist_lightning.errors import ConfigError
-
     skip = ("hydra", "paths", "defaults", *groups)
     found = problems("", schema, cfg, skip=lambda key: key in skip)
     missing = [

@@ -88,6 +88,34 @@ def test_accumulating_gradients_takes_a_quarter_of_the_optimizer_steps(fixture_d
     assert batches[:8] == [0, 0, 0, 1, 1, 1, 1, 2]  # a step after every 4th batch
 
 
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_the_step_loss_is_written_as_if_logged_at_every_batch(
+    accumulate, fixture_data_dir, tmp_path, monkeypatch
+):
+    """The model logs its step loss only when Lightning's loggers write (a self.log call costs
+    a quarter of the step): what is written must be what a self.log at every batch gives."""
+    from mnist_lightning.models import classifier
+
+    overrides = [
+        *SMALL_BATCHES,
+        "trainer.max_epochs=2",
+        "logger=csv",
+        "trainer.log_every_n_steps=3",
+        f"+trainer.accumulate_grad_batches={accumulate}",
+    ]
+
+    def written(folder) -> list[tuple[int, float]]:
+        fit(overrides, fixture_data_dir, folder)
+        with (folder / "metrics.csv").open() as f:
+            rows = [r for r in csv.DictReader(f) if r.get("train/loss_step")]
+        return [(int(r["step"]), float(r["train/loss_step"])) for r in rows]
+
+    gated = written(tmp_path / "gated")
+    monkeypatch.setattr(classifier, "loggers_write_this_step", lambda trainer: True)
+    assert gated == written(tmp_path / "every_batch")
+    assert len(gated) == (64 // accumulate) // 3
+
+
 @pytest.mark.parametrize("limit, steps", [(10, 10), (0.25, 8)])
 def test_limit_train_batches_limits_the_steps_of_an_epoch(limit, steps, fixture_data_dir, tmp_path):
     _, _, trainer = fit(

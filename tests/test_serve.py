@@ -192,7 +192,8 @@ def test_each_kind_of_input_gets_the_models_answer(server, served_run, digits):
         assert status == 200, (kind, answer)
         assert answer["digit"] == int(expected[0].argmax()), kind
         np.testing.assert_allclose(answer["probabilities"], expected[0].tolist(), atol=1e-5)
-        assert len(answer["top3"]) == 3 and answer["top3"][0][0] == answer["digit"]
+        assert len(answer["top"]) == 3 and answer["top"][0][0] == answer["digit"]
+        assert answer["probability"] == answer["probabilities"][answer["digit"]]
         seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["preprocessed"]))))
         assert np.array_equal(seen, digit), kind  # an MNIST-style digit reaches the model as it is
 

@@ -20,6 +20,7 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from mnist_lightning.schema import Rule, number, whole
 
@@ -64,8 +65,6 @@ class BatchAugment(nn.Module):
         self.fields: torch.Tensor | None = None  # [bank, H, W, 2] in grid units, made on first use
 
     def _make_fields(self, height: int, width: int, device) -> torch.Tensor:
-        from torchvision.transforms.v2.functional import gaussian_blur
-
         generator = torch.Generator(device=device).manual_seed(torch.randint(0, 2**31, (1,)).item())
         noise = torch.empty(self.elastic_bank, 2, height, width, device=device).uniform_(
             -1, 1, generator=generator

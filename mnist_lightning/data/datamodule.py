@@ -52,15 +52,19 @@ def already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Ten
     return batch
 
 
+def normalized(x: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
+    """Images in [0, 1] at the training set's zero mean and unit deviation (also inside an
+    exported model: TorchScript takes the constants as default arguments, not as globals)."""
+    return (x - mean) / std
+
+
 def to_model_input(images: torch.Tensor, normalize: bool = True, augment=None) -> torch.Tensor:
     """uint8 [N,1,28,28] -> float32 in [0,1] (the lesson's ToTensor) -> augmented (training
     only) -> MNIST-normalised."""
     x = images.float().div_(255)
     if augment is not None:
         x = augment(x)
-    if normalize:
-        x = x.sub_(MNIST_MEAN).div_(MNIST_STD)
-    return x
+    return normalized(x) if normalize else x
 
 
 class MNISTDataModule(pl.LightningDataModule):

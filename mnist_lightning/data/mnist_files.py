@@ -22,14 +22,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torchvision.datasets import MNIST
+from torchvision.datasets.utils import download_url
 
 from mnist_lightning.config import PROJECT_ROOT
+from mnist_lightning.data import IMAGE_SIZE, NUM_CLASSES
 from mnist_lightning.errors import MNISTDataError
 
 log = logging.getLogger(__name__)
-
-IMAGE_SIZE = 28
-NUM_CLASSES = 10
 
 # name -> (IDX magic number, number of dimensions); images are N x 28 x 28 uint8, labels N uint8.
 RAW_FILES = {
@@ -250,8 +250,6 @@ def _download_one(name: str, raw_dir: Path, mirrors: Sequence[str]) -> str:
     Each try lands in a temporary folder beside the final file and moves into place only once
     decompressed and verified, so a failed or interrupted download leaves nothing behind.
     """
-    from torchvision.datasets.utils import download_url
-
     problems = []
     for mirror in mirrors:
         url = f"{mirror.rstrip('/')}/{name}.gz"
@@ -337,8 +335,6 @@ def load_mnist(
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """MNIST as {"train": (images, labels), "test": (...)}: images uint8 [N, 1, 28, 28], labels
     int64 [N], read through torchvision's `MNIST` after the files passed their checks."""
-    from torchvision.datasets import MNIST
-
     root = ensure_raw_files(data_dir, download, mirrors)
     raw_dir = root / "MNIST" / "raw"
     splits = {}

@@ -15,20 +15,27 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_lightning.config import conf_option
-from mnist_lightning.data.mnist_files import NUM_CLASSES
+from mnist_lightning.data import NUM_CLASSES
 from mnist_lightning.models.networks import ACTIVATIONS, build_network
 from mnist_lightning.models.optim import build_optimizer, build_scheduler
 from mnist_lightning.schema import number, one_of
 
-# What the model logs: the names callbacks, schedulers and sweepers may watch.
-LOGGED_METRICS = (
-    "train/loss",
-    "train/acc",
-    "train/loss_step",
-    "val/loss",
-    "val/acc",
-    "val/acc_best",
-)
+# The stages a metric's name begins with (`test/acc`), and what the model logs while it fits:
+# per epoch (the epoch report, metrics.json's history), and all that callbacks, schedulers and
+# sweepers may watch.
+STAGES = ("train", "val", "test")
+EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
+LOGGED_METRICS = (*EPOCH_METRICS, "train/loss_step")
+
+
+def loggers_write_this_step(trainer: pl.Trainer) -> bool:
+    """Whether Lightning's loggers write step metrics after this batch: every
+    `log_every_n_steps` optimizer steps, and when the fit stops (Lightning's own rule; during
+    gradient accumulation the last micro-batch's value is the one written). The one place that
+    knows it: tests/test_lightning.py checks that the steps and values written are those of a
+    self.log at every batch, so that a change in Lightning shows."""
+    every = trainer.log_every_n_steps
+    return bool(every) and ((trainer.global_step + 1) % every == 0 or trainer.should_stop)
 
 
 def _epoch_mean() -> MeanMetric:
@@ -105,18 +112,17 @@ class MNISTClassifier(pl.LightningModule):
         loss = losses.mean()
         self.train_loss.update(losses.detach())  # per image: the epoch mean ignores batch sizes
         self.train_acc.update(preds, targets)
+        # A self.log call costs a quarter of this small network's step (benchmarks/README.md):
+        # the metric objects are given to Lightning once an epoch (it keeps them, computes them
+        # at the epoch's end and resets them), the step loss when the loggers will write it.
         if self.train_loss.update_count == 1:
-            # Logged once per epoch (and after a mid-epoch resume): Lightning keeps the metric
-            # objects, computes them at the epoch's end and resets them. A self.log call costs
-            # more than this network's step, so none is made at every step.
             self.log_dict(
                 {"train/loss": self.train_loss, "train/acc": self.train_acc},
                 on_step=False,
                 on_epoch=True,
                 prog_bar=True,
             )
-        every = self.trainer.log_every_n_steps
-        if every and (self.global_step + 1) % every == 0:  # the steps Lightning writes
+        if loggers_write_this_step(self.trainer):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         return loss
 

@@ -14,7 +14,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from torch import nn
 
-from mnist_lightning.data.mnist_files import IMAGE_SIZE, NUM_CLASSES
+from mnist_lightning.data import IMAGE_SIZE, NUM_CLASSES
 from mnist_lightning.schema import class_problems, plain_container
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {

@@ -32,10 +32,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from mnist_lightning.data import preprocess
+from mnist_lightning.data import IMAGE_SIZE, preprocess
 from mnist_lightning.data.datamodule import to_model_input
-from mnist_lightning.data.mnist_files import IMAGE_SIZE
 from mnist_lightning.errors import ImageError, ImageTooLarge, NotAnImage
+from mnist_lightning.predict import answer
 from mnist_lightning.training.checkpoints import Trained
 
 log = logging.getLogger(__name__)
@@ -298,18 +298,6 @@ def png_base64(digit: torch.Tensor) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def answer(probabilities: torch.Tensor, digit: torch.Tensor) -> dict[str, Any]:
-    """The answer to one image: the digit, the ten probabilities, the top 3 and the 28x28 the
-    model saw."""
-    values, digits = probabilities.topk(3)
-    return {
-        "digit": int(digits[0]),
-        "probabilities": [round(float(p), 6) for p in probabilities],
-        "top3": [[int(d), round(float(p), 6)] for d, p in zip(digits, values, strict=True)],
-        "preprocessed": png_base64(digit),
-    }
-
-
 class DigitAPI(ls.LitAPI):
     """The model behind POST /predict: classify a batch of the gate's 28x28 digits, answer each
     as JSON. The trained model comes with it from the serve command, which read its checkpoint
@@ -354,4 +342,5 @@ class DigitAPI(ls.LitAPI):
         return output  # predict already answers per digit
 
     def encode_response(self, output) -> dict[str, Any]:
-        return answer(*output)
+        probabilities, digit = output
+        return {**answer(probabilities), "preprocessed": png_base64(digit)}

@@ -19,13 +19,12 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from mnist_lightning.data import NUM_CLASSES
 from mnist_lightning.data.datamodule import to_model_input
-from mnist_lightning.data.mnist_files import NUM_CLASSES
+from mnist_lightning.models.classifier import EPOCH_METRICS, loggers_write_this_step
 from mnist_lightning.training import figures
 
 log = logging.getLogger(__name__)
-
-EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
 
 
 def tensorboard_writer(trainer: pl.Trainer):
@@ -141,14 +140,17 @@ class GradientMonitor(pl.Callback):
         self.histograms = histograms
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        step, every = trainer.global_step, trainer.log_every_n_steps
-        # The condition and x-axis step of Lightning's own step logging (train/loss_step).
-        if not every or (step + 1) % every or not trainer.loggers or not trainer.is_global_zero:
+        # At the steps, and with the x-axis step, of Lightning's own step logging.
+        if (
+            not loggers_write_this_step(trainer)
+            or not trainer.loggers
+            or not trainer.is_global_zero
+        ):
             return
         norms = grad_norm(getattr(pl_module, "net", pl_module), norm_type=2)
         scalars = {name: float(value) for name, value in norms.items()}
         for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=step)
+            logger.log_metrics(scalars, step=trainer.global_step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         writer = tensorboard_writer(trainer)

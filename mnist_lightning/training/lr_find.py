@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.tuner import Tuner
 
 from mnist_lightning.errors import UserError
 from mnist_lightning.training import figures
@@ -22,8 +23,6 @@ def find_learning_rate(
 ) -> float:
     """Run Lightning's range test (`Tuner.lr_find`), set the model's `lr` to its suggestion,
     save the loss-against-rate plot as `lr_find.png` and to TensorBoard; return the rate."""
-    from lightning.pytorch.tuner import Tuner
-
     finder = Tuner(trainer).lr_find(model, datamodule=datamodule, update_attr=True)
     suggestion = finder.suggestion() if finder is not None else None
     if suggestion is None:

@@ -12,18 +12,20 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from mnist_lightning.atomic import write_text_atomically
+from mnist_lightning.models.classifier import STAGES
 from mnist_lightning.training.callbacks import EpochReport
 from mnist_lightning.training.checkpoints import CHECKPOINTS
+from mnist_lightning.training.run import headline
 from mnist_lightning.training.run_folder import RunFolder
 from mnist_lightning.training.tracking import finish_runs, log_run_files
 
 log = logging.getLogger("mnist_lightning.train")
 
-STAGES = ("train/", "val/", "test/")  # the prefixes of the metrics metrics.json keeps
-
 
 def stage_scalars(metrics: dict) -> dict[str, float]:
-    return {name: float(v) for name, v in metrics.items() if name.startswith(STAGES)}
+    """The metrics of the stages (train/, val/, test/), the ones metrics.json keeps."""
+    prefixes = tuple(f"{stage}/" for stage in STAGES)
+    return {name: float(v) for name, v in metrics.items() if name.startswith(prefixes)}
 
 
 def final_metrics(trainer: pl.Trainer, fit_seconds: float) -> dict[str, Any]:
@@ -82,18 +84,7 @@ def log_hparams(
     trainer: pl.Trainer, cfg: DictConfig, choices: dict[str, Any], metrics: dict[str, Any]
 ) -> None:
     """TensorBoard's HParams tab: the run's hyperparameters beside its final metrics."""
-    params = {
-        "net": choices.get("model/net") or cfg.model.net.get("name", "custom"),
-        "optimizer": cfg.optimizer.name,
-        "lr": cfg.optimizer.lr,
-        "activation": cfg.model.activation,
-        "batch_size": cfg.data.batch_size,
-        "epochs": cfg.trainer.max_epochs,
-        "scheduler": cfg.scheduler.name if cfg.get("scheduler") else "none",
-        "seed": cfg.seed,
-        "normalize": cfg.data.normalize,
-        "shuffle": cfg.data.shuffle,
-    }
+    params = headline(cfg, choices)
     # Own tags: the HParams tab shows each metric's last value, and test/acc is already a scalar.
     final = {
         f"hp/{k.replace('/', '_')}": metrics[k]

@@ -256,20 +256,28 @@ def test_best_checkpoint(trainer: pl.Trainer, model: pl.LightningModule, datamod
     return Path(best).name if best else "final weights"
 
 
-def describe(cfg: DictConfig, choices: dict[str, Any]) -> str:
-    """The composed config in one line per part that matters (the full one is in .hydra/)."""
-    optimizer = {k: v for k, v in plain_container(cfg.optimizer).items() if k != "name"}
+def headline(cfg: DictConfig, choices: dict[str, Any]) -> dict[str, Any]:
+    """The settings that tell runs apart: the console's summary and TensorBoard's HParams tab."""
     net = plain_container(cfg.model.net)
-    data = cfg.data
-    return "\n".join(
-        [
-            f"optimizer: {cfg.optimizer.name} {optimizer}",
-            f"model: {net.get('name', net.get('_target_'))} activation={cfg.model.activation}",
-            f"scheduler: {choices.get('scheduler', 'none')}  augment: "
-            f"{choices.get('augment', 'none')}",
-            f"data: batch_size={data.batch_size} val_size={data.val_size} shuffle={data.shuffle} "
-            f"normalize={data.normalize} data_dir={data.data_dir}",
-            f"trainer: accelerator={cfg.trainer.accelerator} max_epochs={cfg.trainer.max_epochs} "
-            f"seed={cfg.seed} cpu_threads={cfg.get('cpu_threads')}",
-        ]
+    return {
+        "net": net.get("name") or net.get("_target_"),
+        "activation": cfg.model.activation,
+        "optimizer": cfg.optimizer.name,
+        "lr": cfg.optimizer.lr,
+        "scheduler": cfg.scheduler.name if cfg.get("scheduler") else "none",
+        "augment": choices.get("augment") or "none",
+        "batch_size": cfg.data.batch_size,
+        "epochs": cfg.trainer.max_epochs,
+        "normalize": cfg.data.normalize,
+        "shuffle": cfg.data.shuffle,
+        "seed": cfg.seed,
+    }
+
+
+def describe(cfg: DictConfig, choices: dict[str, Any]) -> str:
+    """The composed config in two lines (the whole of it is in .hydra/config.yaml)."""
+    settings = "  ".join(f"{k}={v}" for k, v in headline(cfg, choices).items())
+    return (
+        f"{settings}\ndata: {cfg.data.data_dir}  accelerator={cfg.trainer.accelerator}  "
+        f"cpu_threads={cfg.get('cpu_threads')}"
     )
