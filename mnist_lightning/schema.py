@@ -256,6 +256,11 @@ def problems(
     kinds = {f.name: f for f in dataclasses.fields(schema)}
     types_ = typing.get_type_hints(schema)
     base = OmegaConf.structured(schema)
+    known = {str(k): values.get(k) for k in values if str(k) in kinds and not skip(str(k))}
+    try:  # all at once when they are all right (the usual case): one merge, not one per key
+        typed_all = OmegaConf.merge(base, {k: plain_container(v) for k, v in known.items()})
+    except (OmegaConfBaseException, ValueError, TypeError):
+        typed_all = None
     prefix = f"{where}." if where else ""
     for key in values:
         key = str(key)
@@ -279,11 +284,13 @@ def problems(
         if not is_plain(value):
             found.append(f"{name}={_shown(value)}: must be plain names and numbers")
             continue
-        try:
-            merged = OmegaConf.merge(base, {key: plain_container(value)})
-        except OmegaConfBaseException:
-            found.append(f"{name}={_shown(value)}: must be {describe_type(types_[key])}")
-            continue
+        merged = typed_all
+        if merged is None:
+            try:
+                merged = OmegaConf.merge(base, {key: plain_container(value)})
+            except OmegaConfBaseException:
+                found.append(f"{name}={_shown(value)}: must be {describe_type(types_[key])}")
+                continue
         rule = kinds[key].metadata.get("rule")
         if rule is not None and not rule.ok(plain_container(merged[key])):
             found.append(f"{name}={_shown(value)}: must be {rule.allowed}")
