@@ -82,7 +82,7 @@ def _history(value: Any) -> dict[str, list[float]]:
     if not isinstance(value, dict) or not all(
         isinstance(v, list) and all(_is_number(x) for x in v) for v in value.values()
     ):
-        raise Unreadable("metrics.json: history is not lists of numbers by name")
+        raise Unreadable("metrics.json: a history is not lists of numbers by name")
     return value
 
 
@@ -107,6 +107,7 @@ def _job_row(job_dir: Path) -> dict[str, Any]:
             "seconds": _number(metrics.get("fit_seconds"), "fit_seconds"),
             "epochs": epochs,
             "history": _history(metrics.get("history")),
+            "gradient_norms": _history(metrics.get("gradient_norms")),
             **{k: _number(metrics.get(k), k) for k in ("val/acc_best", "test/acc", "test/loss")},
         }
     if failure_file.is_file():
@@ -178,25 +179,32 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def summary_figure(rows: list[dict[str, Any]]):
+    """Validation accuracy against the images trained on and against the seconds of training
+    (at every validation: val_check_interval may make it several an epoch), and the final test
+    accuracy of each job."""
     plt = figures.plt
-    figure, (curves, bars) = plt.subplots(
-        1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]}
+    figure, (by_images, by_seconds, bars) = plt.subplots(
+        1, 3, figsize=(17, 5), gridspec_kw={"width_ratios": [2, 2, 2]}
     )
     for row in rows:
-        accuracy = row["history"].get("val/acc", [])
-        if accuracy:
-            curves.plot(
-                range(1, len(accuracy) + 1),
-                accuracy,
-                marker="o",
-                markersize=3,
-                label=_label(row["overrides"]),
-            )
-    curves.set(xlabel="epoch", ylabel="val/acc", title="validation accuracy per epoch")
-    curves.xaxis.get_major_locator().set_params(integer=True)
-    curves.grid(alpha=0.3)
-    if curves.lines:
-        curves.legend(fontsize=7)
+        history = row["history"]
+        accuracy = history.get("val_check/val/acc", [])
+        if not accuracy:
+            continue
+        for ax, x in ((by_images, "val_check/images"), (by_seconds, "val_check/seconds")):
+            if len(history.get(x, [])) == len(accuracy):
+                ax.plot(
+                    history[x], accuracy, marker="o", markersize=2.5, label=_label(row["overrides"])
+                )
+    images = [v for r in rows for v in r["history"].get("val_check/images", [])]
+    if images and max(images) > 100 * max(min(images), 1):
+        by_images.set_xscale("log")  # stochastic and batch gradient descent side by side
+    by_images.set(xlabel="images trained on", ylabel="val/acc", title="validation accuracy")
+    by_seconds.set(xlabel="seconds of training", ylabel="val/acc", title="against time")
+    for ax in (by_images, by_seconds):
+        ax.grid(alpha=0.3)
+    if by_images.lines:
+        by_images.legend(fontsize=7)
     done = [r for r in rows if r["status"] == "ok" and r.get("test/acc") is not None]
     bars.barh(
         [_label(r["overrides"]) for r in done][::-1],
@@ -212,6 +220,10 @@ def summary_figure(rows: list[dict[str, Any]]):
     bars.tick_params(axis="y", labelsize=7)
     figure.tight_layout()
     return figure
+
+
+def _varies_activation(rows: list[dict[str, Any]]) -> bool:
+    return any("model.activation=" in row["overrides"] for row in rows)
 
 
 def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -236,6 +248,9 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     header = f"Sweep {sweep_dir}\n\nCommon overrides: {' '.join(common) or '(none)'}\n\n"
     write_text_atomically(sweep_dir / "summary.md", header + table + "\n")
     figures.save(summary_figure(rows), sweep_dir / "summary.png")
+    flows = {r["overrides"]: r["gradient_norms"] for r in rows if r.get("gradient_norms")}
+    if flows and _varies_activation(rows):  # the lesson's vanishing gradients, side by side
+        figures.save(figures.gradient_flow(flows), sweep_dir / "gradient_flow.png")
     failed = sum(r["status"] != "ok" for r in rows)
     log.info("%s%s\n%d jobs, %d failed; summary in %s", header, table, len(rows), failed, sweep_dir)
     return rows

@@ -340,6 +340,7 @@ class TrainOptions:
     seed: int = ranged(whole(0), 42)
     cpu_threads: Optional[int] = ranged(whole(1, null=True), 1)  # noqa: UP045 - OmegaConf
     lr_find: bool = False
+    gradient_flow: bool = False
     test: bool = True
     optimized_metric: str = "val/acc_best"
     resume: Optional[str] = None  # noqa: UP045 - OmegaConf

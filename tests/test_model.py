@@ -27,13 +27,45 @@ def test_the_lessons_network_has_136074_parameters():
     assert isinstance(net[0], torch.nn.Flatten) and isinstance(net[2], torch.nn.Sigmoid)
 
 
-@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("activation", sorted(set(ACTIVATIONS) - {"maxout"}))
 def test_every_activation_builds(activation):
     net = MLP(activation)
     logits = net(torch.rand(5, 1, 28, 28))
     assert logits.shape == (5, 10)
     extra = 2 if activation == "prelu" else 0  # one learnable slope per hidden layer
     assert sum(p.numel() for p in net.parameters()) == 136_074 + extra
+
+
+@pytest.mark.parametrize("pieces", [2, 3])
+def test_maxout_units_are_the_largest_of_their_pieces(pieces):
+    from mnist_lightning.models.networks import CNN, Maxout
+
+    net = MLP("maxout", maxout_pieces=pieces)
+    widths = [(m.in_features, m.out_features) for m in net if isinstance(m, torch.nn.Linear)]
+    assert widths == [(784, 128 * pieces), (128, 256 * pieces), (256, 10)]  # the lesson's widths
+    assert sum(p.numel() for p in net.parameters()) == (
+        784 * 128 * pieces + 128 * pieces + 128 * 256 * pieces + 256 * pieces + 2570
+    )
+    x = torch.randn(4, 6 * pieces)
+    expected = torch.stack(
+        [x[:, i * pieces : (i + 1) * pieces].max(dim=1).values for i in range(6)], 1
+    )
+    assert torch.equal(Maxout(pieces)(x), expected)
+    images = torch.randn(4, 3 * pieces, 5, 5)  # channels, after a convolution
+    assert Maxout(pieces)(images).shape == (4, 3, 5, 5)
+    cnn = CNN("maxout", maxout_pieces=pieces)
+    assert cnn(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert cnn.conv1[0].out_channels == 24 * pieces and cnn.conv1[1].num_features == 24 * pieces
+
+
+def test_maxout_trains(fixture_data_dir, tmp_path):
+    _, trainer, changed = fit_briefly(
+        ["model.activation=maxout", "model.maxout_pieces=3", "optimizer=adam"],
+        fixture_data_dir,
+        tmp_path,
+    )
+    assert changed and trainer.model.net.act1.pieces == 3
+    assert float(trainer.callback_metrics["train/loss"]) < 2.2  # below chance's ln 10 = 2.30
 
 
 def test_an_unknown_activation_names_the_choices():

@@ -69,7 +69,7 @@ def test_relu_adam_changes_only_the_activation_and_optimizer():
         (
             "activations",
             "model.activation",
-            "sigmoid,relu,tanh,leaky_relu,prelu,rrelu,elu,gelu,silu",
+            "sigmoid,relu,tanh,leaky_relu,prelu,rrelu,elu,gelu,silu,maxout",
         ),
     ],
 )
@@ -120,6 +120,8 @@ def test_a_multirun_writes_job_folders_and_a_summary_with_failed_jobs_as_rows(
         for r in failed
     )
     assert (sweep_dir / "summary.png").stat().st_size > 10_000
+    # A sweep over model.activation draws each activation's gradient flow side by side.
+    assert (sweep_dir / "gradient_flow.png").stat().st_size > 10_000
     assert "| optimizer=adam model.activation=relu |" in (sweep_dir / "summary.md").read_text()
     assert "optimizer=adam model.activation=relu" in result.stdout  # the table is printed too
 
@@ -249,3 +251,67 @@ def test_report_refuses_a_folder_without_jobs(tmp_path, caplog):
         with pytest.raises(SystemExit) as exit_code:
             report_main([str(folder)])
         assert exit_code.value.code == 1 and problem in caplog.text
+
+
+def test_the_gradient_descent_sweep_is_the_lessons_three_kinds_on_one_budget(tmp_path):
+    from mnist_lightning.training.run import check
+
+    cfg = compose_full(["sweep=gradient_descent"])
+    assert cfg.hydra.sweeper.params["gradient_descent"] == "batch,stochastic,mini_batch"
+    sizes = {}
+    for kind in ("batch", "stochastic", "mini_batch"):
+        job = compose_full(
+            ["sweep=gradient_descent", f"gradient_descent={kind}", f"paths.output_dir={tmp_path}"]
+        )
+        check(job)
+        assert job.trainer.max_time == {"minutes": 1} and job.trainer.max_epochs >= 10_000
+        assert (job.optimizer.name, job.model.activation) == ("sgd", "sigmoid")  # the lesson's
+        sizes[kind] = (job.data.batch_size, job.optimizer.lr)
+    assert sizes["batch"][0] >= 55_000 and sizes["stochastic"][0] == 1
+    assert sizes["mini_batch"] == (64, 0.2)
+
+
+def test_the_sweep_summary_shows_validation_against_images_and_seconds(tmp_path):
+    from mnist_lightning.report import summary_figure
+
+    def job(name: str, images: list[int], seconds: list[float], accuracy: list[float]) -> dict:
+        history = {"val_check/images": images, "val_check/seconds": seconds}
+        history["val_check/val/acc"] = accuracy
+        return {"overrides": name, "status": "ok", "test/acc": accuracy[-1], "history": history}
+
+    rows = [
+        job("gradient_descent=batch", [55_000, 110_000, 165_000], [0.8, 1.6, 2.4], [0.1, 0.2, 0.3]),
+        job("gradient_descent=stochastic", [250, 500, 750], [3.0, 6.0, 9.0], [0.8, 0.85, 0.9]),
+    ]
+    figure = summary_figure(rows)
+    by_images, by_seconds, bars = figure.axes
+    assert by_images.get_xlabel() == "images trained on" and by_images.get_xscale() == "log"
+    assert by_seconds.get_xlabel() == "seconds of training"
+    assert [list(line.get_xdata()) for line in by_seconds.lines] == [
+        [0.8, 1.6, 2.4],
+        [3.0, 6.0, 9.0],
+    ]
+    assert len(bars.patches) == 2
+
+
+def test_a_run_with_gradient_flow_draws_its_layers(fixture_data_dir, tmp_path):
+    import json
+
+    from mnist_lightning.train import train
+    from tests.conftest import compose
+
+    train(
+        compose(
+            [
+                f"data.data_dir={fixture_data_dir}",
+                *FAST,
+                "gradient_flow=true",
+                "trainer.log_every_n_steps=1",
+            ],
+            tmp_path,
+        )
+    )
+    assert (tmp_path / "gradient_flow.png").stat().st_size > 5_000
+    norms = json.loads((tmp_path / "metrics.json").read_text())["gradient_norms"]
+    assert set(norms) == {"step", "hidden1.weight", "hidden2.weight", "out.weight"}
+    assert norms["step"] == list(range(len(norms["out.weight"])))  # every step of the first epoch

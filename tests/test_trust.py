@@ -305,7 +305,7 @@ def test_report_reads_a_sweep_folder_as_data(tmp_path, monkeypatch):
     assert rows["2"]["status"] == "unreadable: metrics.json is not valid JSON (JSONDecodeError)"
     assert rows["3"]["status"] == "unreadable: failure.json is not a JSON object"
     assert (
-        rows["4"]["status"] == "unreadable: metrics.json: history is not lists of numbers by name"
+        rows["4"]["status"] == "unreadable: metrics.json: a history is not lists of numbers by name"
     )
     assert rows["6"]["status"] == "unreadable: .hydra/overrides.yaml is not valid YAML"
     assert rows["1"]["status"].startswith("failed: no metrics.json")

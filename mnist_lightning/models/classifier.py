@@ -18,7 +18,7 @@ from mnist_lightning.config import conf_option
 from mnist_lightning.data import NUM_CLASSES
 from mnist_lightning.models.networks import ACTIVATIONS, build_network
 from mnist_lightning.models.optim import build_optimizer, build_scheduler
-from mnist_lightning.schema import number, one_of
+from mnist_lightning.schema import number, one_of, whole
 
 # The stages a metric's name begins with (`test/acc`), and what the model logs while it fits:
 # per epoch (the epoch report, metrics.json's history), and all that callbacks, schedulers and
@@ -62,6 +62,7 @@ class MNISTClassifier(pl.LightningModule):
         net: dict[str, Any] | None = None,
         optimizer: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
+        maxout_pieces: Annotated[int, whole(2, 16)] = 2,
         label_smoothing: Annotated[float, number(0, 1, high_open=True)] = 0.0,
         compile: bool = False,
     ) -> None:
@@ -71,7 +72,7 @@ class MNISTClassifier(pl.LightningModule):
             self.hparams.optimizer = conf_option("optimizer", "sgd")
         if self.hparams.net is None:
             self.hparams.net = conf_option("model/net", "mlp")
-        self.net = build_network(self.hparams.net, activation)
+        self.net = build_network(self.hparams.net, activation, maxout_pieces)
         # A compiled forward function, not a module: the state_dict keys stay those of `net`.
         self.compiled_forward = torch.compile(self.net.forward) if compile else None
         self.train_loss, self.val_loss, self.test_loss = _epoch_mean(), _epoch_mean(), _epoch_mean()

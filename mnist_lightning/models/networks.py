@@ -1,13 +1,14 @@
 """The networks: the lesson's MLP, and a small CNN beside it (`model/net=mlp|cnn`).
 
 Plain torch (no Lightning). Both take the activation by name, so `model.activation` works with
-either; a model's `net` settings name one of NETWORKS (`{"name": "cnn", "channels": [...]}`).
+either, Maxout included; a model's `net` settings name one of NETWORKS (`{"name": "cnn",
+"channels": [...]}`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -16,6 +17,23 @@ from torch import nn
 
 from mnist_lightning.data import IMAGE_SIZE, NUM_CLASSES
 from mnist_lightning.schema import class_problems, plain_container
+
+
+class Maxout(nn.Module):
+    """Each unit is the largest of `pieces` linear pieces (Goodfellow et al., 2013): the layer
+    before it is `pieces` times as wide, and this keeps the largest of each group of `pieces`
+    consecutive units (of channels, after a convolution)."""
+
+    def __init__(self, pieces: int = 2) -> None:
+        super().__init__()
+        self.pieces = pieces
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(1, (-1, self.pieces)).amax(dim=2)
+
+    def extra_repr(self) -> str:
+        return f"pieces={self.pieces}"
+
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,  # the lesson's choice
@@ -27,30 +45,36 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
     "gelu": nn.GELU,
     "silu": nn.SiLU,
+    "maxout": Maxout,  # the layers before it widen: model.maxout_pieces times
 }
 
 
-def activation_class(name: str) -> type[nn.Module]:
+def activation_layer(name: str, maxout_pieces: int = 2) -> tuple[int, Callable[[], nn.Module]]:
+    """How many times wider the layer before the activation is (maxout_pieces for Maxout, else
+    1), and a maker of the activation."""
     if name not in ACTIVATIONS:
         raise ValueError(
             f"unknown model.activation={name!r}; choose one of {', '.join(ACTIVATIONS)}"
         )
-    return ACTIVATIONS[name]
+    if name == "maxout":
+        return maxout_pieces, lambda: Maxout(maxout_pieces)
+    return 1, ACTIVATIONS[name]
 
 
 class MLP(nn.Sequential):
     """Flatten -> Linear(784,128) -> act -> Linear(128,256) -> act -> Linear(256,10): 136,074
-    parameters, the lesson's network."""
+    parameters, the lesson's network (269,578 with Maxout of 2 pieces: its hidden layers are
+    twice as wide before the maximum brings them back to 128 and 256 units)."""
 
-    def __init__(self, activation: str = "sigmoid") -> None:
-        act = activation_class(activation)
+    def __init__(self, activation: str = "sigmoid", maxout_pieces: int = 2) -> None:
+        k, act = activation_layer(activation, maxout_pieces)
         # The lesson's layer names, so logs read `hidden1.weight`, not `1.weight`.
         super().__init__(
             OrderedDict(
                 flatten=nn.Flatten(),
-                hidden1=nn.Linear(IMAGE_SIZE * IMAGE_SIZE, 128),
+                hidden1=nn.Linear(IMAGE_SIZE * IMAGE_SIZE, 128 * k),
                 act1=act(),
-                hidden2=nn.Linear(128, 256),
+                hidden2=nn.Linear(128, 256 * k),
                 act2=act(),
                 out=nn.Linear(256, NUM_CLASSES),
             )
@@ -64,10 +88,11 @@ class ChannelsLast(nn.Module):
         return x.contiguous(memory_format=torch.channels_last)
 
 
-def _conv(c_in: int, c_out: int, kernel: int, act: type[nn.Module]) -> nn.Sequential:
+def _conv(c_in: int, c_out: int, kernel: int, activation: tuple[int, Callable]) -> nn.Sequential:
+    k, act = activation
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(c_out),
+        nn.Conv2d(c_in, c_out * k, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out * k),
         act(),
     )
 
@@ -78,9 +103,12 @@ class CNN(nn.Sequential):
     Batch norm after each convolution. 74,578 parameters with the default widths."""
 
     def __init__(
-        self, activation: str = "relu", channels: tuple[int, int, int] = (24, 48, 96)
+        self,
+        activation: str = "relu",
+        channels: tuple[int, int, int] = (24, 48, 96),
+        maxout_pieces: int = 2,
     ) -> None:
-        act = activation_class(activation)
+        act = activation_layer(activation, maxout_pieces)
         c1, c2, c3 = channels
         super().__init__(
             OrderedDict(
@@ -102,7 +130,9 @@ class CNN(nn.Sequential):
 NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN}
 
 
-def build_network(settings: Mapping[str, Any], activation: str) -> nn.Module:
+def build_network(
+    settings: Mapping[str, Any], activation: str, maxout_pieces: int = 2
+) -> nn.Module:
     """The network a model's `net` settings describe: one of NETWORKS by `name`, with its own
     settings (the CNN's `channels`), or, when `_target_` is given, the user's own class, which
     only the user's command line can name (model/net=custom model.net._target_=my_pkg.MyNet)."""
@@ -112,7 +142,7 @@ def build_network(settings: Mapping[str, Any], activation: str) -> nn.Module:
     name = options.pop("name", "mlp")
     if name not in NETWORKS:
         raise ValueError(f"unknown model/net={name!r}; choose one of {', '.join(NETWORKS)}")
-    return NETWORKS[name](activation=activation, **options)
+    return NETWORKS[name](activation=activation, maxout_pieces=maxout_pieces, **options)
 
 
 def net_problems(
@@ -142,4 +172,5 @@ def net_problems(
     if name not in NETWORKS:
         return [f"{where}.name={name}: must be one of {', '.join(NETWORKS)}"]
     options = {k: v for k, v in settings.items() if k != "name"}
-    return class_problems(where, NETWORKS[name], options, ignore=("activation",), objects=objects)
+    ignore = ("activation", "maxout_pieces")  # the model's settings, not the network's
+    return class_problems(where, NETWORKS[name], options, ignore=ignore, objects=objects)

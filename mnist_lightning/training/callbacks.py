@@ -67,25 +67,29 @@ class DataPreview(pl.Callback):
 
 class EpochReport(pl.Callback):
     """The run's clock and its plain-text record: the lesson's training loss every N batches,
-    one line per epoch with the epoch's metrics and time, and the per-epoch history that
-    metrics.json and the sweep summaries keep (saved in checkpoints, so a resumed run keeps it)."""
+    one line per epoch with the epoch's metrics and time, and the history that metrics.json and
+    the sweep summaries keep: per epoch, and at every validation the images trained on so far,
+    the seconds since the fit began and val/acc (saved in checkpoints: a resumed run keeps it)."""
 
     def __init__(self, print_every_n_batches: int = 400) -> None:
         self.every = print_every_n_batches
         self.history: dict[str, list[float]] = {}
-        self.epoch_started = 0.0
-        self.elapsed_in_epoch = 0.0  # restored from a checkpoint saved mid-epoch
+        self.epoch_started = self.fit_started = 0.0
+        self.elapsed_in_epoch = self.elapsed_in_fit = 0.0  # restored from a checkpoint
+        self.images = 0  # trained on so far, by every process
         self.training_started_at: float | None = None  # wall clock, for start-up measurements
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.training_started_at = time.time()
         # Resumed in the middle of an epoch (no on_train_epoch_start): its clock goes on.
         self.epoch_started = time.perf_counter() - self.elapsed_in_epoch
+        self.fit_started = time.perf_counter() - self.elapsed_in_fit
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.epoch_started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.images += len(batch[1]) * trainer.world_size
         if self.every and (batch_idx + 1) % self.every == 0 and trainer.is_global_zero:
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
             # One host sync per N batches, as the lesson's loss.item().
@@ -95,6 +99,15 @@ class EpochReport(pl.Callback):
                 batch_idx + 1,
                 trainer.num_training_batches,
             )
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
+            return
+        seconds = time.perf_counter() - self.fit_started
+        point = {"images": self.images, "seconds": round(seconds, 3)}
+        point["val/acc"] = round(float(trainer.callback_metrics["val/acc"]), 6)
+        for name, value in point.items():
+            self.history.setdefault(f"val_check/{name}", []).append(value)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After the epoch's validation, so one line holds both.
@@ -118,18 +131,29 @@ class EpochReport(pl.Callback):
             )
 
     def state_dict(self) -> dict:
-        elapsed = time.perf_counter() - self.epoch_started if self.epoch_started else 0.0
-        return {"history": self.history, "elapsed_in_epoch": elapsed}
+        now = time.perf_counter()
+        return {
+            "history": self.history,
+            "elapsed_in_epoch": now - self.epoch_started if self.epoch_started else 0.0,
+            "elapsed_in_fit": now - self.fit_started if self.fit_started else 0.0,
+            "images": self.images,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = state_dict.get("history", {})
         self.elapsed_in_epoch = state_dict.get("elapsed_in_epoch", 0.0)
+        self.elapsed_in_fit = state_dict.get("elapsed_in_fit", 0.0)
+        self.images = state_dict.get("images", 0)
+
+
+KEPT_POINTS = 50  # of each layer's gradient norm over the first epoch (gradient_flow.png)
 
 
 class GradientMonitor(pl.Callback):
     """Per-layer gradient norms at the steps the loggers write (`log_every_n_steps`) and weight
     histograms every epoch, so that the lesson's vanishing gradients (sigmoid against ReLU)
-    can be seen as curves.
+    can be seen as curves; the norms of each layer's weights at about 50 steps of the first
+    epoch are also kept (`first_epoch`: metrics.json's `gradient_norms`, gradient_flow.png).
 
     The norms go straight to the loggers, as Lightning's own monitors (LearningRateMonitor,
     DeviceStatsMonitor) write theirs: values passed to `self.log` stay in Lightning's result
@@ -138,19 +162,41 @@ class GradientMonitor(pl.Callback):
 
     def __init__(self, histograms: bool = True) -> None:
         self.histograms = histograms
+        self.first_epoch: dict[str, list[float]] = {}  # "step" and one list per layer's weight
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         # At the steps, and with the x-axis step, of Lightning's own step logging.
-        if (
-            not loggers_write_this_step(trainer)
-            or not trainer.loggers
-            or not trainer.is_global_zero
-        ):
+        if not trainer.is_global_zero:
+            return
+        write = loggers_write_this_step(trainer) and bool(trainer.loggers)
+        keep = trainer.current_epoch == 0 and trainer.global_step % self._keep_every(trainer) == 0
+        if not (write or keep):
             return
         norms = grad_norm(getattr(pl_module, "net", pl_module), norm_type=2)
         scalars = {name: float(value) for name, value in norms.items()}
-        for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=trainer.global_step)
+        if write:
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=trainer.global_step)
+        if keep:
+            self.first_epoch.setdefault("step", []).append(trainer.global_step)
+            for name, value in scalars.items():
+                layer = name.removeprefix("grad_2.0_norm/")
+                if layer.endswith(".weight"):
+                    self.first_epoch.setdefault(layer, []).append(round(value, 6))
+
+    @staticmethod
+    def _keep_every(trainer: pl.Trainer) -> int:
+        """About 50 points over the first epoch, however long it is."""
+        batches = trainer.num_training_batches
+        if batches == float("inf"):  # an iterable of unknown length
+            return 1
+        return max(1, int(batches) // trainer.accumulate_grad_batches // KEPT_POINTS)
+
+    def state_dict(self) -> dict:
+        return {"first_epoch": self.first_epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.first_epoch = state_dict.get("first_epoch", {})
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         writer = tensorboard_writer(trainer)

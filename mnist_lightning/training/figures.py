@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,3 +66,37 @@ def publish(figure: Figure, path: str | Path, writer=None, tag: str = "", step: 
     image = save(figure, path)
     if writer is not None:
         writer.add_image(tag, image, step, dataformats="HWC")
+
+
+def gradient_flow(panels: dict[str, dict[str, list[float]]]) -> Figure:
+    """The lesson's vanishing gradient as a picture: for each run (a panel, titled by what sets it
+    apart, e.g. its activation), the gradient norm of each layer's weights over the first epoch,
+    one line per layer, on a shared log scale."""
+    count = len(panels)
+    columns = min(count, 5)
+    rows = -(-count // columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(3.2 * columns, 2.8 * rows), sharey=True, squeeze=False
+    )
+    for ax, (title, norms) in zip(axes.flat, panels.items(), strict=False):
+        steps = norms.get("step", [])
+        for layer, values in norms.items():
+            if layer != "step" and len(values) == len(steps):
+                ax.plot(steps, values, label=layer.removesuffix(".weight"), linewidth=1.4)
+        ax.set_yscale("log")
+        ax.set_title(title.replace("$", r"\$"), fontsize=9)
+        ax.set_xlabel("optimizer step (first epoch)", fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes.flat[count:]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("gradient norm of the layer's weights")
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def render_png(figure: Figure) -> bytes:
+    """A figure as PNG bytes (to show in a notebook)."""
+    buffer = io.BytesIO()
+    Image.fromarray(render(figure)).save(buffer, format="PNG")
+    return buffer.getvalue()

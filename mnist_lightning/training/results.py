@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.models.classifier import STAGES
-from mnist_lightning.training.callbacks import EpochReport
+from mnist_lightning.training import figures
+from mnist_lightning.training.callbacks import EpochReport, GradientMonitor, tensorboard_writer
 from mnist_lightning.training.checkpoints import CHECKPOINTS
 from mnist_lightning.training.run import headline
 from mnist_lightning.training.run_folder import RunFolder
@@ -37,6 +38,9 @@ def final_metrics(trainer: pl.Trainer, fit_seconds: float) -> dict[str, Any]:
         metrics.update({name: values[-1] for name, values in report.history.items() if values})
         metrics.pop("epoch_seconds", None)
         metrics.update(history=dict(report.history), training_started_at=report.training_started_at)
+    monitor = next((c for c in trainer.callbacks if isinstance(c, GradientMonitor)), None)
+    if monitor is not None and monitor.first_epoch:
+        metrics["gradient_norms"] = dict(monitor.first_epoch)
     metrics.update(
         fit_seconds=round(fit_seconds, 2),
         epochs=trainer.current_epoch,
@@ -66,6 +70,11 @@ def write_results(
     if not trainer.is_global_zero:
         return
     log_hparams(trainer, cfg, choices, metrics)
+    if cfg.get("gradient_flow") and metrics.get("gradient_norms"):
+        title = f"activation {cfg.model.activation}"
+        figure = figures.gradient_flow({title: metrics["gradient_norms"]})
+        path = folder.path / "gradient_flow.png"
+        figures.publish(figure, path, tensorboard_writer(trainer), "gradients/flow")
     write_text_atomically(folder.metrics_file, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     tested_file = folder.path / str(metrics.get("test_checkpoint", ""))
     log_run_files(trainer, folder.path, str(tested_file) if tested_file.is_file() else "")

@@ -202,7 +202,9 @@ def build(cfg: DictConfig, overrides: list[str] = ()):
     with building("callbacks", overrides):
         callbacks = [instantiate(node) for node in group_targets(cfg.get("callbacks"))]
     with building("trainer", overrides):
-        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        trainer = instantiate(
+            cfg.trainer, logger=loggers or False, callbacks=callbacks, _convert_="all"
+        )
     return datamodule, model, trainer
 
 

@@ -50,6 +50,7 @@ RECORDED_GROUPS = (
     "callbacks",
     "logger",
     "experiment",
+    "gradient_descent",
     "debug",
 )
 # Settings that say where things are or come from. They are derived again by every command

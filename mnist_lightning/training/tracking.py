@@ -17,6 +17,7 @@ RUN_FILES = (
     "confusion_matrix.png",
     "misclassified.png",
     "lr_find.png",
+    "gradient_flow.png",
     "metrics.json",
 )
 
