@@ -248,7 +248,8 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     header = f"Sweep {sweep_dir}\n\nCommon overrides: {' '.join(common) or '(none)'}\n\n"
     write_text_atomically(sweep_dir / "summary.md", header + table + "\n")
     figures.save(summary_figure(rows), sweep_dir / "summary.png")
-    flows = {r["overrides"]: r["gradient_norms"] for r in rows if r.get("gradient_norms")}
+    in_job_order = sorted(rows, key=lambda r: _job_order(sweep_dir / r["job"]))
+    flows = {r["overrides"]: r["gradient_norms"] for r in in_job_order if r.get("gradient_norms")}
     if flows and _varies_activation(rows):  # the lesson's vanishing gradients, side by side
         figures.save(figures.gradient_flow(flows), sweep_dir / "gradient_flow.png")
     failed = sum(r["status"] != "ok" for r in rows)

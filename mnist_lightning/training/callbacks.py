@@ -177,11 +177,13 @@ class GradientMonitor(pl.Callback):
         if write:
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=trainer.global_step)
-        if keep:
+        if keep:  # the weights of the layers (Linear, Conv): not PReLU's slopes, not batch norm's
+            net = getattr(pl_module, "net", pl_module)
+            layers = {name for name, p in net.named_parameters() if p.dim() >= 2}
             self.first_epoch.setdefault("step", []).append(trainer.global_step)
             for name, value in scalars.items():
                 layer = name.removeprefix("grad_2.0_norm/")
-                if layer.endswith(".weight"):
+                if layer in layers:
                     self.first_epoch.setdefault(layer, []).append(round(value, 6))
 
     @staticmethod
