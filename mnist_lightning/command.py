@@ -67,9 +67,9 @@ def command(task: Task) -> Task:
         # A log file that cannot be written (a full disk) does not print a traceback per line:
         # the console still shows every message, and the command's own error says what failed.
         logging.raiseExceptions = False
-        gc.freeze()  # imported objects: no collection walks them, nor the interpreter's exit
         try:
-            return task(*args, **kwargs)
+            with imported_objects_frozen():
+                return task(*args, **kwargs)
         except Exception as error:
             message = user_message(error)
             if in_multirun():
@@ -80,9 +80,6 @@ def command(task: Task) -> Task:
                 raise
             log.error("error: %s", message)
             sys.exit(1)
-        finally:
-            if in_multirun():
-                gc.unfreeze()  # the next job's collections may free this one's objects
 
     return run  # type: ignore[return-value]
 
@@ -127,7 +124,9 @@ def quiet_library_logs() -> None:
 
 @contextmanager
 def imported_objects_frozen() -> Iterator[None]:
-    """For code outside a command (benchmarks, a notebook): what `command` does with the gc."""
+    """Imported objects frozen for the garbage collector: no collection walks them, nor the
+    interpreter's exit. The freeze stays for the exit; in a sweep whose jobs share this process
+    it ends with the job, so that the next job's collections can free this one's objects."""
     gc.freeze()
     try:
         yield

@@ -20,6 +20,7 @@ from mnist_lightning.errors import UserError
 from mnist_lightning.training.folders import (
     RUN_CONFIG,
     FolderLock,
+    already_holds_a_run,
     refuse_inside_a_run,
     run_folder_of,
     writable,
@@ -48,10 +49,7 @@ class LockRunFolder(Callback):
         try:
             is_a_run = run_folder_of(folder) == folder.resolve()
             if kind == "new" and self.command == "train" and is_a_run:
-                raise UserError(
-                    f"{folder} already holds a run; continue it with resume={folder}, or "
-                    "choose another folder (hydra.run.dir=<folder>)."
-                )
+                raise already_holds_a_run(folder)
             if kind in ("new", "sweep"):
                 refuse_inside_a_run(
                     folder, "hydra.sweep.dir" if kind == "sweep" else "hydra.run.dir"

@@ -27,6 +27,7 @@ import yaml
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.command import command
 from mnist_lightning.errors import UserError
+from mnist_lightning.schema import is_number
 from mnist_lightning.training import figures
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def _job_overrides(job_dir: Path) -> list[str]:
 def _number(value: Any, name: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise Unreadable(f"metrics.json: {name} is not a number")
     return float(value)
 
@@ -80,14 +81,10 @@ def _history(value: Any) -> dict[str, list[float]]:
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(
-        isinstance(v, list) and all(_is_number(x) for x in v) for v in value.values()
+        isinstance(v, list) and all(is_number(x) for x in v) for v in value.values()
     ):
         raise Unreadable("metrics.json: a history is not lists of numbers by name")
     return value
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _job_order(job_dir: Path) -> tuple[int, str]:

@@ -83,8 +83,13 @@ class Rule:
     allowed: str
 
 
+def is_number(value: Any) -> bool:
+    """An int or a float (not a bool, which Python counts as an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return is_number(value) and math.isfinite(value)
 
 
 def whole(low: int, high: int | None = None, null: bool = False) -> Rule:

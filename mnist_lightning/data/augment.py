@@ -22,22 +22,18 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from mnist_lightning.schema import Rule, number, whole
+from mnist_lightning.schema import Rule, is_number, number, whole
 
 # [low, high] zoom factors.
 SCALE = Rule(
     lambda v: (
         isinstance(v, list | tuple)
         and len(v) == 2
-        and all(_is_number(x) for x in v)
+        and all(is_number(x) for x in v)
         and 0 < v[0] <= v[1]
     ),
     "[low, high] with 0 < low <= high",
 )
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class BatchAugment(nn.Module):

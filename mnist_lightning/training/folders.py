@@ -86,6 +86,14 @@ class FolderLock:
 atexit.register(FolderLock.release_all)
 
 
+def already_holds_a_run(folder: Path) -> OutputError:
+    """The refusal of a new run in a folder that holds one."""
+    return OutputError(
+        f"{folder} already holds a run; continue it with resume={folder}, or choose another "
+        "folder (hydra.run.dir=<folder>)."
+    )
+
+
 def run_folder_of(path: str | Path) -> Path | None:
     """The run folder `path` is in (or is), if any."""
     path = Path(path).expanduser().resolve()

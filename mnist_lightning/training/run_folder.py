@@ -23,6 +23,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -33,7 +34,12 @@ from mnist_lightning.config import CONFIG_DIR, logger_configs
 from mnist_lightning.errors import ConfigError, OutputError, UserError
 from mnist_lightning.schema import RECORD_FORMAT, RunRecord, is_object_config, plain_container
 from mnist_lightning.training.checkpoints import CHECKPOINTS, LAST
-from mnist_lightning.training.folders import RUN_CONFIG, FolderLock, run_folder_of
+from mnist_lightning.training.folders import (
+    RUN_CONFIG,
+    FolderLock,
+    already_holds_a_run,
+    run_folder_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +106,7 @@ def hydra_part(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any], list[str], 
         return cfg, {}, [], False
     choices = OmegaConf.to_container(hydra_cfg.runtime.choices)
     overrides = [str(o) for o in hydra_cfg.overrides.task]
-    return cfg, choices, overrides, str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+    return cfg, choices, overrides, hydra_cfg.mode == RunMode.MULTIRUN
 
 
 def _given(overrides: list[str]) -> dict[str, str]:
@@ -214,10 +220,7 @@ class RunFolder:
         if not self.holds_a_run() or not is_rank_zero():
             return cfg, None  # (DDP's other processes start once rank zero wrote the record)
         if not multirun:
-            raise OutputError(
-                f"{self.path} already holds a run; continue it with resume={self.path}, or "
-                "choose another folder (hydra.run.dir=<folder>)."
-            )
+            raise already_holds_a_run(self.path)
         record = self.read_record()
         if record.overrides != overrides:
             raise ConfigError(
