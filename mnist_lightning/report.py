@@ -121,26 +121,21 @@ def collect_jobs(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
         (d for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()),
         key=_job_order,
     )
-    overrides: dict[Path, list[str]] = {}
-    unreadable: dict[Path, str] = {}
-    for job_dir in job_dirs:
-        try:
-            overrides[job_dir] = _job_overrides(job_dir)
-        except Unreadable as error:
-            overrides[job_dir], unreadable[job_dir] = [], str(error)
-    readable = [o for d, o in overrides.items() if d not in unreadable]
-    common = set.intersection(*(set(o) for o in readable)) if len(readable) > 1 else set()
+    overrides: dict[str, list[str]] = {}  # by job, as far as they could be read
     rows = []
     for job_dir in job_dirs:
-        shown = " ".join(o for o in overrides[job_dir] if o not in common) or "(none)"
-        row: dict[str, Any] = {"job": job_dir.name, "overrides": shown, "history": {}}
+        row: dict[str, Any] = {"job": job_dir.name, "history": {}}
         try:
-            if job_dir in unreadable:
-                raise Unreadable(unreadable[job_dir])
+            overrides[job_dir.name] = _job_overrides(job_dir)
             row.update(_job_row(job_dir))
         except Unreadable as error:
             row["status"] = f"unreadable: {error}"
         rows.append(row)
+    readable = list(overrides.values())
+    common = set.intersection(*(set(o) for o in readable)) if len(readable) > 1 else set()
+    for row in rows:
+        given = overrides.get(row["job"], [])
+        row["overrides"] = " ".join(o for o in given if o not in common) or "(none)"
     # Best first by validation (the test set is not for choosing); failures last.
     rows.sort(
         key=lambda r: (
@@ -219,10 +214,6 @@ def summary_figure(rows: list[dict[str, Any]]):
     return figure
 
 
-def _varies_activation(rows: list[dict[str, Any]]) -> bool:
-    return any("model.activation=" in row["overrides"] for row in rows)
-
-
 def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Write summary.csv, summary.md and summary.png into the sweep folder; print the table."""
     sweep_dir = Path(sweep_dir)
@@ -247,7 +238,8 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     figures.save(summary_figure(rows), sweep_dir / "summary.png")
     in_job_order = sorted(rows, key=lambda r: _job_order(sweep_dir / r["job"]))
     flows = {r["overrides"]: r["gradient_norms"] for r in in_job_order if r.get("gradient_norms")}
-    if flows and _varies_activation(rows):  # the lesson's vanishing gradients, side by side
+    varies_activation = any("model.activation=" in row["overrides"] for row in rows)
+    if flows and varies_activation:  # the lesson's vanishing gradients, side by side
         figures.save(figures.gradient_flow(flows), sweep_dir / "gradient_flow.png")
     failed = sum(r["status"] != "ok" for r in rows)
     log.info("%s%s\n%d jobs, %d failed; summary in %s", header, table, len(rows), failed, sweep_dir)

@@ -1,20 +1,13 @@
 """What a run is, as types: the one description every setting is checked against.
 
-Three kinds of settings, one way of checking them (`problems`, one line per problem):
+- A class's settings are its constructor's parameters, typed by their annotations, ranges as
+  `Annotated[int, whole(1)]` (`settings_schema`; no copy of any signature is kept here).
+- A command's own options are the dataclasses below, each field's range beside it.
+- A record read back from a file (`RunRecord`; a checkpoint's settings) holds only names and
+  numbers, checked against these same types before anything is built.
 
-- A class's settings are its constructor's parameters, typed by their annotations
-  (`settings_schema`): MNISTDataModule, MNISTClassifier, the networks, the augmentation, torch's
-  optimizers and schedulers, Lightning's Trainer, callbacks and loggers. No copy of any
-  signature is kept here; a new constructor argument is a new setting.
-- A command's own options are the dataclasses below (`TrainOptions`, `EvaluateOptions`, ...),
-  with the range of each field beside it.
-- A record read back from a file (`RunRecord`: run_config.yaml; a checkpoint's settings) holds
-  only names and numbers. It is checked against these same types before anything is built, and
-  never names code, a path or a URL: see training/run_folder.py and training/checkpoints.py.
-
-Checked after Hydra composes the config rather than by Hydra while composing, so that a bad value
-is one line in the project's words, and one bad job of a sweep is a failed row, not the end of
-the sweep.
+`problems` says what is wrong, one line each. It runs after Hydra composes the config, so that a
+bad value is one line in the project's words and one bad job of a sweep is a failed row.
 """
 
 from __future__ import annotations
@@ -88,10 +81,6 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _number(value: Any) -> bool:
-    return is_number(value) and math.isfinite(value)
-
-
 def whole(low: int, high: int | None = None, null: bool = False) -> Rule:
     def ok(v: Any) -> bool:
         if v is None:
@@ -113,7 +102,7 @@ def number(
     def ok(v: Any) -> bool:
         if v is None:
             return null
-        if not _number(v):
+        if not (is_number(v) and math.isfinite(v)):
             return False
         above = v > low if low_open else v >= low
         below = high is None or (v < high if high_open else v <= high)
@@ -127,10 +116,6 @@ def number(
 def one_of(*choices: str, null: bool = False) -> Rule:
     allowed = f"one of {', '.join(choices)}" + (", or null" if null else "")
     return Rule(lambda v: v in choices or (null and v is None), allowed)
-
-
-def null_rule() -> Rule:
-    return Rule(lambda v: v is None, "null")
 
 
 def either(*rules: Rule) -> Rule:
@@ -359,7 +344,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "trainer.max_epochs": whole(1),
     "trainer.log_every_n_steps": whole(0),
     "trainer.accumulate_grad_batches": whole(1),
-    "trainer.val_check_interval": either(whole(1), number(0, 1, low_open=True), null_rule()),
+    "trainer.val_check_interval": either(whole(1), number(0, 1, low_open=True, null=True)),
     "trainer.check_val_every_n_epoch": whole(1, null=True),
     "scheduler.interval": one_of("epoch", "step"),
     "scheduler.frequency": whole(1),

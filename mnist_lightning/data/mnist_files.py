@@ -10,7 +10,6 @@ the uncompressed file.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import torch
 from torchvision.datasets import MNIST
-from torchvision.datasets.utils import download_url
+from torchvision.datasets.utils import calculate_md5, download_url
 
 from mnist_lightning.config import PROJECT_ROOT
 from mnist_lightning.data import IMAGE_SIZE, NUM_CLASSES
@@ -172,14 +171,6 @@ def locate_raw_files(data_dir: Path) -> Path | None:
     return root
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def accepted_files(name: str) -> list[dict]:
     """What the file `name` may be: the official file, or a stand-in the tests declared."""
     accepted = [OFFICIAL_FILES[name]]
@@ -224,7 +215,7 @@ def verify_file(path: Path) -> None:
             f"MNIST file {path} holds {items:,} items where the expected file holds "
             f"{expected:,}{swapped}. Replace it with a good copy of the official file."
         )
-    md5 = _md5(path)
+    md5 = calculate_md5(path)
     if all(md5 != entry["md5"] for entry in counted):
         raise MNISTDataError(
             f"MNIST file {path} is not the expected file (MD5 {md5}, expected "

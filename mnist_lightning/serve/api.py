@@ -124,9 +124,13 @@ def _upload_name(upload: UploadFile) -> str:
     return name or "the upload"
 
 
+def _headers(scope: dict, name: bytes) -> list[bytes]:
+    return [v for k, v in scope.get("headers") or [] if k.lower() == name]
+
+
 def _content_type(scope: dict) -> tuple[str, dict[bytes, bytes]]:
     """The request's one media type, lower case (`multipart/form-data`), and its parameters."""
-    values = [v for k, v in scope.get("headers") or [] if k.lower() == b"content-type"]
+    values = _headers(scope, b"content-type")
     if len(values) > 1:
         raise BadRequest(400, "the request has more than one Content-Type header; send one")
     media, params = parse_options_header(values[0] if values else b"")
@@ -142,17 +146,8 @@ async def _discard_body(receive, at_most: int = 1 << 30) -> None:
         more = message.get("more_body", False) and message["type"] == "http.request"
 
 
-def _expects_continue(scope: dict) -> bool:
-    """`Expect: 100-continue`: the client sends its body only once told to (curl does, for big
-    uploads), so a refusal needs none of it."""
-    return any(
-        k.lower() == b"expect" and v.lower() == b"100-continue"
-        for k, v in scope.get("headers") or []
-    )
-
-
 def _content_length(scope: dict) -> int:
-    values = [v for k, v in scope.get("headers") or [] if k.lower() == b"content-length"]
+    values = _headers(scope, b"content-length")
     try:
         return int(values[0]) if values else 0
     except ValueError:
@@ -235,8 +230,10 @@ class RequestGate:
         limit = self.limits.max_bytes / 1e6
         too_large = f"the request is over {limit:g} MB; send a smaller image"
         if _content_length(scope) > self.limits.max_bytes:  # refused before storing any of it
-            if not _expects_continue(scope):  # a client that sends at once must be let finish,
-                await _discard_body(receive)  # or it could not read the answer
+            # A client that sends at once must be let finish, or it could not read the answer; one
+            # that sent `Expect: 100-continue` (curl, for big uploads) sends nothing until told to.
+            if b"100-continue" not in [v.lower() for v in _headers(scope, b"expect")]:
+                await _discard_body(receive)
             await self.refuse(send, 413, too_large)
             return
         body = bytearray()

@@ -77,11 +77,6 @@ class FolderLock:
             os.close(fd)
         FolderLock._held.clear()
 
-    @staticmethod
-    def holds(folder: str | Path) -> bool:
-        """Whether this process holds the lock on `folder`."""
-        return Path(folder).resolve() in FolderLock._held
-
 
 atexit.register(FolderLock.release_all)
 

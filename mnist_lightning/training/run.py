@@ -53,17 +53,23 @@ OPTIONAL_EXTRAS = {"logger": "tracking"}
 # --- check ----------------------------------------------------------------------------------
 
 
+def _needs_extra(where: str, error: object, default: str | None = None) -> str | None:
+    """The line for a missing optional package, when `where` (logger.mlflow) has an extra."""
+    extra = OPTIONAL_EXTRAS.get(where.split(".")[0], default)
+    if extra is None:
+        return None
+    return (
+        f"{where} needs the '{extra}' extra ({error}); install it with: pip install -e '.[{extra}]'"
+    )
+
+
 def _target_problems(where: str, node: DictConfig, ignore: tuple[str, ...] = ()) -> list[str]:
     """`class_problems` of a config node with a `_target_` (from conf/ or the command line)."""
     try:
         cls = get_class(node._target_)
     except (ImportError, ValueError) as error:
-        extra = OPTIONAL_EXTRAS.get(where.split(".")[0])
-        if extra and isinstance(error, ImportError):
-            return [
-                f"{where} needs the '{extra}' extra ({error}); install it with: "
-                f"pip install -e '.[{extra}]'"
-            ]
+        if isinstance(error, ImportError) and (needed := _needs_extra(where, error)):
+            return [needed]
         reason = " ".join(str(error).split())[:200]
         return [f"{where}._target_={node._target_}: cannot be imported ({reason})"]
     return class_problems(where, cls, node, ignore)
@@ -138,14 +144,6 @@ def _check_buildable(cfg: DictConfig, overrides: list[str]) -> None:
                 scheduler.step()  # some values fail only when the schedule is used
 
 
-def _first_line(error: BaseException) -> str:
-    # Hydra's instantiate wraps a constructor's error: the constructor's own says what is wrong.
-    while isinstance(error, InstantiationException) and error.__cause__ is not None:
-        error = error.__cause__
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 @contextmanager
 def building(group: str, overrides: list[str] = ()) -> Iterator[None]:
     """A constructor's error while building `group` becomes one line naming what the user set
@@ -155,17 +153,14 @@ def building(group: str, overrides: list[str] = ()) -> Iterator[None]:
     except UserError:
         raise
     except Exception as error:  # noqa: BLE001 - any constructor error is the user's value
-        cause = error
-        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        named = _named(group, list(overrides))
-        if isinstance(cause, ImportError):  # an optional package is missing
-            extra = OPTIONAL_EXTRAS.get(group, "dev")
-            raise ConfigError(
-                f"{group} needs the '{extra}' extra ({_first_line(cause)}); install it with: "
-                f"pip install -e '.[{extra}]'"
-            ) from None
-        raise ConfigError(f"{named}: {_first_line(cause)}") from None
+        # Hydra's instantiate wraps a constructor's error: the constructor's own says what is wrong.
+        while isinstance(error, InstantiationException) and error.__cause__ is not None:
+            error = error.__cause__
+        text = str(error).strip()
+        first_line = text.splitlines()[0] if text else type(error).__name__
+        if isinstance(error, ImportError):  # an optional package is missing
+            raise ConfigError(_needs_extra(group, first_line, "dev")) from None
+        raise ConfigError(f"{_named(group, list(overrides))}: {first_line}") from None
 
 
 # --- build ----------------------------------------------------------------------------------
