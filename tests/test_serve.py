@@ -683,3 +683,27 @@ def test_predict_quotes_a_file_name_that_would_break_its_line(served_run, digits
     assert result.returncode == 0, result.stdout[-2000:]
     line = next(line for line in result.stdout.splitlines() if "lines.png" in line)
     assert json.dumps(str(name)) in line and "digit" in line
+
+
+def test_only_litserves_shutdown_race_is_dropped_from_its_log():
+    """LitServe's monitor logs a traceback when a stop takes its manager away under it
+    (serve.server.ManagerGoneAtShutdown): that record alone is dropped, and LitServe still
+    logs it with this message (else the filter would silently stop working)."""
+    import logging
+
+    import litserve.server
+
+    from mnist_lightning.serve.server import ManagerGoneAtShutdown
+
+    def record(message: str, error: BaseException) -> logging.LogRecord:
+        return logging.LogRecord(
+            "litserve.server", logging.ERROR, __file__, 1, message, None, (type(error), error, None)
+        )
+
+    kept = ManagerGoneAtShutdown().filter
+    assert not kept(record(ManagerGoneAtShutdown.MESSAGE, ConnectionResetError(104, "reset")))
+    assert not kept(record(ManagerGoneAtShutdown.MESSAGE, EOFError()))
+    assert kept(record(ManagerGoneAtShutdown.MESSAGE, ValueError("a real crash")))
+    assert kept(record("Worker died", ConnectionResetError(104, "reset")))
+    source = Path(litserve.server.__file__).read_text()
+    assert f'logger.exception("{ManagerGoneAtShutdown.MESSAGE}")' in source

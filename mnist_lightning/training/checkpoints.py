@@ -148,6 +148,13 @@ class RunCheckpointIO(TorchCheckpointIO):
 
     def keep_inside(self, checkpoint: dict[str, Any], path: Path) -> None:
         dropped = []
+
+        def inside(remembered: Any) -> str:
+            kept = self._inside(remembered)
+            if kept is None:
+                dropped.append(str(remembered))
+            return kept or ""
+
         for state in (checkpoint.get("callbacks") or {}).values():
             if not isinstance(state, dict) or "best_model_path" not in state:
                 continue  # only ModelCheckpoint remembers paths
@@ -155,20 +162,11 @@ class RunCheckpointIO(TorchCheckpointIO):
                 state["dirpath"] = str(self.checkpoints_dir)
             for key in REMEMBERED_PATHS:
                 if key in state:
-                    kept = self._inside(state[key])
-                    if kept is None:
-                        dropped.append(str(state[key]))
-                    state[key] = kept or ""
+                    state[key] = inside(state[key])
             best = state.get("best_k_models")
             if isinstance(best, dict):
-                kept_best = {}
-                for remembered, score in best.items():
-                    kept = self._inside(remembered)
-                    if kept:
-                        kept_best[kept] = score
-                    else:
-                        dropped.append(str(remembered))
-                state["best_k_models"] = kept_best
+                best = {inside(remembered): score for remembered, score in best.items()}
+                state["best_k_models"] = {k: score for k, score in best.items() if k}
         if dropped:
             log.warning(
                 "%s remembers paths outside this run's %s/ folder; ignoring them: %s",
