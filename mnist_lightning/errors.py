@@ -35,3 +35,9 @@ class TrainingDiverged(UserError):
 
 class OutputError(UserError):
     """A result cannot be written: a full disk, a folder without write permission, a path in use."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (a library's long one), or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

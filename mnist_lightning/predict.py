@@ -116,18 +116,11 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     width = max(len(name) for name in shown.values())
     for r in results:
         if "error" in r:
-            log.info("%-*s  error: %s", width, shown[r["file"]], printable(r["error"]))
+            outcome = f"error: {printable(r['error'])}"
         else:
             top = ", ".join(f"{d} {p:.3f}" for d, p in r["top"])
-            log.info(
-                "%-*s  digit %d  p=%.3f  top %d: %s",
-                width,
-                shown[r["file"]],
-                r["digit"],
-                r["probability"],
-                options.top_k,
-                top,
-            )
+            outcome = f"digit {r['digit']}  p={r['probability']:.3f}  top {options.top_k}: {top}"
+        log.info("%-*s  %s", width, shown[r["file"]], outcome)
     failed = sum("error" in r for r in results)
     saved = f"; 28x28 inputs in {run_dir / 'preprocessed'}" if options.save_preprocessed else ""
     log.info("%d image(s), %d failed%s", len(results), failed, saved if digits else "")

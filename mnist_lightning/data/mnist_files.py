@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -74,46 +75,35 @@ def _fix_hint(raw_dir: Path) -> str:
 
 
 def read_idx_header(path: Path) -> tuple[int, ...]:
-    """Check an uncompressed IDX file's header against its size and return its dimensions.
+    """Check one of the four files' IDX header against the file's size; return its dimensions.
 
     Reads only the header, so a lying header can never make us allocate what it claims.
     """
-    expected_magic, ndim = RAW_FILES.get(path.name, (None, None))
+    expected_magic, ndim = RAW_FILES[path.name]
     size = path.stat().st_size
     with path.open("rb") as f:
-        header = f.read(4 + 4 * (ndim or 3))
-    problem = None
+        header = f.read(4 + 4 * ndim)
     if size == 0:
         problem = "the file is empty"
     elif len(header) < 4:
         problem = "the file is too short to hold an IDX header"
+    elif (magic := struct.unpack(">I", header[:4])[0]) != expected_magic:
+        problem = f"wrong magic number 0x{magic:08x} (expected 0x{expected_magic:08x})"
+    elif len(header) < 4 + 4 * ndim:
+        problem = "the file is too short to hold an IDX header"
     else:
-        (magic,) = struct.unpack(">I", header[:4])
-        if expected_magic is not None and magic != expected_magic:
-            problem = f"wrong magic number 0x{magic:08x} (expected 0x{expected_magic:08x})"
-        elif expected_magic is None:
-            ndim = magic & 0xFF
-            if magic >> 8 != 0x08 or not 1 <= ndim <= 3:
-                problem = f"not an unsigned-byte IDX file (magic 0x{magic:08x})"
-    if problem is None:
-        if len(header) < 4 + 4 * ndim:
-            problem = "the file is too short to hold an IDX header"
+        dims = struct.unpack(f">{ndim}I", header[4:])
+        promised = 4 + 4 * ndim + math.prod(dims)
+        if ndim == 3 and dims[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+            problem = f"images are {dims[1]}x{dims[2]}, expected 28x28"
+        elif dims[0] == 0 or dims[0] > MAX_IDX_ITEMS:
+            problem = f"the header claims {dims[0]:,} items"
+        elif size != promised:
+            problem = (
+                f"it is {size:,} bytes but its header promises {promised:,} (truncated or corrupt)"
+            )
         else:
-            dims = struct.unpack(f">{ndim}I", header[4 : 4 + 4 * ndim])
-            items = 1
-            for d in dims:
-                items *= d
-            if ndim == 3 and dims[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-                problem = f"images are {dims[1]}x{dims[2]}, expected 28x28"
-            elif dims[0] == 0 or dims[0] > MAX_IDX_ITEMS:
-                problem = f"the header claims {dims[0]:,} items"
-            elif size != 4 + 4 * ndim + items:
-                problem = (
-                    f"it is {size:,} bytes but its header promises {4 + 4 * ndim + items:,} "
-                    "(truncated or corrupt)"
-                )
-            else:
-                return dims
+            return dims
     raise MNISTDataError(
         f"MNIST file {path} is unusable: {problem}. Delete it and run again to download a fresh "
         "copy, or replace it with a good copy of the official file."
@@ -186,14 +176,6 @@ def accepted_files(name: str) -> list[dict]:
     return accepted
 
 
-def _expected_items(items: int, counts: list[int]) -> int:
-    """The count to name in a message: the official one for swapped train and test files, else
-    the closest accepted one."""
-    if {items, counts[0]} == {60_000, 10_000}:
-        return counts[0]
-    return min(counts, key=lambda count: abs(count - items))
-
-
 _verified: set[tuple] = set()  # files that passed, by path, size and time
 
 
@@ -207,13 +189,14 @@ def verify_file(path: Path) -> None:
     items = read_idx_header(path)[0]
     counted = [entry for entry in accepted if entry["items"] == items]
     if not counted:
-        expected = _expected_items(items, [entry["items"] for entry in accepted])
-        swapped = (
-            " (train and test files swapped?)" if {items, expected} == {60_000, 10_000} else ""
-        )
+        official = accepted[0]["items"]
+        swapped = {items, official} == {60_000, 10_000}
+        closest = min((entry["items"] for entry in accepted), key=lambda n: abs(n - items))
+        expected = official if swapped else closest
         raise MNISTDataError(
             f"MNIST file {path} holds {items:,} items where the expected file holds "
-            f"{expected:,}{swapped}. Replace it with a good copy of the official file."
+            f"{expected:,}{' (train and test files swapped?)' if swapped else ''}. Replace it with "
+            "a good copy of the official file."
         )
     md5 = calculate_md5(path)
     if all(md5 != entry["md5"] for entry in counted):

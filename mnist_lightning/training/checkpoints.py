@@ -26,7 +26,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from mnist_lightning.atomic import write_atomically
 from mnist_lightning.data.augment import BatchAugment
 from mnist_lightning.data.datamodule import DATA_SOURCE, MNISTDataModule
-from mnist_lightning.errors import CheckpointError
+from mnist_lightning.errors import CheckpointError, first_line
 from mnist_lightning.models.classifier import MNISTClassifier
 from mnist_lightning.models.networks import net_problems
 from mnist_lightning.models.optim import OPTIMIZERS, optimizer_problems, scheduler_problems
@@ -63,18 +63,14 @@ def read_checkpoint(path: str | Path, for_lightning: bool = False) -> dict[str, 
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0]
         raise CheckpointError(
             f"refused to load {path}: it holds pickled Python objects, which could run code when loaded "
-            f"({first_line}). Nothing in it was executed. Load only checkpoints written by this project's "
+            f"({first_line(error)}). Nothing in it was executed. Load only checkpoints written by this project's "
             "training, which hold tensors and plain values."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
         raise CheckpointError(
-            f"{path} is truncated or not a PyTorch checkpoint ({first_line}). Use another checkpoint, "
+            f"{path} is truncated or not a PyTorch checkpoint ({first_line(error)}). Use another checkpoint, "
             "for example the run's last.ckpt, or train again."
         ) from None
     if (

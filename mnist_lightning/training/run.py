@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lightning.config import group_targets
 from mnist_lightning.data.augment import BatchAugment
-from mnist_lightning.errors import ConfigError, TrainingDiverged, UserError
+from mnist_lightning.errors import ConfigError, TrainingDiverged, UserError, first_line
 from mnist_lightning.models.classifier import LOGGED_METRICS
 from mnist_lightning.models.networks import net_problems
 from mnist_lightning.models.optim import (
@@ -156,11 +156,9 @@ def building(group: str, overrides: list[str] = ()) -> Iterator[None]:
         # Hydra's instantiate wraps a constructor's error: the constructor's own says what is wrong.
         while isinstance(error, InstantiationException) and error.__cause__ is not None:
             error = error.__cause__
-        text = str(error).strip()
-        first_line = text.splitlines()[0] if text else type(error).__name__
         if isinstance(error, ImportError):  # an optional package is missing
-            raise ConfigError(_needs_extra(group, first_line, "dev")) from None
-        raise ConfigError(f"{_named(group, list(overrides))}: {first_line}") from None
+            raise ConfigError(_needs_extra(group, first_line(error), "dev")) from None
+        raise ConfigError(f"{_named(group, list(overrides))}: {first_line(error)}") from None
 
 
 # --- build ----------------------------------------------------------------------------------

@@ -1,11 +1,10 @@
-"""A run's folder: how a run starts in it or continues, its record, and what it may be.
+"""A run's folder: how a run starts in it or continues, and its record.
 
-Everything about a folder is derived from where the folder is now; what a file in it says is
-data. `run_config.yaml` is the run's record (schema.RunRecord): the option chosen per config
-group and the run's settings, as names and numbers. `resume=<run>` continues a run by composing
-the config again from the project's own conf/ with the recorded choices, then applying the
-recorded settings, checked like any command line: no file ever names the code to run, the data
-to use, or a folder to write to.
+`run_config.yaml` (schema.RunRecord) holds the option chosen per config group and the run's
+settings, as names and numbers. `resume=<run>` composes the project's own conf/ again with the
+recorded choices, then applies the recorded settings, checked like any command line: no file
+names the code to run, the data to use, or a folder to write to; places come from the folder
+as it is now and from the command.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.config import CONFIG_DIR, logger_configs
-from mnist_lightning.errors import ConfigError, OutputError, UserError
+from mnist_lightning.errors import ConfigError, OutputError, UserError, first_line
 from mnist_lightning.schema import RECORD_FORMAT, RunRecord, is_object_config, plain_container
 from mnist_lightning.training.checkpoints import CHECKPOINTS, LAST
 from mnist_lightning.training.folders import (
@@ -92,9 +91,8 @@ def is_rank_zero() -> bool:
 
 
 def hydra_part(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any], list[str], bool]:
-    """The config without Hydra's own node; the option Hydra chose per group; the command's
-    overrides; whether it is a job of a multirun. From the composed config (`compose(...,
-    return_hydra_config=True)`) or from the running Hydra app."""
+    """The config without Hydra's node, the option chosen per group, the command's overrides,
+    and whether it is a multirun job: from a composed config or from the running Hydra app."""
     if "hydra" in cfg:
         hydra_cfg = cfg.hydra
         cfg = cfg.copy()
@@ -124,9 +122,8 @@ def typed_targets(overrides: list[str]) -> dict[str, str]:
 
 
 def settings_of(cfg: DictConfig) -> dict[str, Any]:
-    """The run's settings as names and numbers: every value of the config except places
-    (PLACES, `paths`, trackers), code (`_target_` and the objects Hydra builds) and the command's
-    own (`resume`)."""
+    """The run's settings as names and numbers: the config without places, code (`_target_`,
+    the objects Hydra builds) and the command's own options."""
 
     def keep(node: Any) -> Any:
         if isinstance(node, dict):
@@ -150,8 +147,7 @@ def settings_of(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _record_problems(node: Any, where: str) -> list[str]:
-    """A record's settings hold names and numbers only: no Hydra keys (`_target_`), no places,
-    no interpolations, no text that could be a path or an address."""
+    """Names and numbers only: no Hydra keys, no places, no text that could be a path or URL."""
     if isinstance(node, dict):
         found = []
         for key, value in node.items():
@@ -201,10 +197,9 @@ class RunFolder:
     def start_or_continue(self, cfg: DictConfig) -> tuple[DictConfig, Path | None]:
         """The config to train with, and the checkpoint to continue from (None: a new run).
 
-        `resume=`/`ckpt_path=` continue the run with its recorded settings. A sweep run again
-        with the same `hydra.sweep.dir` keeps its finished jobs and continues the killed ones
-        (the job's command is the same). Any other command refuses a folder that already holds a
-        run, rather than mix two runs' files, and a folder inside another run's.
+        `resume=`/`ckpt_path=` continue the run with its recorded settings; a sweep run again in
+        the same folder continues its killed jobs. A new run refuses a folder that holds a run,
+        or one inside a run's folder.
         """
         cfg, self.choices, self.overrides, multirun = hydra_part(cfg)
         overrides = self.overrides
@@ -294,21 +289,19 @@ class RunFolder:
             try:
                 merged = OmegaConf.merge(recomposed, settings, {"callbacks": recorded_callbacks})
             except OmegaConfBaseException as error:
-                raise ConfigError(f"{self.record_file}: {str(error).splitlines()[0]}") from None
+                raise ConfigError(f"{self.record_file}: {first_line(error)}") from None
         return merged
 
     # --- the record -----------------------------------------------------------------------------
 
     def read_record(self) -> RunRecord:
-        """run_config.yaml, checked: its structure against schema.RunRecord, its choices against
-        the options conf/ has, its settings as names and numbers (their types and ranges are
-        checked with the rest of the config)."""
+        """run_config.yaml, checked: its structure (schema.RunRecord), its choices against conf/,
+        its settings as names and numbers (typed and ranged later, with the whole config)."""
         try:
             loaded = yaml.safe_load(self.record_file.read_text())
         except (OSError, yaml.YAMLError) as error:
-            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
             raise ConfigError(
-                f"{self.record_file} cannot be read ({detail}); start a new run instead."
+                f"{self.record_file} cannot be read ({first_line(error)}); start a new run instead."
             ) from None
         if not isinstance(loaded, dict) or loaded.get("format") != RECORD_FORMAT:
             raise ConfigError(
@@ -321,7 +314,7 @@ class RunFolder:
         try:
             record = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunRecord), loaded))
         except OmegaConfBaseException as error:
-            problems.append(str(error).splitlines()[0])
+            problems.append(first_line(error))
             record = None
         if record is not None:
             for group, option in record.choices.items():
@@ -365,8 +358,7 @@ class RunFolder:
 
     def forget_logged_after(self, cfg: DictConfig, step: int) -> list[dict[str, Any]]:
         """Before a run continues from `step`: TensorBoard hides what the killed attempt wrote
-        after it (`purge_step`), and the CSV log's rows before it are kept (returned, to be
-        written again by the CSV logger, which starts a new file)."""
+        after it (`purge_step`); the CSV log's earlier rows are returned, for `log_again`."""
         for node in logger_configs(cfg, TensorBoardLogger):
             node.purge_step = step
         csv_log = self.path / "metrics.csv"
