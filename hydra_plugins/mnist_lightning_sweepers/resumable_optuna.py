@@ -24,6 +24,8 @@ try:
 except ImportError:  # the optional `sweep` extra is not installed: nothing to offer
     OptunaSweeper = None
 
+from mnist_lightning.errors import first_line  # imports nothing: the plugin stays light
+
 log = logging.getLogger(__name__)
 INTERRUPTED = "interrupted_trials"  # the study's record of the trials a killed search left
 
@@ -43,10 +45,10 @@ def _open_study(storage: str, study_name: str):
     except KeyError:  # no such study yet
         return None
     except (SQLAlchemyError, RuntimeError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
         print(
-            f"error: {storage} is not a readable Optuna study ({reason}); move the file away to "
-            "start the search afresh, or give the search another folder (hydra.sweep.dir=<folder>).",
+            f"error: {storage} is not a readable Optuna study ({first_line(error)}); move the file "
+            "away to start the search afresh, or give the search another folder "
+            "(hydra.sweep.dir=<folder>).",
             flush=True,
         )
         sys.exit(1)
