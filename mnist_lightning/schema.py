@@ -232,6 +232,12 @@ def _shown(value: Any) -> str:
     return str(plain_container(value))
 
 
+def import_problem(where: str, target: str, error: BaseException) -> str:
+    """The line for a `_target_` whose class cannot be imported (Hydra's message, on one line)."""
+    reason = " ".join(str(error).split())[:200]
+    return f"{where}._target_={target}: cannot be imported ({reason})"
+
+
 def problems(
     where: str,
     schema: type,

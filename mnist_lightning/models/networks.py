@@ -16,7 +16,7 @@ from hydra.utils import get_class, instantiate
 from torch import nn
 
 from mnist_lightning.data import IMAGE_SIZE, NUM_CLASSES
-from mnist_lightning.schema import class_problems, plain_container
+from mnist_lightning.schema import class_problems, import_problem, plain_container
 
 
 class Maxout(nn.Module):
@@ -164,8 +164,7 @@ def net_problems(
         try:
             cls = get_class(target)
         except (ImportError, ValueError) as error:
-            reason = " ".join(str(error).split())[:200]
-            return [f"{where}._target_={target}: cannot be imported ({reason})"]
+            return [import_problem(where, target, error)]
         options = {k: v for k, v in settings.items() if k != "_target_"}
         return class_problems(where, cls, options, objects=objects)
     name = settings.get("name", "mlp")

@@ -35,6 +35,7 @@ from mnist_lightning.schema import (
     TrainOptions,
     check_rules,
     class_problems,
+    import_problem,
     plain_container,
     problems,
 )
@@ -70,8 +71,7 @@ def _target_problems(where: str, node: DictConfig, ignore: tuple[str, ...] = ())
     except (ImportError, ValueError) as error:
         if isinstance(error, ImportError) and (needed := _needs_extra(where, error)):
             return [needed]
-        reason = " ".join(str(error).split())[:200]
-        return [f"{where}._target_={node._target_}: cannot be imported ({reason})"]
+        return [import_problem(where, node._target_, error)]
     return class_problems(where, cls, node, ignore)
 
 
