@@ -15,7 +15,7 @@ install:
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
 
 test:
-	$(BIN)/python -m pytest -q -n auto --maxprocesses=4
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist loadgroup
 
 train:
 	$(BIN)/python -m mnist_lightning.train $(ARGS)

@@ -23,6 +23,14 @@ os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 FIXTURE_TRAIN, FIXTURE_TEST = 640, 160
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The serve tests share one model trained on real MNIST and one server (module fixtures of
+    test_serve.py): on one xdist worker (make test: --dist loadgroup) they are built once."""
+    for item in items:
+        if "drawing_case" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("served_model"))
+
+
 def render_digit(digit: int, generator: torch.Generator):
     """A digit drawn with PIL's font at a random size, slant and stroke, as a grey image."""
     from PIL import Image, ImageDraw, ImageFont
