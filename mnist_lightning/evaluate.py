@@ -22,10 +22,12 @@ from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import NUM_CLASSES
 from mnist_lightning.data.datamodule import MNISTDataModule
+from mnist_lightning.errors import ConfigError
 from mnist_lightning.schema import EvaluateOptions, command_options
 from mnist_lightning.training.callbacks import TestSetReport
 from mnist_lightning.training.checkpoints import load_trained
 from mnist_lightning.training.folders import refuse_inside_a_run
+from mnist_lightning.training.run import accelerator_problem
 
 log = logging.getLogger("mnist_lightning.evaluate")
 
@@ -48,6 +50,8 @@ def per_class_text(per_class: dict[str, list[float]]) -> str:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     options: EvaluateOptions = command_options(EvaluateOptions, cfg)
+    if problem := accelerator_problem("accelerator", options.accelerator):
+        raise ConfigError(problem)
     output_dir = refuse_inside_a_run(cfg.paths.output_dir, "hydra.run.dir")
     trained = load_trained(options.ckpt_path, options.net_target)
     # The checkpoint's split and normalisation; where the data is, from this command.

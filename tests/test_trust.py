@@ -397,6 +397,33 @@ def test_every_commands_bad_options_are_one_line_before_any_work(
     assert str(error.value).startswith(expected) and "\n" not in str(error.value)
 
 
+# An accelerator this machine lacks: no machine has both (MPS is Apple's, CUDA is not).
+MISSING_ACCELERATOR = "mps" if torch.cuda.is_available() else "cuda"
+
+
+def test_an_accelerator_this_machine_lacks_is_one_line_before_any_work(trained_run, tmp_path):
+    """evaluate stopped in Lightning's traceback; serve waited for ever for its model's worker."""
+    from mnist_lightning.evaluate import evaluate
+    from mnist_lightning.schema import ServeOptions, command_options
+    from mnist_lightning.serve.server import build_server
+
+    given = f"accelerator={MISSING_ACCELERATOR}"
+    expected = (
+        f"{given}: this machine has no {MISSING_ACCELERATOR.upper()} device that torch can use"
+    )
+    out = tmp_path / "evaluate"
+    with pytest.raises(ConfigError) as error:
+        evaluate(tool_config("evaluate", [f"ckpt_path={trained_run}", given], out))
+    assert str(error.value).startswith(expected) and "\n" not in str(error.value)
+    assert not out.exists()
+    options = command_options(
+        ServeOptions, tool_config("serve", [f"ckpt_path={trained_run}", given], tmp_path / "serve")
+    )
+    with pytest.raises(ConfigError) as error:
+        build_server(options)
+    assert str(error.value).startswith(expected)
+
+
 def test_a_commands_bad_option_is_exit_code_1_and_nothing_written(trained_run, tmp_path):
     out = tmp_path / "out"
     result = run_module(
@@ -412,6 +439,10 @@ def test_a_commands_bad_option_is_exit_code_1_and_nothing_written(trained_run, t
 
 
 TRAIN_BAD_VALUES = [
+    (
+        f"trainer.accelerator={MISSING_ACCELERATOR}",
+        f"trainer.accelerator={MISSING_ACCELERATOR}: this machine has no",
+    ),
     ("+trainer.val_check_interval=0", "trainer.val_check_interval=0: must be a whole number"),
     (
         "callbacks.divergence_stop.divergence_threshold=abc",

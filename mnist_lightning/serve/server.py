@@ -22,10 +22,11 @@ from omegaconf import DictConfig
 
 from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
-from mnist_lightning.errors import UserError
+from mnist_lightning.errors import ConfigError, UserError
 from mnist_lightning.schema import ServeOptions, command_options
 from mnist_lightning.serve.api import DigitAPI, Limits, RequestGate
 from mnist_lightning.training.checkpoints import load_trained
+from mnist_lightning.training.run import accelerator_problem
 
 log = logging.getLogger("mnist_lightning.serve")
 
@@ -50,7 +51,10 @@ def check_port(host: str, port: int) -> None:
 
 def build_server(options: ServeOptions) -> ls.LitServer:
     """The LitServe server: the model read once from its checkpoint (a missing, foreign or
-    unsafe one stops here, in one line), behind the request gate."""
+    unsafe one stops here, in one line, as does an accelerator this machine lacks), behind the
+    request gate."""
+    if problem := accelerator_problem("accelerator", options.accelerator):
+        raise ConfigError(problem)
     trained = load_trained(options.ckpt_path, options.net_target)
     log.info("serving %s", trained.checkpoint)
     api = DigitAPI(

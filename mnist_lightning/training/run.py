@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from omegaconf import DictConfig, OmegaConf
@@ -105,12 +106,29 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
     wrong = {_setting(p) for p in found}  # a range means nothing for a wrong type
     found += [p for p in check_rules(TRAIN_RULES, cfg) if _setting(p) not in wrong]
     found += _monitor_problems(cfg)
+    if problem := accelerator_problem("trainer.accelerator", cfg.trainer.get("accelerator")):
+        found.append(problem)
     data_dir = cfg.data.get("data_dir")
     if data_dir and Path(str(data_dir)).expanduser().is_file():
         found.append(f"data.data_dir={data_dir}: is a file; it must be a folder holding MNIST/raw/")
     if found:
         raise ConfigError("\n".join(found))
     _check_buildable(cfg, list(overrides))
+
+
+def accelerator_problem(where: str, accelerator: Any) -> str | None:
+    """An accelerator this machine does not have, as one line saying what to use instead (train,
+    evaluate and serve). Lightning would stop in a traceback, LitServe wait for a worker that never
+    starts."""
+    available = {"cuda": CUDAAccelerator.is_available(), "mps": MPSAccelerator.is_available()}
+    available["gpu"] = available["cuda"] or available["mps"]
+    if not isinstance(accelerator, str) or available.get(accelerator, True):
+        return None
+    device = "GPU" if accelerator == "gpu" else f"{accelerator.upper()} device"
+    return (
+        f"{where}={accelerator}: this machine has no {device} that torch can use; use "
+        f"{where}=auto (the best it has) or {where}=cpu"
+    )
 
 
 def _monitor_problems(cfg: DictConfig) -> list[str]:
