@@ -9,12 +9,14 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -460,6 +462,18 @@ def lab_tiff() -> bytes:
     return buffer.getvalue()
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG of a header and no pixels: what PIL's own decompression-bomb guard reads."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
 def float_tiff_bomb() -> bytes:
     """~100 kB that decodes to 4096 x 4096 32-bit floats (67 MB)."""
     buffer = io.BytesIO()
@@ -546,6 +560,14 @@ def hostile(digits) -> dict[str, tuple[bytes, list[tuple[str, str]], int, str]]:
             json_type,
             422,
             "cannot be read as a digit",
+        ),
+        "a PNG header over PIL's own pixel limit": (
+            json.dumps(
+                {"image": base64.b64encode(png_header_only(20_000, 10_000)).decode()}
+            ).encode(),
+            json_type,
+            413,
+            "too many pixels to decode",
         ),
         "a float TIFF that decodes to 67 MB": (
             json.dumps({"image": base64.b64encode(float_tiff_bomb()).decode()}).encode(),
@@ -642,6 +664,7 @@ def test_predict_gives_each_hostile_file_its_own_line_and_predicts_the_rest(
         Image.fromarray(images[i, 0].numpy()).save(folder / f"good{i}.png")
     (folder / "broken_exif.png").write_bytes(png_with_broken_exif(images[0, 0].numpy()))
     (folder / "lab.tif").write_bytes(lab_tiff())
+    (folder / "bomb.png").write_bytes(png_header_only(20_000, 10_000))
     (folder / "loop.png").symlink_to(folder / "loop.png")
     (folder / "dangling.png").symlink_to(tmp_path / "gone.png")
     (folder / "a_folder.png").mkdir()
@@ -659,6 +682,7 @@ def test_predict_gives_each_hostile_file_its_own_line_and_predicts_the_rest(
         assert "digit" in by_name[name], name
     assert "damaged or truncated" in by_name["broken_exif.png"]["error"]
     assert "cannot be read as a digit" in by_name["lab.tif"]["error"]
+    assert "too many pixels to decode" in by_name["bomb.png"]["error"]
     for name in ("loop.png", "dangling.png"):
         assert "broken link or a link loop" in by_name[name]["error"], name
     assert "a folder" in by_name["a_folder.png"]["error"]
@@ -666,7 +690,7 @@ def test_predict_gives_each_hostile_file_its_own_line_and_predicts_the_rest(
 
     with output.open(newline="") as f:
         written = list(csv.DictReader(f))
-    assert len(written) == len(results) == 10
+    assert len(written) == len(results) == 11
     assert {Path(r["file"]).name for r in written} == set(by_name)
 
 

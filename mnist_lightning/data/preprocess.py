@@ -84,6 +84,9 @@ def decode_image(
         raise NotAnImage(
             f"{name}: not an image file PIL can read (PNG, JPEG, BMP, GIF, TIFF, WebP)"
         ) from None
+    except Image.DecompressionBombError as error:  # PIL's own guard, at open: a size, not damage
+        limit = str(error).partition(", could be")[0]
+        raise ImageTooLarge(f"{name}: too many pixels to decode ({limit}); shrink it") from None
     except Exception as error:  # noqa: BLE001 - hostile bytes fail in many ways; each is theirs
         raise ImageError(f"{name}: the image is damaged or truncated ({_reason(error)})") from None
 
