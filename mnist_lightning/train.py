@@ -47,11 +47,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if cfg.lr_find:
                 cfg.optimizer.lr = find_learning_rate(trainer, model, datamodule, folder.path)
             folder.save_record(cfg)
-            log_config(trainer, cfg)
         else:
             log.info("resuming from %s", checkpoint)
             check_checkpoint_fits(model, checkpoint, state)
             folder.log_again(trainer.loggers, kept_rows)
+        log_config(trainer, cfg)  # each attempt is a tracker run of its own (MLflow, W&B)
 
         fit_seconds = run.fit(trainer, model, datamodule, checkpoint)
         metrics = results.final_metrics(trainer, fit_seconds)

@@ -19,6 +19,7 @@ from mnist_lightning.errors import CheckpointError, ConfigError, OutputError
 from mnist_lightning.train import train
 from mnist_lightning.training.folders import FolderLock
 from tests.conftest import FAST, compose, run_module, start_training
+from tests.test_tracking import mlflow_overrides, mlflow_runs
 
 
 @pytest.fixture(autouse=True)
@@ -104,6 +105,30 @@ def test_a_moved_run_folder_resumes_where_it_is_now(fixture_data_dir, tmp_path):
     )
     assert json.loads((moved / "metrics.json").read_text())["global_step"] == 24
     assert len(list((moved / "checkpoints").glob("epoch=*.ckpt"))) == 1
+
+
+def test_each_attempt_of_a_resumed_run_is_an_mlflow_run_with_the_runs_config(
+    fixture_data_dir, tmp_path
+):
+    """MLflow cannot take back what a killed attempt logged, so each attempt is a run of its
+    own, named after the folder; each must carry the config, or the resumed one is missing from
+    every comparison by parameter."""
+    run_dir, store = tmp_path / "run", tmp_path / "store"
+    finished_run(fixture_data_dir, run_dir, *mlflow_overrides(store))
+    unfinished(run_dir, 3)
+    places = [f"++{override}" for override in mlflow_overrides(store)[1:]]  # as README says
+    train(compose([f"resume={run_dir}", *places], run_dir))
+    _, runs = mlflow_runs(store)
+    first, resumed = sorted(runs, key=lambda run: run.info.start_time)
+    assert first.info.run_name == resumed.info.run_name == "run"
+    params, before = resumed.data.params, first.data.params
+    assert set(params) == set(before)
+    changed = {key for key in params if params[key] != before[key]}
+    assert changed == {"config/trainer/max_epochs"} and params[changed.pop()] == "3"  # unfinished
+    assert (
+        resumed.data.metrics["test/acc"]
+        == json.loads((run_dir / "metrics.json").read_text())["test/acc"]
+    )
 
 
 def test_a_crafted_run_config_cannot_name_code_to_run(fixture_data_dir, tmp_path):
