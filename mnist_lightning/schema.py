@@ -424,15 +424,9 @@ def command_options(schema: type, cfg: DictConfig, groups: tuple[str, ...] = ())
     """A command's options, checked against `schema`, as an instance of it. `groups` are the
     config's other top-level nodes (checked as their own classes' settings)."""
     skip = ("hydra", "paths", "defaults", *groups)
-    found = problems("", schema, cfg, skip=lambda key: key in skip)
-    missing = [
-        f.name
-        for f in dataclasses.fields(schema)
-        if f.default is MISSING
-        and f.default_factory is MISSING
-        and OmegaConf.is_missing(cfg, f.name)
-    ]
-    found += [f"{name}: missing; give it on the command line ({name}=...)" for name in missing]
+    missing = [f.name for f in dataclasses.fields(schema) if OmegaConf.is_missing(cfg, f.name)]
+    found = [f"{name}: missing; give it on the command line ({name}=...)" for name in missing]
+    found += problems("", schema, cfg, skip=lambda key: key in skip or key in missing)
     if found:
         raise ConfigError("\n".join(found))
     values = {f.name: plain_container(cfg.get(f.name)) for f in dataclasses.fields(schema)}

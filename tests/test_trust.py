@@ -397,6 +397,20 @@ def test_every_commands_bad_options_are_one_line_before_any_work(
     assert str(error.value).startswith(expected) and "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export", "serve"])
+def test_a_command_without_its_checkpoint_says_only_that_it_is_missing(command, tmp_path):
+    """One line per missing option, not also a type error for the None it stands for."""
+    from mnist_lightning import schema
+
+    options = getattr(schema, f"{command.capitalize()}Options")
+    with pytest.raises(ConfigError) as error:
+        schema.command_options(options, tool_config(command, [], tmp_path / "out"))
+    missing = ["ckpt_path", "inputs"] if command == "predict" else ["ckpt_path"]
+    assert str(error.value).splitlines() == [
+        f"{name}: missing; give it on the command line ({name}=...)" for name in missing
+    ]
+
+
 # An accelerator this machine lacks: no machine has both (MPS is Apple's, CUDA is not).
 MISSING_ACCELERATOR = "mps" if torch.cuda.is_available() else "cuda"
 
