@@ -206,6 +206,7 @@ def test_lr_find_suggests_a_rate_and_the_fit_trains_with_it(fixture_data_dir, tm
     assert group["lr"] == pytest.approx(lr)  # the optimizer that trained used it
     assert (run_dir / "lr_find.png").stat().st_size > 5_000
     assert metrics["global_step"] == 64  # the finder's own steps were undone
+    assert [p.name for p in run_dir.iterdir() if p.suffix == ".ckpt"] == []  # its own removed
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})

@@ -96,7 +96,7 @@ class RunCheckpointIO(TorchCheckpointIO):
       this run's folder as it is now (a moved run keeps managing its files); a remembered path
       that is not a checkpoint of a `checkpoints/` folder is dropped with one warning, so that no
       checkpoint can make Lightning delete or write outside the run.
-    - Lightning removes only files of this run's `checkpoints/` folder.
+    - Lightning removes only checkpoint files of this run's folder and its `checkpoints/`.
     """
 
     def __init__(self, checkpoints_dir: str | Path | None = None) -> None:
@@ -123,8 +123,13 @@ class RunCheckpointIO(TorchCheckpointIO):
 
     def remove_checkpoint(self, path) -> None:
         path = Path(path)
-        inside = self.checkpoints_dir is None or (
-            path.resolve().parent == self.checkpoints_dir and path.is_file()
+        # checkpoints/, or the run folder itself: the learning-rate finder's temporary checkpoint
+        # (Lightning writes it to default_root_dir, restores it and removes it).
+        folders = (
+            (self.checkpoints_dir, self.checkpoints_dir.parent) if self.checkpoints_dir else ()
+        )
+        inside = not folders or (
+            path.resolve().parent in folders and path.suffix == ".ckpt" and path.is_file()
         )
         if not inside:
             log.warning("not removing %s: it is not a checkpoint file of this run", path)
