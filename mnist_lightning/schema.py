@@ -162,6 +162,20 @@ def _setting_type(annotation: Any) -> Any:
     return Any
 
 
+def _number_rule(annotation: Any) -> Rule | None:
+    """`int | float` (the Trainer's limit_*_batches, gradient_clip_val) stays either type (Any)
+    for OmegaConf, which then takes any value: this rule still asks for a number."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    args = set(typing.get_args(annotation))
+    if args - {type(None)} != {int, float}:
+        return None
+    null = type(None) in args
+    return Rule(
+        lambda v: (null and v is None) or is_number(v), "a number" + (", or null" if null else "")
+    )
+
+
 def _default(parameter: inspect.Parameter) -> Any:
     default = parameter.default
     if default is inspect.Parameter.empty:
@@ -193,6 +207,7 @@ def settings_schema(cls: type) -> tuple[type, bool]:
         if typing.get_origin(annotation) is typing.Annotated:  # Annotated[int, whole(1)]
             annotation, *extras = typing.get_args(annotation)
             rule = next((extra for extra in extras if isinstance(extra, Rule)), None)
+        rule = rule or _number_rule(annotation)
         kind = _setting_type(annotation)
         default = _default(parameter)
         if default is None and kind is not Any and typing.get_origin(kind) is not typing.Union:

@@ -463,6 +463,13 @@ TRAIN_BAD_VALUES = [
         "callbacks.divergence_stop.divergence_threshold=abc: must be a number, or null",
     ),
     ("+data.expected_files=abc", "data.expected_files: no such setting"),
+    # Settings that interpolate a bad one (divergence_stop.patience, the cosine schedule's T_max
+    # repeat trainer.max_epochs) are not reported again.
+    ("trainer.max_epochs=abc", "trainer.max_epochs=abc: must be a whole number"),
+    ("scheduler=cosine trainer.max_epochs=0", "trainer.max_epochs=0: must be a whole number"),
+    # The Trainer's `int | float` settings: Lightning would compare "abc" with 0 in the fit.
+    ("+trainer.limit_train_batches=abc", "trainer.limit_train_batches=abc: must be a number"),
+    ("+trainer.gradient_clip_val=abc", "trainer.gradient_clip_val=abc: must be a number"),
     ("+data.mirror=[x]", "data.mirror: no such setting; did you mean data.mirrors?"),
     ("model.net.name=resnet", "model.net.name=resnet: must be one of mlp, cnn"),
     ("model/net=custom", "model.net._target_: missing; name your class"),
@@ -480,7 +487,7 @@ def test_train_refuses_bad_values_before_writing_anything(
     override, expected, fixture_data_dir, tmp_path
 ):
     run_dir = tmp_path / "run"
-    cfg = compose([f"data.data_dir={fixture_data_dir}", *FAST, override], run_dir)
+    cfg = compose([f"data.data_dir={fixture_data_dir}", *FAST, *override.split()], run_dir)
     with pytest.raises(ConfigError) as error:
         train(cfg)
     assert str(error.value).startswith(expected) and "\n" not in str(error.value)

@@ -80,6 +80,17 @@ def _setting(problem: str) -> str:
     return re.split(r"[=: ]", problem, maxsplit=1)[0]
 
 
+def _echoes(cfg: DictConfig, setting: str, wrong: set[str]) -> bool:
+    """Whether `setting` only repeats a setting already reported, through an interpolation the
+    user never typed (`patience: ${trainer.max_epochs}`)."""
+    parent, _, key = setting.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig) or not OmegaConf.is_interpolation(node, key):
+        return False
+    source = OmegaConf.to_container(node, resolve=False)[key]
+    return source.removeprefix("${").removesuffix("}") in wrong
+
+
 def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
     """Every bad value of the config, one line each, before any data is read or file written:
     each group as its class's settings (schema.py), the ranges no constructor checks, the metric
@@ -106,6 +117,8 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
     wrong = {_setting(p) for p in found}  # a range means nothing for a wrong type
     found += [p for p in check_rules(TRAIN_RULES, cfg) if _setting(p) not in wrong]
     found += _monitor_problems(cfg)
+    wrong = {_setting(p) for p in found}
+    found = [p for p in found if not _echoes(cfg, _setting(p), wrong - {_setting(p)})]
     if problem := accelerator_problem("trainer.accelerator", cfg.trainer.get("accelerator")):
         found.append(problem)
     data_dir = cfg.data.get("data_dir")
