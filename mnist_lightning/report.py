@@ -77,11 +77,17 @@ def _number(value: Any, name: str) -> float | None:
     return float(value)
 
 
-def _history(value: Any) -> dict[str, list[float]]:
+def _history(value: Any, gaps: bool = False) -> dict[str, list[float]]:
+    """Lists of numbers by name; `gaps`: a per-epoch metric is null in an epoch that did not
+    measure it (a validation every few epochs)."""
     if value is None:
         return {}
+
+    def ok(name: str, x: Any) -> bool:
+        return is_number(x) or (gaps and x is None and not name.startswith("val_check/"))
+
     if not isinstance(value, dict) or not all(
-        isinstance(v, list) and all(is_number(x) for x in v) for v in value.values()
+        isinstance(v, list) and all(ok(k, x) for x in v) for k, v in value.items()
     ):
         raise Unreadable("metrics.json: a history is not lists of numbers by name")
     return value
@@ -103,7 +109,7 @@ def _job_row(job_dir: Path) -> dict[str, Any]:
             "status": "ok",
             "seconds": _number(metrics.get("fit_seconds"), "fit_seconds"),
             "epochs": epochs,
-            "history": _history(metrics.get("history")),
+            "history": _history(metrics.get("history"), gaps=True),
             "gradient_norms": _history(metrics.get("gradient_norms")),
             **{k: _number(metrics.get(k), k) for k in ("val/acc_best", "test/acc", "test/loss")},
         }

@@ -15,9 +15,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from mnist_lightning.data.datamodule import to_model_input
+from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.classifier import MNISTClassifier
 from mnist_lightning.train import train
 from mnist_lightning.training.checkpoints import read_checkpoint
+from mnist_lightning.training.results import final_metrics
 from mnist_lightning.training.run import build
 from tests.conftest import FAST, compose, load_fixture
 
@@ -150,6 +152,28 @@ def test_val_check_interval_validates_at_those_steps(
         [recorder],
     )
     assert recorder.steps == expected
+
+
+def test_validating_every_other_epoch_steps_a_plateau_schedule_there_and_leaves_gaps(
+    fixture_data_dir, tmp_path
+):
+    """check_val_every_n_epoch=2: an epoch without a validation has no val/ metrics (not the
+    last validation's again), and a schedule on val/acc must step where it was measured."""
+    overrides = ["trainer.max_epochs=4", "+trainer.check_val_every_n_epoch=2", "scheduler=plateau"]
+    refused = compose([f"data.data_dir={fixture_data_dir}", *FAST, *overrides], tmp_path / "no")
+    with pytest.raises(ConfigError, match="step the scheduler as often, scheduler.frequency=2"):
+        train(refused)
+    # A rate too small to move val/acc, and patience 0: the second validation halves it.
+    more = ["scheduler.frequency=2", "scheduler.patience=0", "optimizer.lr=1e-5"]
+    _, _, trainer = fit([*overrides, *more], fixture_data_dir, tmp_path / "run")
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 2
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(5e-6)
+    metrics = final_metrics(trainer, fit_seconds=0.0)
+    history = metrics["history"]
+    assert len(history["train/loss"]) == len(history["val/loss"]) == 4
+    assert history["val/acc"][0] is None and history["val/acc"][2] is None
+    assert all(history["val/acc"][i] > 0 for i in (1, 3)) and len(history["val_check/val/acc"]) == 2
+    assert metrics["val/acc"] == history["val/acc"][3]
 
 
 def test_a_step_interval_learning_rate_monitor_writes_every_log_every_n_steps(

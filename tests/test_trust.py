@@ -288,7 +288,9 @@ def test_report_reads_a_sweep_folder_as_data(tmp_path, monkeypatch):
     from mnist_lightning.report import main as report_main
 
     monkeypatch.setenv("REPORT_SECRET", "s3cr3t-value")
-    good = {"val/acc_best": 0.9, "test/acc": 0.89, "epochs": 2, "history": {"val/acc": [0.8, 0.9]}}
+    history = {"val/acc": [None, 0.9], "val_check/val/acc": [0.9], "val_check/images": [128]}
+    good = {"val/acc_best": 0.9, "test/acc": 0.89, "epochs": 2, "history": history}
+    gap = {**good, "history": {**history, "val_check/images": [None]}}  # only epochs have gaps
     sweep = tmp_path / "sweep"
     write_job(sweep, "0", ["optimizer=sgd"], {"metrics.json": json.dumps(good)})
     write_job(sweep, "1", ["model.activation=${oc.env:REPORT_SECRET}"], {})
@@ -297,6 +299,7 @@ def test_report_reads_a_sweep_folder_as_data(tmp_path, monkeypatch):
     write_job(sweep, "4", ["optimizer=rmsprop"], {"metrics.json": json.dumps({"history": "x"})})
     write_job(sweep, "5", ["label=$x^$|pipe"], {"metrics.json": json.dumps(good)})
     write_job(sweep, "6", "{: not yaml", {})
+    write_job(sweep, "7", ["optimizer=adagrad"], {"metrics.json": json.dumps(gap)})
     assert report_main([str(sweep)]) == 0
     summary = (sweep / "summary.md").read_text() + (sweep / "summary.csv").read_text()
     assert "s3cr3t-value" not in summary and "${oc.env:REPORT_SECRET}" in summary
@@ -305,7 +308,9 @@ def test_report_reads_a_sweep_folder_as_data(tmp_path, monkeypatch):
     assert rows["2"]["status"] == "unreadable: metrics.json is not valid JSON (JSONDecodeError)"
     assert rows["3"]["status"] == "unreadable: failure.json is not a JSON object"
     assert (
-        rows["4"]["status"] == "unreadable: metrics.json: a history is not lists of numbers by name"
+        rows["4"]["status"]
+        == rows["7"]["status"]
+        == "unreadable: metrics.json: a history is not lists of numbers by name"
     )
     assert rows["6"]["status"] == "unreadable: .hydra/overrides.yaml is not valid YAML"
     assert rows["1"]["status"].startswith("failed: no metrics.json")
@@ -470,6 +475,9 @@ TRAIN_BAD_VALUES = [
     # The Trainer's `int | float` settings: Lightning would compare "abc" with 0 in the fit.
     ("+trainer.limit_train_batches=abc", "trainer.limit_train_batches=abc: must be a number"),
     ("+trainer.gradient_clip_val=abc", "trainer.gradient_clip_val=abc: must be a number"),
+    # A schedule on val/acc where no validation measures it (Lightning's traceback in the fit).
+    ("scheduler=plateau scheduler.interval=step", "scheduler.monitor=val/acc is measured only"),
+    ("scheduler=plateau +trainer.limit_val_batches=0", "scheduler.monitor=val/acc is measured"),
     ("+data.mirror=[x]", "data.mirror: no such setting; did you mean data.mirrors?"),
     ("model.net.name=resnet", "model.net.name=resnet: must be one of mlp, cnn"),
     ("model/net=custom", "model.net._target_: missing; name your class"),

@@ -69,7 +69,8 @@ class EpochReport(pl.Callback):
     """The run's clock and its plain-text record: the lesson's training loss every N batches,
     one line per epoch with the epoch's metrics and time, and the history that metrics.json and
     the sweep summaries keep: per epoch, and at every validation the images trained on so far,
-    the seconds since the fit began and val/acc (saved in checkpoints: a resumed run keeps it)."""
+    the seconds since the fit began and val/acc (saved in checkpoints: a resumed run keeps it).
+    An epoch without a validation (trainer.check_val_every_n_epoch) has null val/ metrics."""
 
     def __init__(self, print_every_n_batches: int = 400) -> None:
         self.every = print_every_n_batches
@@ -78,6 +79,7 @@ class EpochReport(pl.Callback):
         self.elapsed_in_epoch = self.elapsed_in_fit = 0.0  # restored from a checkpoint
         self.images = 0  # trained on so far, by every process
         self.training_started_at: float | None = None  # wall clock, for start-up measurements
+        self.validated = False  # in this epoch: else callback_metrics hold an earlier epoch's val/
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.training_started_at = time.time()
@@ -87,6 +89,7 @@ class EpochReport(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.epoch_started = time.perf_counter()
+        self.validated = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.images += len(batch[1]) * trainer.world_size
@@ -103,6 +106,7 @@ class EpochReport(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
             return
+        self.validated = True
         seconds = time.perf_counter() - self.fit_started
         point = {"images": self.images, "seconds": round(seconds, 3)}
         point["val/acc"] = round(float(trainer.callback_metrics["val/acc"]), 6)
@@ -112,16 +116,20 @@ class EpochReport(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After the epoch's validation, so one line holds both.
         seconds = time.perf_counter() - self.epoch_started
-        metrics = {
-            name: float(trainer.callback_metrics[name])
+        measured = {
+            name: round(float(trainer.callback_metrics[name]), 6)
             for name in EPOCH_METRICS
-            if name in trainer.callback_metrics
+            if name in trainer.callback_metrics and (self.validated or not name.startswith("val/"))
         }
-        self.history.setdefault("epoch_seconds", []).append(round(seconds, 3))
-        for name, value in metrics.items():
-            self.history.setdefault(name, []).append(round(value, 6))
+        epochs = self.history.setdefault("epoch_seconds", [])
+        for name in measured:  # one entry per epoch in every list, null where not measured
+            self.history.setdefault(name, [None] * len(epochs))
+        epochs.append(round(seconds, 3))
+        for name in EPOCH_METRICS:
+            if name in self.history:
+                self.history[name].append(measured.get(name))
         if trainer.is_global_zero:
-            shown = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+            shown = "  ".join(f"{name} {value:.4f}" for name, value in measured.items())
             log.info(
                 "epoch %d/%d  %s  (%.1f s)",
                 trainer.current_epoch + 1,

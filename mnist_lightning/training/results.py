@@ -35,7 +35,10 @@ def final_metrics(trainer: pl.Trainer, fit_seconds: float) -> dict[str, Any]:
     report = next((c for c in trainer.callbacks if isinstance(c, EpochReport)), None)
     if report is not None:
         # The history is the record, also when a resumed fit had nothing left to do.
-        metrics.update({name: values[-1] for name, values in report.history.items() if values})
+        for name, values in report.history.items():  # the last measured value of each
+            measured = [v for v in values if v is not None]
+            if measured:
+                metrics[name] = measured[-1]
         metrics.pop("epoch_seconds", None)
         metrics.update(history=dict(report.history), training_started_at=report.training_started_at)
     monitor = next((c for c in trainer.callbacks if isinstance(c, GradientMonitor)), None)

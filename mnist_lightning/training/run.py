@@ -117,6 +117,8 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
     wrong = {_setting(p) for p in found}  # a range means nothing for a wrong type
     found += [p for p in check_rules(TRAIN_RULES, cfg) if _setting(p) not in wrong]
     found += _monitor_problems(cfg)
+    if problem := _unvalidated_monitor(cfg):
+        found.append(problem)
     wrong = {_setting(p) for p in found}
     found = [p for p in found if not _echoes(cfg, _setting(p), wrong - {_setting(p)})]
     if problem := accelerator_problem("trainer.accelerator", cfg.trainer.get("accelerator")):
@@ -156,6 +158,30 @@ def _monitor_problems(cfg: DictConfig) -> list[str]:
         for key, value in watched.items()
         if value is not None and value not in LOGGED_METRICS
     ]
+
+
+def _unvalidated_monitor(cfg: DictConfig) -> str | None:
+    """A scheduler that watches a val/ metric must step only where one was measured: Lightning
+    stops the fit in a traceback otherwise (and strict=False would step on a stale value)."""
+    monitor = OmegaConf.select(cfg, "scheduler.monitor")
+    if not isinstance(monitor, str) or not monitor.startswith("val/"):
+        return None
+    watching = f"scheduler.monitor={monitor} is measured only by a validation"
+    if cfg.scheduler.get("interval") == "step":
+        return f"{watching}, not at every step: use scheduler.interval=epoch"
+    if cfg.trainer.get("limit_val_batches") == 0:
+        return (
+            f"{watching}, and trainer.limit_val_batches=0 runs none: watch a training metric, "
+            "scheduler.monitor=train/loss scheduler.mode=min"
+        )
+    every = cfg.trainer.get("check_val_every_n_epoch") or 1
+    frequency = cfg.scheduler.get("frequency") or 1
+    if isinstance(every, int) and isinstance(frequency, int) and frequency % every:
+        return (
+            f"{watching}, every {every} epochs (trainer.check_val_every_n_epoch={every}): step the "
+            f"scheduler as often, scheduler.frequency={every}"
+        )
+    return None
 
 
 def _named(group: str, overrides: list[str]) -> str:
