@@ -85,7 +85,9 @@ def _echoes(cfg: DictConfig, setting: str, wrong: set[str]) -> bool:
     user never typed (`patience: ${trainer.max_epochs}`)."""
     parent, _, key = setting.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    if not isinstance(node, DictConfig) or not OmegaConf.is_interpolation(node, key):
+    if not isinstance(node, DictConfig) or key not in node:
+        return False
+    if not OmegaConf.is_interpolation(node, key):
         return False
     source = OmegaConf.to_container(node, resolve=False)[key]
     return source.removeprefix("${").removesuffix("}") in wrong
