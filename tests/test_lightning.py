@@ -20,7 +20,7 @@ from mnist_lightning.models.classifier import MNISTClassifier
 from mnist_lightning.train import train
 from mnist_lightning.training.checkpoints import read_checkpoint
 from mnist_lightning.training.results import final_metrics
-from mnist_lightning.training.run import build
+from mnist_lightning.training.run import build, check
 from tests.conftest import FAST, compose, load_fixture
 
 # 512 training images in batches of 16: 32 optimizer steps an epoch.
@@ -174,6 +174,17 @@ def test_validating_every_other_epoch_steps_a_plateau_schedule_there_and_leaves_
     assert history["val/acc"][0] is None and history["val/acc"][2] is None
     assert all(history["val/acc"][i] > 0 for i in (1, 3)) and len(history["val_check/val/acc"]) == 2
     assert metrics["val/acc"] == history["val/acc"][3]
+
+
+def test_a_plateau_schedule_by_steps_steps_at_each_validation(fixture_data_dir, tmp_path):
+    """Validation every 8 of the epoch's 32 batches, the schedule stepped as often: 4 steps, and
+    (a rate too small to move val/acc, patience 0) the rate halved at all but the first."""
+    steps = ["scheduler.interval=step", "+trainer.val_check_interval=8", "scheduler.frequency=8"]
+    more = ["scheduler=plateau", "scheduler.patience=0", "optimizer.lr=1e-5", *steps]
+    cfg, _, trainer = fit([*SMALL_BATCHES, *more], fixture_data_dir, tmp_path)
+    check(cfg)  # the train command's check lets it through
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 4
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1.25e-6)
 
 
 def test_a_step_interval_learning_rate_monitor_writes_every_log_every_n_steps(

@@ -169,19 +169,28 @@ def _unvalidated_monitor(cfg: DictConfig) -> str | None:
     if not isinstance(monitor, str) or not monitor.startswith("val/"):
         return None
     watching = f"scheduler.monitor={monitor} is measured only by a validation"
-    if cfg.scheduler.get("interval") == "step":
-        return f"{watching}, not at every step: use scheduler.interval=epoch"
     if cfg.trainer.get("limit_val_batches") == 0:
         return (
             f"{watching}, and trainer.limit_val_batches=0 runs none: watch a training metric, "
             "scheduler.monitor=train/loss scheduler.mode=min"
         )
-    every = cfg.trainer.get("check_val_every_n_epoch") or 1
+    every_epochs = cfg.trainer.get("check_val_every_n_epoch", 1)
     frequency = cfg.scheduler.get("frequency") or 1
-    if isinstance(every, int) and isinstance(frequency, int) and frequency % every:
+    if cfg.scheduler.get("interval") == "step":
+        # Lightning counts a step schedule's frequency in batches of the epoch.
+        every_steps = cfg.trainer.get("val_check_interval")
+        aligned = every_epochs == 1 and isinstance(every_steps, int) and every_steps > 0
+        if not (aligned and isinstance(frequency, int) and frequency % every_steps == 0):
+            return (
+                f"{watching}, not at each step the schedule takes: use scheduler.interval=epoch, "
+                "or validate every N batches and step as often (+trainer.val_check_interval=N "
+                "scheduler.frequency=N)"
+            )
+        return None
+    if isinstance(every_epochs, int) and isinstance(frequency, int) and frequency % every_epochs:
         return (
-            f"{watching}, every {every} epochs (trainer.check_val_every_n_epoch={every}): step the "
-            f"scheduler as often, scheduler.frequency={every}"
+            f"{watching}, every {every_epochs} epochs (trainer.check_val_every_n_epoch="
+            f"{every_epochs}): step the scheduler as often, scheduler.frequency={every_epochs}"
         )
     return None
 
