@@ -121,10 +121,10 @@ class EpochReport(pl.Callback):
             for name in EPOCH_METRICS
             if name in trainer.callback_metrics and (self.validated or not name.startswith("val/"))
         }
-        epochs = self.history.setdefault("epoch_seconds", [])
+        epoch_seconds = self.history.setdefault("epoch_seconds", [])
         for name in measured:  # one entry per epoch in every list, null where not measured
-            self.history.setdefault(name, [None] * len(epochs))
-        epochs.append(round(seconds, 3))
+            self.history.setdefault(name, [None] * len(epoch_seconds))
+        epoch_seconds.append(round(seconds, 3))
         for name in EPOCH_METRICS:
             if name in self.history:
                 self.history[name].append(measured.get(name))
