@@ -731,3 +731,36 @@ def test_only_litserves_shutdown_race_is_dropped_from_its_log():
     assert kept(record("Worker died", ConnectionResetError(104, "reset")))
     source = Path(litserve.server.__file__).read_text()
     assert f'logger.exception("{ManagerGoneAtShutdown.MESSAGE}")' in source
+
+
+def test_only_a_lifespan_cancelled_at_shutdown_is_dropped_from_uvicorns_log():
+    """uvicorn logs Starlette's traceback of a lifespan task cancelled as the server stops
+    (serve.server.LifespanCancelledAtShutdown): that record alone is dropped, and Starlette and
+    uvicorn still report it that way (else the filter would silently stop working)."""
+    import asyncio
+    import logging
+    import traceback
+
+    import starlette.routing
+    import uvicorn.lifespan.on
+
+    from mnist_lightning.serve.server import LifespanCancelledAtShutdown
+
+    def lifespan(error: BaseException) -> str:  # the text Starlette sends: format_exc()
+        try:
+            raise error
+        except BaseException:
+            return traceback.format_exc()
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, message, None, None)
+
+    kept = LifespanCancelledAtShutdown().filter
+    assert not kept(record(lifespan(asyncio.CancelledError())))
+    assert kept(record(lifespan(RuntimeError("a real failure in the lifespan"))))
+    assert kept(record("Traceback (most recent call last):\n  ... in serve\nCancelledError"))
+    assert kept(record("Exception in ASGI application"))
+    routing = Path(starlette.routing.__file__).read_text()
+    assert '"lifespan.shutdown.failed", "message": exc_text' in routing
+    assert "exc_text = traceback.format_exc()" in routing
+    assert 'self.logger.error(message["message"])' in Path(uvicorn.lifespan.on.__file__).read_text()

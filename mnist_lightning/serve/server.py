@@ -91,6 +91,21 @@ class ManagerGoneAtShutdown(logging.Filter):
         return not (record.msg == self.MESSAGE and isinstance(error, OSError | EOFError))
 
 
+class LifespanCancelledAtShutdown(logging.Filter):
+    """Drops the traceback uvicorn logs when a stop cancels its lifespan task.
+
+    On Ctrl-C, the HTTP server processes stop on their own signal and LitServe stops them too.
+    On some stops the process's event loop ends before its lifespan task is sent the shutdown
+    message: Starlette reports the task's CancelledError as a failed shutdown, and uvicorn logs
+    that traceback as an error, though the server stopped normally (exit code 0, the port
+    freed). tests/test_serve.py fails if Starlette or uvicorn change how it is reported."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cancelled = message.rstrip().endswith("CancelledError") and ", in lifespan\n" in message
+        return not (message.startswith("Traceback") and cancelled)
+
+
 def stop_on_signals() -> None:
     """Ctrl-C and SIGTERM (systemd, Docker, Kubernetes) stop the server the one way LitServe
     shuts down all its processes: a KeyboardInterrupt in the serve command's own process.
@@ -118,6 +133,7 @@ def main(cfg: DictConfig) -> None:
     log.info("on http://%s:%d/ (draw there; POST /predict)", options.host, options.port)
     stop_on_signals()
     logging.getLogger("litserve.server").addFilter(ManagerGoneAtShutdown())
+    logging.getLogger("uvicorn.error").addFilter(LifespanCancelledAtShutdown())
     # The HTTP server processes start from here: as in the model's worker (api.py), no full
     # garbage collection walks the imported objects while requests wait.
     gc.freeze()
