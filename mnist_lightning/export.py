@@ -79,17 +79,22 @@ def export(module: ExportedClassifier, format: str, output: Path) -> Path:
     return write_atomically(output, write)
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="export", version_base="1.3")
-@command
-def main(cfg: DictConfig) -> None:
+def export_checkpoint(cfg: DictConfig) -> Path:
+    """The command: the checkpoint `cfg` names, exported as it says; returns the file written."""
     options: ExportOptions = command_options(ExportOptions, cfg)
     default = Path(cfg.paths.output_dir) / f"model{FORMATS[options.format]}"
     output = check_output(Path(options.output) if options.output else default)
-    path = export(exportable(options.ckpt_path, options.net_target), options.format, output)
+    return export(exportable(options.ckpt_path, options.net_target), options.format, output)
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="export", version_base="1.3")
+@command
+def main(cfg: DictConfig) -> None:
+    path = export_checkpoint(cfg)
     log.info(
         "exported %s model to %s\ninput: images float32 [N, 1, 28, 28] in [0, 1] (white digit on black); "
         "output: logits [N, 10]",
-        options.format,
+        cfg.format,
         path.resolve(),
     )
 

@@ -155,12 +155,10 @@ def test_overrides_beside_resume_are_refused(fixture_data_dir, tmp_path):
     run_dir = tmp_path / "run"
     finished_run(fixture_data_dir, run_dir)
     unfinished(run_dir, 3)
-    result = run_module(
-        "mnist_lightning.train", f"resume={run_dir}", "optimizer.lr=0.5", data_dir=fixture_data_dir
-    )
-    assert result.returncode == 1
-    assert result.stdout.strip().splitlines()[-1] == (
-        f"error: resume continues {run_dir} with its own recorded settings (run_config.yaml); "
+    with pytest.raises(ConfigError) as error:
+        train(compose([f"resume={run_dir}", "optimizer.lr=0.5"], run_dir))
+    assert str(error.value) == (
+        f"resume continues {run_dir} with its own recorded settings (run_config.yaml); "
         "these overrides would change the run: optimizer.lr=0.5. Drop them, or start a new run "
         "with them."
     )

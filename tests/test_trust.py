@@ -18,9 +18,14 @@ import torch
 import yaml
 
 from mnist_lightning.errors import CheckpointError, ConfigError, OutputError
+from mnist_lightning.evaluate import evaluate
+from mnist_lightning.export import export_checkpoint
+from mnist_lightning.predict import predict
+from mnist_lightning.schema import ServeOptions, command_options
+from mnist_lightning.serve.server import build_server
 from mnist_lightning.train import train
 from mnist_lightning.training.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
-from tests.conftest import FAST, compose, free_port, run_module, write_mnist
+from tests.conftest import FAST, compose, run_module, write_mnist
 from tests.test_runs import held_by_another_process, unfinished
 from tests.test_tools import tool_config
 
@@ -67,23 +72,24 @@ def test_code_named_in_a_checkpoint_never_runs(where, trained_run, tmp_path):
     assert not marker.exists()
 
 
+def run_command(command: str, overrides: list[str], output_dir: Path):
+    """A command's work on its composed config, in this process (up to serve's start)."""
+    cfg = tool_config(command, overrides, output_dir)
+    if command == "serve":
+        return build_server(command_options(ServeOptions, cfg))
+    return {"evaluate": evaluate, "predict": predict, "export": export_checkpoint}[command](cfg)
+
+
 @pytest.mark.parametrize("command", ["evaluate", "predict", "export", "serve"])
 def test_every_command_refuses_a_checkpoint_that_names_code(command, trained_run, tmp_path):
     marker = tmp_path / "code_ran"
     path = crafted(
         trained_run, tmp_path, lambda c: CODE_IN_A_HYPERPARAMETER["activation"](c, marker)
     )
-    extra = {"predict": [f"inputs=[{tmp_path}]"], "serve": [f"port={free_port()}"]}.get(command, [])
-    result = run_module(
-        f"mnist_lightning.{command}",
-        f"ckpt_path={path}",
-        *extra,
-        f"hydra.run.dir={tmp_path / 'out'}",
-    )
-    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "Traceback" not in result.stdout + result.stderr
-    last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "is not a checkpoint this project can load" in last
+    extra = {"predict": [f"inputs=[{tmp_path}]"]}.get(command, [])
+    with pytest.raises(CheckpointError) as error:
+        run_command(command, [f"ckpt_path={path}", *extra], tmp_path / "out")
+    assert "is not a checkpoint this project can load" in str(error.value)
     assert not marker.exists()
 
 
@@ -114,7 +120,6 @@ def test_a_checkpoint_cannot_choose_the_test_data_nor_where_it_comes_from(
 ):
     """The checkpoint points at a folder of fake files (every label 1, with their MD5s as the
     expected files) and at a mirror of its own: evaluate tests on the data the command names."""
-    from mnist_lightning.evaluate import evaluate
 
     fake = write_mnist(tmp_path / "fake", train=640, test=160)
     labels = fake / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
@@ -319,40 +324,25 @@ def test_report_reads_a_sweep_folder_as_data(tmp_path, monkeypatch):
 
 
 def test_outputs_never_replace_a_runs_files(trained_run, fixture_data_dir, tmp_path):
-    from mnist_lightning.predict import predict
-
     files = {p: p.read_bytes() for p in trained_run.rglob("*") if p.is_file()}
-    export = run_module(
-        "mnist_lightning.export",
-        f"ckpt_path={trained_run}",
-        f"output={trained_run / 'run_config.yaml'}",
-        f"hydra.run.dir={tmp_path / 'export'}",
-    )
-    assert export.returncode == 1 and export.stdout.strip().splitlines()[-1].startswith(
-        f"error: output={trained_run / 'run_config.yaml'} is inside the run folder {trained_run}"
-    )
+    output = trained_run / "run_config.yaml"
+    with pytest.raises(OutputError, match=f"output={output} is inside the run folder"):
+        run_command("export", [f"ckpt_path={trained_run}", f"output={output}"], tmp_path / "e")
     image = tmp_path / "digit.png"
     shutil.copyfile(Path(__file__).parents[1] / "docs" / "serve.png", image)
-    with pytest.raises(OutputError, match="is inside the run folder"):
-        predict(
-            tool_config(
-                "predict",
-                [
-                    f"ckpt_path={trained_run}",
-                    f"inputs=[{image}]",
-                    f"output={trained_run / 'metrics.json'}",
-                ],
-                tmp_path / "p",
-            )
-        )
-    evaluate = run_module(
+    output = trained_run / "metrics.json"
+    with pytest.raises(OutputError, match=f"output={output} is inside the run folder"):
+        given = [f"ckpt_path={trained_run}", f"inputs=[{image}]", f"output={output}"]
+        run_command("predict", given, tmp_path / "p")
+    # Hydra writes its own files into hydra.run.dir before the command starts: a subprocess.
+    result = run_module(
         "mnist_lightning.evaluate",
         f"ckpt_path={trained_run}",
         f"hydra.run.dir={trained_run}",
         data_dir=fixture_data_dir,
     )
-    assert evaluate.returncode == 1 and "Traceback" not in evaluate.stdout + evaluate.stderr
-    assert f"hydra.run.dir={trained_run} is inside the run folder" in evaluate.stdout
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    assert f"hydra.run.dir={trained_run} is inside the run folder" in result.stdout
     assert {p: p.read_bytes() for p in trained_run.rglob("*") if p.is_file()} == files
 
 
@@ -422,9 +412,6 @@ MISSING_ACCELERATOR = "mps" if torch.cuda.is_available() else "cuda"
 
 def test_an_accelerator_this_machine_lacks_is_one_line_before_any_work(trained_run, tmp_path):
     """evaluate stopped in Lightning's traceback; serve waited for ever for its model's worker."""
-    from mnist_lightning.evaluate import evaluate
-    from mnist_lightning.schema import ServeOptions, command_options
-    from mnist_lightning.serve.server import build_server
 
     given = f"accelerator={MISSING_ACCELERATOR}"
     expected = (
