@@ -325,15 +325,18 @@ def test_report_reads_a_sweep_folder_as_data(tmp_path, monkeypatch):
 
 def test_outputs_never_replace_a_runs_files(trained_run, fixture_data_dir, tmp_path):
     files = {p: p.read_bytes() for p in trained_run.rglob("*") if p.is_file()}
-    output = trained_run / "run_config.yaml"
-    with pytest.raises(OutputError, match=f"output={output} is inside the run folder"):
-        run_command("export", [f"ckpt_path={trained_run}", f"output={output}"], tmp_path / "e")
     image = tmp_path / "digit.png"
     shutil.copyfile(Path(__file__).parents[1] / "docs" / "serve.png", image)
-    output = trained_run / "metrics.json"
-    with pytest.raises(OutputError, match=f"output={output} is inside the run folder"):
-        given = [f"ckpt_path={trained_run}", f"inputs=[{image}]", f"output={output}"]
-        run_command("predict", given, tmp_path / "p")
+    for command, output, extra in (
+        ("export", trained_run / "run_config.yaml", []),
+        ("predict", trained_run / "metrics.json", [f"inputs=[{image}]"]),
+    ):
+        with pytest.raises(OutputError) as error:
+            given = [f"ckpt_path={trained_run}", f"output={output}", *extra]
+            run_command(command, given, tmp_path / command)
+        assert str(error.value).startswith(
+            f"output={output} is inside the run folder {trained_run}"
+        )
     # Hydra writes its own files into hydra.run.dir before the command starts: a subprocess.
     result = run_module(
         "mnist_lightning.evaluate",
