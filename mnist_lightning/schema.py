@@ -362,7 +362,11 @@ class TrainOptions:
 # them, and the fit fails later, after the run's files are written).
 TRAIN_RULES: dict[str, Rule] = {
     "optimizer.lr": number(0, low_open=True),
-    "trainer.max_epochs": whole(1),
+    # Lightning's meanings: null is 1,000 epochs unless max_steps or max_time bounds the run, -1
+    # no limit (0 would train nothing).
+    "trainer.max_epochs": either(
+        whole(1, null=True), Rule(lambda v: v == -1 and type(v) is int, "-1 (no limit)")
+    ),
     "trainer.log_every_n_steps": whole(0),
     "trainer.accumulate_grad_batches": whole(1),
     "trainer.val_check_interval": either(whole(1), number(0, 1, low_open=True, null=True)),

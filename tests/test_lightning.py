@@ -367,3 +367,26 @@ def test_stochastic_weight_averaging_moves_the_rate_and_averages(fixture_data_di
     )
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05)  # from 0.2
     assert swa.n_averaged is not None and int(swa.n_averaged) >= 2  # averaged over epochs
+
+
+@pytest.mark.parametrize("max_epochs", ["-1", "null"])
+def test_no_epoch_limit_trains_until_max_steps(max_epochs, fixture_data_dir, tmp_path, caplog):
+    # Lightning's meanings: -1 is no epoch limit; null is none where max_steps bounds the run. A
+    # loss that stops falling (a tiny rate) must not end it: that is no divergence.
+    overrides = [*SMALL_BATCHES, f"trainer.max_epochs={max_epochs}", "+trainer.max_steps=100"]
+    overrides += ["optimizer.lr=1e-9", "logger=none"]
+    caplog.set_level("INFO", logger="mnist_lightning")
+    metrics = train(compose([f"data.data_dir={fixture_data_dir}", *overrides], tmp_path))
+    # 32 steps an epoch: the fourth is cut short, and counted.
+    assert metrics["global_step"] == 100 and metrics["epochs"] == 4
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 4 and lines[0].startswith("epoch 1  train/loss")  # no "/-1"
+
+
+def test_a_one_cycle_schedule_needs_an_end(fixture_data_dir, tmp_path):
+    cfg = compose(
+        [f"data.data_dir={fixture_data_dir}", "scheduler=onecycle", "trainer.max_epochs=-1"],
+        tmp_path,
+    )
+    with pytest.raises(ConfigError, match=r"^scheduler=onecycle spreads one cycle .* no end"):
+        check(cfg)

@@ -458,8 +458,8 @@ TRAIN_BAD_VALUES = [
         "callbacks.divergence_stop.divergence_threshold=abc: must be a number, or null",
     ),
     ("+data.expected_files=abc", "data.expected_files: no such setting"),
-    # Settings that interpolate a bad one (divergence_stop.patience, the cosine schedule's T_max
-    # repeat trainer.max_epochs) are not reported again.
+    # A setting that interpolates a bad one (the cosine schedule's T_max repeats
+    # trainer.max_epochs) is not reported again.
     ("trainer.max_epochs=abc", "trainer.max_epochs=abc: must be a whole number"),
     ("scheduler=cosine trainer.max_epochs=0", "trainer.max_epochs=0: must be a whole number"),
     # The Trainer's `int | float` settings: Lightning would compare "abc" with 0 in the fit.

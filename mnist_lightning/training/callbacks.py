@@ -130,13 +130,8 @@ class EpochReport(pl.Callback):
                 self.history[name].append(measured.get(name))
         if trainer.is_global_zero:
             shown = "  ".join(f"{name} {value:.4f}" for name, value in measured.items())
-            log.info(
-                "epoch %d/%d  %s  (%.1f s)",
-                trainer.current_epoch + 1,
-                trainer.max_epochs,
-                shown,
-                seconds,
-            )
+            epochs = f"/{trainer.max_epochs}" if trainer.max_epochs > 0 else ""  # -1: no limit
+            log.info("epoch %d%s  %s  (%.1f s)", trainer.current_epoch + 1, epochs, shown, seconds)
 
     def state_dict(self) -> dict:
         now = time.perf_counter()

@@ -82,14 +82,10 @@ def write_results(
     tested_file = folder.path / str(metrics.get("test_checkpoint", ""))
     log_run_files(trainer, folder.path, str(tested_file) if tested_file.is_file() else "")
     finish_runs(trainer)
-    log.info(
-        "test/acc %.4f  test/loss %.4f  epochs %d  time %.1f s  run dir %s",
-        metrics.get("test/acc", float("nan")),
-        metrics.get("test/loss", float("nan")),
-        metrics["epochs"],
-        metrics["fit_seconds"],
-        folder.path,
-    )
+    # No test figures where none were measured (test=false).
+    shown = [f"{k} {metrics[k]:.4f}" for k in ("test/acc", "test/loss") if k in metrics]
+    shown += [f"epochs {metrics['epochs']}", f"time {metrics['fit_seconds']:.1f} s"]
+    log.info("%s  run dir %s", "  ".join(shown), folder.path)
 
 
 def log_hparams(

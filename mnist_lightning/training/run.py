@@ -119,8 +119,9 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
     wrong = {_setting(p) for p in found}  # a range means nothing for a wrong type
     found += [p for p in check_rules(TRAIN_RULES, cfg) if _setting(p) not in wrong]
     found += _monitor_problems(cfg)
-    if problem := _unvalidated_monitor(cfg):
-        found.append(problem)
+    for problem in (_unvalidated_monitor(cfg), _cycle_without_end(cfg)):
+        if problem:
+            found.append(problem)
     wrong = {_setting(p) for p in found}
     found = [p for p in found if not _echoes(cfg, _setting(p), wrong - {_setting(p)})]
     if problem := accelerator_problem("trainer.accelerator", cfg.trainer.get("accelerator")):
@@ -193,6 +194,22 @@ def _unvalidated_monitor(cfg: DictConfig) -> str | None:
             f"{every_epochs}): step the scheduler as often, scheduler.frequency={every_epochs}"
         )
     return None
+
+
+def _cycle_without_end(cfg: DictConfig) -> str | None:
+    """OneCycle spreads its cycle over the run's steps: a run bounded by no step or epoch count
+    (trainer.max_epochs=-1, or null beside max_time) has none, and Lightning's estimate is inf."""
+    if OmegaConf.select(cfg, "scheduler.name") != "onecycle":
+        return None
+    epochs, trainer = cfg.trainer.get("max_epochs"), cfg.trainer
+    unbounded = epochs == -1 or (epochs is None and trainer.get("max_time") is not None)
+    if not unbounded or trainer.get("max_steps", -1) != -1:
+        return None
+    given = "-1" if epochs == -1 else "null beside trainer.max_time"
+    return (
+        f"scheduler=onecycle spreads one cycle over the run's steps, and trainer.max_epochs="
+        f"{given} sets no end: give +trainer.max_steps=N or a number of epochs"
+    )
 
 
 def _named(group: str, overrides: list[str]) -> str:
