@@ -469,6 +469,11 @@ TRAIN_BAD_VALUES = [
     ("scheduler=plateau scheduler.interval=step", "scheduler.monitor=val/acc is measured only"),
     ("scheduler=plateau +trainer.limit_val_batches=0", "scheduler.monitor=val/acc is measured"),
     ("+data.mirror=[x]", "data.mirror: no such setting; did you mean data.mirrors?"),
+    (
+        "+trainer.enable_checkpointing=false ~callbacks.last_checkpoint",
+        "trainer.enable_checkpointing=false beside checkpoint callbacks: remove them too "
+        "(~callbacks.model_checkpoint);",
+    ),
     ("model.net.name=resnet", "model.net.name=resnet: must be one of mlp, cnn"),
     ("model/net=custom", "model.net._target_: missing; name your class"),
     (

@@ -16,7 +16,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from omegaconf import DictConfig, OmegaConf
 
@@ -119,7 +119,7 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
     wrong = {_setting(p) for p in found}  # a range means nothing for a wrong type
     found += [p for p in check_rules(TRAIN_RULES, cfg) if _setting(p) not in wrong]
     found += _monitor_problems(cfg)
-    for problem in (_unvalidated_monitor(cfg), _cycle_without_end(cfg)):
+    for problem in (_unvalidated_monitor(cfg), _cycle_without_end(cfg), _savers_kept(cfg)):
         if problem:
             found.append(problem)
     wrong = {_setting(p) for p in found}
@@ -209,6 +209,27 @@ def _cycle_without_end(cfg: DictConfig) -> str | None:
     return (
         f"scheduler=onecycle spreads one cycle over the run's steps, and trainer.max_epochs="
         f"{given} sets no end: give +trainer.max_steps=N or a number of epochs"
+    )
+
+
+def _savers_kept(cfg: DictConfig) -> str | None:
+    """trainer.enable_checkpointing=false beside conf/'s ModelCheckpoint callbacks, which Lightning
+    refuses without saying what to do."""
+    if cfg.trainer.get("enable_checkpointing", True) is not False:
+        return None
+    savers = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        try:
+            if issubclass(get_class(node._target_), ModelCheckpoint):
+                savers.append(name)
+        except (AttributeError, ImportError, ValueError, TypeError):
+            continue  # not a callback node, or one whose import is reported already
+    if not savers:
+        return None
+    return (
+        f"trainer.enable_checkpointing=false beside checkpoint callbacks: remove them too "
+        f"({' '.join(f'~callbacks.{name}' for name in savers)}); the test set then runs on the "
+        "final weights"
     )
 
 
