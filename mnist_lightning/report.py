@@ -154,16 +154,18 @@ def collect_jobs(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, [o for o in first if o in common]
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, column: str) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
+        if column == "seconds":
+            return f"{value:.2f}"  # as metrics.json keeps them
         return f"{value:.4f}" if value < 10 else f"{value:.1f}"
     return str(value)
 
 
-def _markdown(value: Any) -> str:
-    return " ".join(_cell(value).split()).replace("|", "\\|")  # one line, one cell
+def _markdown(value: Any, column: str) -> str:
+    return " ".join(_cell(value, column).split()).replace("|", "\\|")  # one line, one cell
 
 
 def _label(text: str) -> str:
@@ -172,7 +174,7 @@ def _label(text: str) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_markdown(row.get(c)) for c in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(_markdown(row.get(c), c) for c in COLUMNS) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -235,7 +237,7 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(
-        {k: _cell(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows
+        {k: _cell(v, k) if isinstance(v, float) else v for k, v in r.items()} for r in rows
     )
     write_text_atomically(sweep_dir / "summary.csv", text.getvalue())
     table = markdown_table(rows)

@@ -112,6 +112,7 @@ def test_a_multirun_writes_job_folders_and_a_summary_with_failed_jobs_as_rows(
     for row in ok:
         metrics = json.loads((sweep_dir / row["job"] / "metrics.json").read_text())
         assert float(row["test/acc"]) == pytest.approx(metrics["test/acc"], abs=1e-4)
+        assert row["seconds"] == f"{metrics['fit_seconds']:.2f}"  # as kept, not to 4 places
     failed = [r for r in rows if r["status"] != "ok"]
     assert rows[-2:] == failed  # failed jobs last
     assert all(
