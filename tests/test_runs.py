@@ -107,6 +107,21 @@ def test_a_moved_run_folder_resumes_where_it_is_now(fixture_data_dir, tmp_path):
     assert len(list((moved / "checkpoints").glob("epoch=*.ckpt"))) == 1
 
 
+def test_a_run_bounded_by_max_steps_resumes_from_an_epochs_end(fixture_data_dir, tmp_path):
+    # Lightning restarts such a run at the end of the epoch its checkpoint was saved in, and runs
+    # that end again, without the epoch's metrics: no crash, and no epoch recorded twice.
+    run_dir = tmp_path / "run"
+    finished_run(fixture_data_dir, run_dir, "trainer.max_epochs=-1", "+trainer.max_steps=24")
+    unfinished(run_dir, -1)
+    record = yaml.safe_load((run_dir / "run_config.yaml").read_text())
+    record["settings"]["trainer"]["max_steps"] = 32  # a fourth epoch of 8 steps
+    (run_dir / "run_config.yaml").write_text(yaml.safe_dump(record))
+    metrics = resume(run_dir)
+    assert metrics["global_step"] == 32 and metrics["epochs"] == 4
+    history = metrics["history"]
+    assert len(history["epoch_seconds"]) == 4 and None not in history["train/loss"]
+
+
 def test_each_attempt_of_a_resumed_run_is_an_mlflow_run_with_the_runs_config(
     fixture_data_dir, tmp_path
 ):

@@ -115,6 +115,10 @@ class EpochReport(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After the epoch's validation, so one line holds both.
+        if trainer.current_epoch < len(self.history.get("epoch_seconds", [])):
+            # Recorded already: Lightning runs the end of the epoch a checkpoint was saved in
+            # again when a run bounded by max_steps resumes from it.
+            return
         seconds = time.perf_counter() - self.epoch_started
         measured = {
             name: round(float(trainer.callback_metrics[name]), 6)
