@@ -468,6 +468,11 @@ TRAIN_BAD_VALUES = [
     # A schedule on val/acc where no validation measures it (Lightning's traceback in the fit).
     ("scheduler=plateau scheduler.interval=step", "scheduler.monitor=val/acc is measured only"),
     ("scheduler=plateau +trainer.limit_val_batches=0", "scheduler.monitor=val/acc is measured"),
+    (
+        "scheduler=plateau +trainer.check_val_every_n_epoch=null +trainer.val_check_interval=1000",
+        "scheduler.monitor=val/acc is measured only by a validation, and "
+        "trainer.check_val_every_n_epoch=null validates every N batches across epochs",
+    ),
     ("+data.mirror=[x]", "data.mirror: no such setting; did you mean data.mirrors?"),
     (
         "+trainer.enable_checkpointing=false ~callbacks.last_checkpoint",

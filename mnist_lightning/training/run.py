@@ -176,6 +176,13 @@ def _unvalidated_monitor(cfg: DictConfig) -> str | None:
             "scheduler.monitor=train/loss scheduler.mode=min"
         )
     every_epochs = cfg.trainer.get("check_val_every_n_epoch", 1)
+    if every_epochs is None:  # validation every N batches of the whole run, across epochs
+        return (
+            f"{watching}, and trainer.check_val_every_n_epoch=null validates every N batches "
+            "across epochs, which no schedule's steps follow: validate within epochs "
+            "(trainer.check_val_every_n_epoch=1), or watch a training metric, "
+            "scheduler.monitor=train/loss scheduler.mode=min"
+        )
     frequency = cfg.scheduler.get("frequency") or 1
     if cfg.scheduler.get("interval") == "step":
         # Lightning counts a step schedule's frequency in batches of the epoch.
