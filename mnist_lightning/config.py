@@ -58,16 +58,16 @@ def group_targets(group: DictConfig | None) -> list:
     ]
 
 
-def logger_configs(cfg: DictConfig, logger_class: type) -> list[DictConfig]:
-    """The entries of the config's `logger` group that build a `logger_class` (or a subclass).
-    A `_target_` that does not import is skipped here: building the loggers reports it."""
+def group_configs(cfg: DictConfig, group: str, cls: type) -> list[DictConfig]:
+    """The entries of the config group `group` (`logger`, `callbacks`) that build a `cls` (or a
+    subclass). A `_target_` that does not import is skipped here: the config check reports it."""
     found = []
-    for node in group_targets(cfg.get("logger")):
+    for node in group_targets(cfg.get(group)):
         try:
             target = get_class(node._target_)
         except (ImportError, ValueError):
             continue
-        if isinstance(target, type) and issubclass(target, logger_class):
+        if isinstance(target, type) and issubclass(target, cls):
             found.append(node)
     return found
 

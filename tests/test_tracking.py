@@ -141,21 +141,21 @@ def test_wandb_offline_keeps_the_run_in_its_folder_and_tries_no_network(
     assert {"train/loss", "train/acc", "val/acc", "val/acc_best", "test/acc"} <= history
 
 
-def test_logger_configs_finds_the_loggers_of_a_class_by_their_targets(tmp_path):
+def test_group_configs_finds_the_loggers_of_a_class_by_their_targets(tmp_path):
     from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
 
-    from mnist_lightning.config import logger_configs
+    from mnist_lightning.config import group_configs
 
     cfg = compose(["logger=many", "+logger.typo._target_=no.such.Logger"], tmp_path)
-    assert [n.save_dir for n in logger_configs(cfg, TensorBoardLogger)] == [str(tmp_path)]
-    assert [n._target_ for n in logger_configs(cfg, MLFlowLogger)] == [
+    assert [n.save_dir for n in group_configs(cfg, "logger", TensorBoardLogger)] == [str(tmp_path)]
+    assert [n._target_ for n in group_configs(cfg, "logger", MLFlowLogger)] == [
         "lightning.pytorch.loggers.MLFlowLogger"
     ]
     # Subclasses count; a target that does not import is left to the build to report.
-    assert len(logger_configs(cfg, Logger)) == 3
-    assert logger_configs(compose(["logger=csv"], tmp_path), TensorBoardLogger) == []
-    assert len(logger_configs(compose(["logger=csv"], tmp_path), CSVLogger)) == 1
-    assert logger_configs(compose(["logger=none"], tmp_path), Logger) == []
+    assert len(group_configs(cfg, "logger", Logger)) == 3
+    assert group_configs(compose(["logger=csv"], tmp_path), "logger", TensorBoardLogger) == []
+    assert len(group_configs(compose(["logger=csv"], tmp_path), "logger", CSVLogger)) == 1
+    assert group_configs(compose(["logger=none"], tmp_path), "logger", Logger) == []
 
 
 def test_preparing_a_sweeps_mlflow_store_does_not_load_lightning_into_the_launcher(tmp_path):

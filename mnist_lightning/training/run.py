@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lightning.config import group_targets
+from mnist_lightning.config import group_configs, group_targets
 from mnist_lightning.data.augment import BatchAugment
 from mnist_lightning.errors import ConfigError, TrainingDiverged, UserError, first_line
 from mnist_lightning.models.classifier import LOGGED_METRICS
@@ -208,7 +208,8 @@ def _cycle_without_end(cfg: DictConfig) -> str | None:
     (trainer.max_epochs=-1, or null beside max_time) has none, and Lightning's estimate is inf."""
     if OmegaConf.select(cfg, "scheduler.name") != "onecycle":
         return None
-    epochs, trainer = cfg.trainer.get("max_epochs"), cfg.trainer
+    trainer = cfg.trainer
+    epochs = trainer.get("max_epochs")
     unbounded = epochs == -1 or (epochs is None and trainer.get("max_time") is not None)
     if not unbounded or trainer.get("max_steps", -1) != -1:
         return None
@@ -224,13 +225,9 @@ def _savers_kept(cfg: DictConfig) -> str | None:
     refuses without saying what to do."""
     if cfg.trainer.get("enable_checkpointing", True) is not False:
         return None
-    savers = []
-    for name, node in (cfg.get("callbacks") or {}).items():
-        try:
-            if issubclass(get_class(node._target_), ModelCheckpoint):
-                savers.append(name)
-        except (AttributeError, ImportError, ValueError, TypeError):
-            continue  # not a callback node, or one whose import is reported already
+    found = group_configs(cfg, "callbacks", ModelCheckpoint)
+    callbacks = cfg.get("callbacks") or {}
+    savers = [name for name, node in callbacks.items() if any(node is s for s in found)]
     if not savers:
         return None
     return (

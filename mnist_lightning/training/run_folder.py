@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from mnist_lightning.atomic import write_text_atomically
-from mnist_lightning.config import CONFIG_DIR, logger_configs
+from mnist_lightning.config import CONFIG_DIR, group_configs
 from mnist_lightning.errors import ConfigError, OutputError, UserError, first_line
 from mnist_lightning.schema import RECORD_FORMAT, RunRecord, is_object_config, plain_container
 from mnist_lightning.training.checkpoints import CHECKPOINTS, LAST
@@ -359,7 +359,7 @@ class RunFolder:
     def forget_logged_after(self, cfg: DictConfig, step: int) -> list[dict[str, Any]]:
         """Before a run continues from `step`: TensorBoard hides what the killed attempt wrote
         after it (`purge_step`); the CSV log's earlier rows are returned, for `log_again`."""
-        for node in logger_configs(cfg, TensorBoardLogger):
+        for node in group_configs(cfg, "logger", TensorBoardLogger):
             node.purge_step = step
         csv_log = self.path / "metrics.csv"
         if not csv_log.is_file():

@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lightning.config import logger_configs
+from mnist_lightning.config import group_configs
 
 # The files of a run folder worth keeping beside a tracker's run, when they exist.
 RUN_FILES = (
@@ -26,7 +26,7 @@ def keep_offline_runs_offline(cfg: DictConfig) -> None:
     """An offline W&B run sends nothing at all: without this, wandb's service process still
     reports its own errors and telemetry over the network. Set WANDB_ERROR_REPORTING to decide
     otherwise."""
-    if any(node.get("offline") for node in logger_configs(cfg, WandbLogger)):
+    if any(node.get("offline") for node in group_configs(cfg, "logger", WandbLogger)):
         os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 
 
