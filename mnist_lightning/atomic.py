@@ -1,10 +1,13 @@
 """Files written whole or not at all: a temporary file in the target's own folder, renamed into
 place. A rename within one folder is atomic, so a kill or a full disk never leaves a
-half-written file under a final name, whatever filesystem the system's temp folder is on."""
+half-written file under a final name, whatever filesystem the system's temp folder is on. The
+temporary file is created afresh (O_EXCL) and the rename replaces whatever held the name, a
+link included: a write never follows a link out of its folder."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,15 +21,20 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
     the folder, and the temporary file is removed.
     """
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide results from the user's group
+        os.close(fd)
+        temporary = Path(name)
         write(temporary)
         with temporary.open("rb+") as f:
             os.fsync(f.fileno())  # on disk before the rename makes it the file
         os.replace(temporary, path)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
         reason = error.strerror or str(error)
         raise OutputError(
             f"cannot write {path.name} in {path.parent} ({reason}); free some space there or fix "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,6 +12,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RUN_CONFIG = "run_config.yaml"  # a run's record: the file that makes a folder a run folder
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
 
 
@@ -21,13 +23,21 @@ def conf_option(group: str, name: str) -> dict:
     return {k: v for k, v in OmegaConf.to_container(node).items() if k != "defaults"}
 
 
+def hydra_quoted(text: str) -> str:
+    """`text` as a quoted value of a Hydra override that means exactly `text`, whatever it holds
+    (a run folder's name with `( ) [ ] , = ' # ~ { }` or `${x}`). Hydra's grammar has no public
+    function for it: quotes and `${` are escaped, and the backslashes before them doubled."""
+    text = re.sub(r"(\\+)(?='|\$\{|$)", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
+
+
 def _on_terminal(value=True, otherwise=None):
     """`value` when the output is a terminal, else `otherwise`: a progress bar redrawn into a
     log file floods it, and one that is switched off still costs a callback call every step."""
     return value if sys.stdout.isatty() else otherwise
 
 
-def _run_dir(resume, ckpt_path, new_dir: str) -> str:
+def run_dir(resume, ckpt_path, new_dir: str) -> str:
     """A resumed run continues in its own folder; anything else gets a new one."""
     if resume:
         return str(Path(str(resume)).expanduser().resolve())
@@ -39,6 +49,13 @@ def _run_dir(resume, ckpt_path, new_dir: str) -> str:
             else checkpoint.parent
         )
     return new_dir
+
+
+def _hydra_record(output_dir: str, subdir: str = ".hydra") -> str | None:
+    """Hydra's record of the command (`.hydra/`), written only into a folder that holds no run
+    yet: a resumed run, or a sweep's job run again, keeps the record of the command that
+    started it, even when this command is refused."""
+    return None if (Path(output_dir) / RUN_CONFIG).is_file() else subdir
 
 
 def _run_name(output_dir: str) -> str:
@@ -75,8 +92,9 @@ def group_configs(cfg: DictConfig, group: str, cls: type) -> list[DictConfig]:
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("on_terminal", _on_terminal, replace=True)
-    OmegaConf.register_new_resolver("run_dir", _run_dir, replace=True)
+    OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
     OmegaConf.register_new_resolver("run_name", _run_name, replace=True)
+    OmegaConf.register_new_resolver("hydra_record", _hydra_record, replace=True)
 
 
 register_resolvers()

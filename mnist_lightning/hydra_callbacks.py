@@ -15,16 +15,17 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mnist_lightning.config import group_targets
-from mnist_lightning.errors import UserError
-from mnist_lightning.training.folders import (
-    RUN_CONFIG,
+from mnist_lightning.config import group_targets, run_dir
+from mnist_lightning.doors.folders import (
     FolderLock,
     already_holds_a_run,
+    check_resume,
     refuse_inside_a_run,
+    refuse_links,
     run_folder_of,
     writable,
 )
+from mnist_lightning.errors import UserError
 
 
 def _rank_zero() -> bool:
@@ -34,15 +35,19 @@ def _rank_zero() -> bool:
 
 class LockRunFolder(Callback):
     """Take the command's folder before Hydra writes anything into it (its `.hydra/` record and
-    log file): a folder in use by another command, one that cannot be written, or, for a new
-    run or any other command, a folder that holds a run, is refused in one line, and nothing is
-    written. `resume=` takes the run's own folder; a sweep takes its sweep folder."""
+    log file): a folder that holds a link, one in use by another command, one that cannot be
+    written, or, for a new run or any other command, a folder that holds a run, is refused in
+    one line, and nothing is written. `resume=` takes the run's own folder once its record and
+    the command's overrides are checked (the folder door, doors/folders.py); a sweep takes its
+    sweep folder."""
 
     def __init__(self, command: str = "train") -> None:
         self.command = command
         self.lock: FolderLock | None = None
 
-    def _take(self, folder: Path, kind: str) -> None:
+    def _take(
+        self, folder: Path, kind: str, overrides: list[str], output_dir: Path | None = None
+    ) -> None:
         """`kind`: "new" (a new run, or another command's folder), "resume" or "sweep"."""
         if not _rank_zero():
             return
@@ -50,12 +55,12 @@ class LockRunFolder(Callback):
             is_a_run = run_folder_of(folder) == folder.resolve()
             if kind == "new" and self.command == "train" and is_a_run:
                 raise already_holds_a_run(folder)
+            setting = {"sweep": "hydra.sweep.dir", "new": "hydra.run.dir"}.get(kind, "resume")
             if kind in ("new", "sweep"):
-                refuse_inside_a_run(
-                    folder, "hydra.sweep.dir" if kind == "sweep" else "hydra.run.dir"
-                )
-            elif not (folder / RUN_CONFIG).is_file():
-                return  # not a run folder: the train command says so in its own words
+                refuse_inside_a_run(folder, setting)
+                refuse_links(folder, setting)
+            else:
+                check_resume(folder.resolve(), overrides, output_dir)
             writable(folder)
             self.lock = FolderLock(folder).__enter__()
         except UserError as error:
@@ -71,13 +76,18 @@ class LockRunFolder(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # (Only train's resume= and ckpt_path= continue a run; evaluate's ckpt_path= reads one.)
         resuming = self.command == "train" and (config.get("resume") or config.get("ckpt_path"))
-        self._take(Path(config.hydra.run.dir), "resume" if resuming else "new")
+        overrides = list(config.hydra.overrides.task)
+        if resuming:  # the run's own folder, whatever hydra.run.dir says (refused beside it)
+            folder = Path(run_dir(config.get("resume"), config.get("ckpt_path"), ""))
+            self._take(folder, "resume", overrides, Path(config.hydra.run.dir))
+        else:
+            self._take(Path(config.hydra.run.dir), "new", overrides)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._release()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._take(Path(config.hydra.sweep.dir), "sweep")
+        self._take(Path(config.hydra.sweep.dir), "sweep", [])
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._release()

@@ -221,6 +221,38 @@ def settings_schema(cls: type) -> tuple[type, bool]:
     return dataclasses.make_dataclass(f"{cls.__name__}Settings", fields), open_ended
 
 
+def _admits_plain(annotation: Any) -> bool:
+    """Whether a value of this type may be a name or a number (or a list of them)."""
+    if annotation in (*_PLAIN_TYPES, type(None), Any):
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _admits_plain(args[0])
+    if origin is typing.Literal:
+        return any(a is None or isinstance(a, _PLAIN_TYPES) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits_plain(a) for a in args)
+    if origin in (list, tuple, collections.abc.Sequence):
+        return all(a is Ellipsis or _admits_plain(a) for a in args)
+    return False
+
+
+def takes_plain_value(cls: type, key: str) -> bool:
+    """Whether `cls`'s constructor takes `key` as a name or a number (or a list of them): a
+    setting that a value read back from a file may set."""
+    parameter = inspect.signature(cls).parameters.get(key)
+    if parameter is None or parameter.kind not in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    ):
+        return False
+    try:
+        hints = typing.get_type_hints(cls.__init__, include_extras=True)
+    except Exception:  # noqa: BLE001 - a forward reference that does not resolve: not known
+        return False
+    return _admits_plain(hints.get(key, Any))
+
+
 # --- checking -------------------------------------------------------------------------------
 
 _DESCRIBED = {

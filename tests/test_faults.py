@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mnist_lightning.data import mnist_files, preprocess
+from mnist_lightning.doors.folders import writable
 from mnist_lightning.errors import ConfigError, MNISTDataError, TrainingDiverged, UserError
 from mnist_lightning.train import train
-from mnist_lightning.training.folders import writable
 from tests.conftest import FAST, compose, run_module, start_training
 
 

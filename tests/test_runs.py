@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
+from mnist_lightning.doors.folders import FileRefused, FolderLock
 from mnist_lightning.errors import CheckpointError, ConfigError, OutputError
 from mnist_lightning.train import train
-from mnist_lightning.training.folders import FolderLock
 from tests.conftest import FAST, compose, run_module, start_training
 from tests.test_tracking import mlflow_overrides, mlflow_runs
 
@@ -51,7 +51,7 @@ def held_by_another_process(folder: Path):
     """The folder's lock, held by another process for as long as the block runs."""
     script = (
         "import sys, time\n"
-        "from mnist_lightning.training.folders import FolderLock\n"
+        "from mnist_lightning.doors.folders import FileRefused, FolderLock\n"
         "with FolderLock(sys.argv[1]):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(120)\n"
@@ -160,7 +160,7 @@ def test_a_crafted_run_config_cannot_name_code_to_run(fixture_data_dir, tmp_path
     }
     (run_dir / "run_config.yaml").write_text(yaml.safe_dump(record))
     with pytest.raises(
-        ConfigError, match="settings.callbacks.evil._target_: not a setting a record may hold"
+        FileRefused, match="settings.callbacks.evil._target_: not a setting a record may hold"
     ):
         resume(run_dir)
     assert victim.read_text() == "keep me"

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from mnist_lightning.doors.folders import FileRefused
 from mnist_lightning.errors import CheckpointError, ConfigError, OutputError
 from mnist_lightning.evaluate import evaluate
 from mnist_lightning.export import export_checkpoint
@@ -163,7 +164,8 @@ def test_a_checkpoint_cannot_make_resume_delete_or_write_outside_the_run(
     fixture_data_dir, tmp_path, caplog
 ):
     run_dir = tmp_path / "run"
-    finished(fixture_data_dir, run_dir)
+    # The command line may drop the config's plugins: the run's own checkpoint plugin stays.
+    finished(fixture_data_dir, run_dir, "++trainer.plugins=[]")
     unfinished(run_dir, 4)
     victim = tmp_path / "precious"
     victim.mkdir()
@@ -171,11 +173,14 @@ def test_a_checkpoint_cannot_make_resume_delete_or_write_outside_the_run(
     last = run_dir / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
     escape = str(run_dir / "checkpoints" / ".." / ".." / "precious")
-    for state in checkpoint["callbacks"].values():
+    for n, state in enumerate(checkpoint["callbacks"].values()):
         if "best_model_path" in state:
+            escape = escape if n % 2 else f"local://{victim}"  # fsspec's name for the same folder
             state.update(best_model_path=escape, kth_best_model_path=escape, last_model_path=escape)
             state["best_k_models"] = {escape: torch.tensor(0.0)}
             state["dirpath"] = str(tmp_path / "elsewhere")
+            if not n % 2:
+                del state["dirpath"]
     torch.save(checkpoint, last)
     metrics = resume(run_dir, fixture_data_dir)
     assert (victim / "thesis.txt").read_text() == "years of work"
@@ -214,6 +219,14 @@ HOSTILE_RECORDS = {
         lambda r, t: r["settings"]["trainer"].update(precision="${oc.env:HOME}"),
         "settings.trainer.precision='${oc.env:HOME}': not a name",
     ),
+    "the checkpoint plugin taken away": (
+        lambda r, t: r["settings"]["trainer"].update(plugins=[]),
+        "settings.trainer.plugins: a part of the config, not a setting",
+    ),
+    "a callback taken away": (
+        lambda r, t: r["settings"]["callbacks"].update(graceful_interrupt=None),
+        "settings.callbacks.graceful_interrupt: not a setting of the run's config",
+    ),
     "an earlier version's record": (
         lambda r, t: r.update(format=1),
         "is not a run record of this version of the project",
@@ -231,7 +244,7 @@ def test_a_run_config_that_names_places_or_code_is_refused(case, fixture_data_di
     change(record, tmp_path / "elsewhere")
     (run_dir / "run_config.yaml").write_text(yaml.safe_dump(record))
     before = sorted(p.name for p in run_dir.rglob("*"))
-    with pytest.raises(ConfigError, match="refusing to resume|start a new run") as error:
+    with pytest.raises(FileRefused, match="refusing to resume|start a new run") as error:
         resume(run_dir, fixture_data_dir)
     assert expected in str(error.value) and "\n" not in str(error.value)
     assert sorted(p.name for p in run_dir.rglob("*")) == before

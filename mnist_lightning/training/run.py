@@ -40,7 +40,7 @@ from mnist_lightning.schema import (
     plain_container,
     problems,
 )
-from mnist_lightning.training.checkpoints import read_checkpoint
+from mnist_lightning.training.checkpoints import CHECKPOINTS, RunCheckpointIO, read_checkpoint
 from mnist_lightning.training.tracking import keep_offline_runs_offline
 
 log = logging.getLogger(__name__)
@@ -306,9 +306,20 @@ def build(cfg: DictConfig, overrides: list[str] = ()):
         callbacks = [instantiate(node) for node in group_targets(cfg.get("callbacks"))]
     with building("trainer", overrides):
         trainer = instantiate(
-            cfg.trainer, logger=loggers or False, callbacks=callbacks, _convert_="all"
+            cfg.trainer,
+            logger=loggers or False,
+            callbacks=callbacks,
+            plugins=[*instantiate(cfg.trainer.get("plugins") or []), run_checkpoint_io(cfg)],
+            _convert_="all",
         )
     return datamodule, model, trainer
+
+
+def run_checkpoint_io(cfg: DictConfig) -> RunCheckpointIO:
+    """The plugin through which Lightning writes, reads and removes the run's checkpoints: always
+    there, whatever the config says, so that no checkpoint read back can make it write or delete
+    outside the run (training/checkpoints.py)."""
+    return RunCheckpointIO(Path(cfg.paths.output_dir) / CHECKPOINTS)
 
 
 # --- fit and test ---------------------------------------------------------------------------

@@ -9,10 +9,7 @@ as it is now and from the command.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import re
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,66 +20,46 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import get_class
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from mnist_lightning.atomic import write_text_atomically
-from mnist_lightning.config import CONFIG_DIR, group_configs
-from mnist_lightning.errors import ConfigError, OutputError, UserError, first_line
-from mnist_lightning.schema import RECORD_FORMAT, RunRecord, is_object_config, plain_container
-from mnist_lightning.training.checkpoints import CHECKPOINTS, LAST
-from mnist_lightning.training.folders import (
+from mnist_lightning.config import CONFIG_DIR, group_configs, hydra_quoted, run_dir
+from mnist_lightning.data.augment import BatchAugment
+from mnist_lightning.doors.folders import (
+    NOT_SETTINGS,
+    PARTS,
+    PLACES,
+    RECORD_FORMAT,
+    RECORDED_GROUPS,
     RUN_CONFIG,
+    FileRefused,
     FolderLock,
+    RunRecord,
     already_holds_a_run,
+    check_resume,
+    choice_override,
+    given,
+    read_csv_rows,
+    read_json,
+    read_record,
+    refuse_links,
+    removed_parts,
     run_folder_of,
+    typed_targets,
 )
+from mnist_lightning.errors import ConfigError, OutputError, UserError, first_line
+from mnist_lightning.models.networks import NETWORKS
+from mnist_lightning.models.optim import OPTIMIZERS, SCHEDULERS
+from mnist_lightning.schema import is_object_config, plain_container, takes_plain_value
+from mnist_lightning.training.checkpoints import CHECKPOINTS, LAST
 
 log = logging.getLogger(__name__)
 
 METRICS = "metrics.json"
-# The config groups whose option a record keeps: what composing the run again needs.
-RECORDED_GROUPS = (
-    "data",
-    "augment",
-    "model",
-    "model/net",
-    "optimizer",
-    "scheduler",
-    "trainer",
-    "callbacks",
-    "logger",
-    "experiment",
-    "gradient_descent",
-    "debug",
-)
-# Settings that say where things are or come from. They are derived again by every command
-# (from the folder, the environment and the command line) and never kept in a record.
-PLACES = frozenset(
-    {
-        "data_dir",
-        "download",
-        "mirrors",
-        "dirpath",
-        "filename",
-        "output_dir",
-        "save_dir",
-        "default_root_dir",
-        "tracking_uri",
-        "artifact_location",
-        "log_dir",
-        "root_dir",
-    }
-)
-# Top-level parts of the config that are not the run's settings: places, the command's own.
-NOT_SETTINGS = ("paths", "logger", "hydra", "resume", "ckpt_path")
-# What may be given beside resume=: where the data and the trackers are, and the classes of your
-# own the run was started with (named again, as only a command line can).
-RESUME_KEYS = ("resume", "ckpt_path", "data.data_dir", "data.download", "data.mirrors")
-RESUME_PREFIXES = ("logger.", "paths.", "hydra.")
-A_NAME = re.compile(r"[\w.+\-]*(/[\w.+\-]+)?")  # relu, 32-true, val/acc: never a path or URL
 
 
 def is_rank_zero() -> bool:
@@ -107,20 +84,6 @@ def hydra_part(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any], list[str], 
     return cfg, choices, overrides, hydra_cfg.mode == RunMode.MULTIRUN
 
 
-def _given(overrides: list[str]) -> dict[str, str]:
-    """`key=value` overrides by key (`+`/`++` aside)."""
-    given = {}
-    for override in overrides:
-        key, _, value = override.partition("=")
-        given[key.lstrip("+")] = value
-    return given
-
-
-def typed_targets(overrides: list[str]) -> dict[str, str]:
-    """The classes the command line names: its `..._target_=...` overrides."""
-    return {k: v for k, v in _given(overrides).items() if k.endswith("_target_")}
-
-
 def settings_of(cfg: DictConfig) -> dict[str, Any]:
     """The run's settings as names and numbers: the config without places, code (`_target_`,
     the objects Hydra builds) and the command's own options."""
@@ -130,7 +93,10 @@ def settings_of(cfg: DictConfig) -> dict[str, Any]:
             return {
                 k: keep(v)
                 for k, v in node.items()
-                if not k.startswith("_") and k not in PLACES and not is_object_config(v)
+                if not k.startswith("_")
+                and k not in PLACES
+                and k not in PARTS
+                and not is_object_config(v)
             }
         return node
 
@@ -144,26 +110,6 @@ def settings_of(cfg: DictConfig) -> dict[str, Any]:
     if is_object_config(net):  # a network of your own: its settings (its class is typed again)
         settings["model"]["net"] = keep(net)
     return settings
-
-
-def _record_problems(node: Any, where: str) -> list[str]:
-    """Names and numbers only: no Hydra keys, no places, no text that could be a path or URL."""
-    if isinstance(node, dict):
-        found = []
-        for key, value in node.items():
-            name = f"{where}.{key}" if where else str(key)
-            if not isinstance(key, str) or key.startswith("_") or key in PLACES:
-                found.append(f"{name}: not a setting a record may hold")
-            else:
-                found += _record_problems(value, name)
-        return found
-    if isinstance(node, list):
-        return [p for i, v in enumerate(node) for p in _record_problems(v, f"{where}[{i}]")]
-    if isinstance(node, str) and (".." in node or not A_NAME.fullmatch(node)):
-        return [f"{where}={node!r}: not a name"]
-    if node is None or isinstance(node, bool | int | float | str):
-        return []
-    return [f"{where}: not a name or a number"]
 
 
 def compose_train(overrides: list[str]) -> DictConfig:
@@ -199,19 +145,26 @@ class RunFolder:
 
         `resume=`/`ckpt_path=` continue the run with its recorded settings; a sweep run again in
         the same folder continues its killed jobs. A new run refuses a folder that holds a run,
-        or one inside a run's folder.
+        or one inside a run's folder; any folder that holds a link is refused (the door).
         """
         cfg, self.choices, self.overrides, multirun = hydra_part(cfg)
         overrides = self.overrides
         if cfg.get("resume") or cfg.get("ckpt_path"):
+            if is_rank_zero():
+                resumed = Path(run_dir(cfg.get("resume"), cfg.get("ckpt_path"), ""))
+                record = check_resume(resumed, overrides, self.path)
+            else:
+                record = self.read_record()
             checkpoint = self._resume_point(cfg)
-            return self._recomposed(overrides), checkpoint
+            return self._recomposed(record, overrides), checkpoint
         enclosing = run_folder_of(self.path.parent)
         if enclosing is not None:
             raise OutputError(
                 f"{self.path} is inside the run folder {enclosing}; choose a folder of its "
                 "own (hydra.run.dir=<folder>)."
             )
+        if is_rank_zero():
+            refuse_links(self.path, "hydra.run.dir")
         if not self.holds_a_run() or not is_rank_zero():
             return cfg, None  # (DDP's other processes start once rank zero wrote the record)
         if not multirun:
@@ -232,10 +185,6 @@ class RunFolder:
                 raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
         else:
             checkpoint = self.checkpoints / LAST
-        if not self.holds_a_run():
-            raise UserError(
-                f"resume={self.path}: not a run folder of this project (no {RUN_CONFIG})"
-            )
         if not checkpoint.is_file():
             raise UserError(
                 f"resume={self.path}: it has no {CHECKPOINTS}/{LAST}; the run stopped before its "
@@ -243,90 +192,43 @@ class RunFolder:
             )
         return checkpoint
 
-    def _recomposed(self, overrides: list[str]) -> DictConfig:
-        """The run's config again: conf/ with the recorded choices, the command's places and
-        classes, then the recorded settings."""
-        given = _given(overrides)
-        refused = [
-            f"{k}={v}"
-            for k, v in given.items()
-            if k not in RESUME_KEYS
-            and not k.startswith(RESUME_PREFIXES)
-            and k not in typed_targets(overrides)
-        ]
-        if refused:
-            raise ConfigError(
-                f"resume continues {self.path} with its own recorded settings ({RUN_CONFIG}); "
-                f"these overrides would change the run: {' '.join(refused)}. Drop them, or start "
-                "a new run with them."
-            )
-        record = self.read_record()
-        named = typed_targets(overrides)
-        if named != record.typed_targets:
-            needed = " ".join(f"++{k}={v}" for k, v in record.typed_targets.items())
-            raise ConfigError(
-                f"{self.path} was started with classes of your own; resume it naming the same ones "
-                f"(code runs only where you name it): python -m mnist_lightning.train "
-                f"resume={self.path} {needed}".rstrip()
-            )
-        places = [
+    def _recomposed(self, record: RunRecord, overrides: list[str]) -> DictConfig:
+        """The run's config again: conf/ with the recorded choices, the command's places, classes
+        and removed parts, then the recorded settings, each a value of a setting that the
+        composed config holds or that its class takes: nothing read back replaces, adds or
+        removes a part of the config (a callback, a logger, a plugin, their lists)."""
+        command = [
             o
             for o in overrides
             if o.split("=", 1)[0].lstrip("+") not in ("resume", "ckpt_path")
             and not o.startswith("hydra.")
         ]
-        choices = [f"{group}={option}" for group, option in record.choices.items() if option]
+        choices = [choice_override(g, option) for g, option in record.choices.items() if option]
         recomposed, *_ = hydra_part(
-            compose_train([*choices, *places, f"paths.output_dir={self.path}"])
+            compose_train([*choices, *command, f"paths.output_dir={hydra_quoted(str(self.path))}"])
         )
-        settings = OmegaConf.create(record.settings)
+        problems = []
         with open_dict(recomposed):
-            recorded_callbacks = settings.pop("callbacks", {})
-            callbacks = recomposed.get("callbacks") or {}
-            for name in [n for n, node in callbacks.items() if is_object_config(node)]:
-                if name not in recorded_callbacks:
-                    del callbacks[name]  # removed when the run started (~callbacks.<name>)
-            try:
-                merged = OmegaConf.merge(recomposed, settings, {"callbacks": recorded_callbacks})
-            except OmegaConfBaseException as error:
-                raise ConfigError(f"{self.record_file}: {first_line(error)}") from None
-        return merged
+            for path, value in _leaves(record.settings):
+                problem = _setting_problem(recomposed, path)
+                if problem:
+                    problems.append(f"settings.{'.'.join(path)}: {problem}")
+                    continue
+                parent = OmegaConf.select(recomposed, ".".join(path[:-1])) if path[:-1] else None
+                target = recomposed if parent is None else parent
+                try:
+                    target[path[-1]] = value
+                except OmegaConfBaseException as error:
+                    problems.append(f"settings.{'.'.join(path)}: {first_line(error)}")
+        if problems:
+            raise FileRefused(f"{self.record_file}: {problems[0]}; refusing to resume from it.")
+        OmegaConf.set_struct(recomposed, False)  # as a merged config: the run adds its own keys
+        return recomposed
 
     # --- the record -----------------------------------------------------------------------------
 
     def read_record(self) -> RunRecord:
-        """run_config.yaml, checked: its structure (schema.RunRecord), its choices against conf/,
-        its settings as names and numbers (typed and ranged later, with the whole config)."""
-        try:
-            loaded = yaml.safe_load(self.record_file.read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(
-                f"{self.record_file} cannot be read ({first_line(error)}); start a new run instead."
-            ) from None
-        if not isinstance(loaded, dict) or loaded.get("format") != RECORD_FORMAT:
-            raise ConfigError(
-                f"{self.record_file} is not a run record of this version of the project; "
-                "start a new run instead (checkpoints of earlier runs still load in evaluate, "
-                "predict, export and serve)."
-            )
-        problems = _record_problems(loaded.get("settings"), "settings")
-        problems += _record_problems(loaded.get("choices"), "choices")
-        try:
-            record = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunRecord), loaded))
-        except OmegaConfBaseException as error:
-            problems.append(first_line(error))
-            record = None
-        if record is not None:
-            for group, option in record.choices.items():
-                if group not in RECORDED_GROUPS:
-                    problems.append(f"choices.{group}: not a config group a record keeps")
-                elif option and not _is_option(group, option):
-                    problems.append(f"choices.{group}={option}: conf/{group}/ has no such option")
-            for key in sorted(set(record.settings) & set(NOT_SETTINGS)):
-                problems.append(f"settings.{key}: not a setting a record may hold")
-        if problems:
-            raise ConfigError(f"{self.record_file}: {problems[0]}; refusing to resume from it.")
-        return record
+        return read_record(self.path)
 
     def save_record(self, cfg: DictConfig) -> None:
         """Write run_config.yaml: what `resume=` continues with (rank zero's to write)."""
@@ -334,24 +236,29 @@ class RunFolder:
             return
         choices, overrides = self.choices, self.overrides
         recorded = {group: choices.get(group) for group in RECORDED_GROUPS}
-        if "logger" not in choices:  # a list of loggers: logger=[tensorboard,csv]
-            recorded["logger"] = _given(overrides).get("logger")
+        if "logger" not in choices and given(overrides).get("logger"):  # logger=[tensorboard,csv]
+            listed = given(overrides)["logger"].strip("[]").split(",")
+            recorded["logger"] = [name.strip() for name in listed if name.strip()]
         record = RunRecord(
+            format=RECORD_FORMAT,
             choices=recorded,
             settings=settings_of(cfg),
             typed_targets=typed_targets(overrides),
+            removed=removed_parts(overrides),
             overrides=overrides,
         )
-        text = OmegaConf.to_yaml(OmegaConf.structured(record))
+        text = yaml.safe_dump(record.model_dump(), sort_keys=False)
         header = "# What this run is (resume=<this folder> continues it); read back as data.\n"
         write_text_atomically(self.record_file, header + text)
 
     def finished_metrics(self) -> dict | None:
         """The results of a run that already finished in this folder, or None."""
-        try:
-            metrics = json.loads(self.metrics_file.read_text())
-        except (OSError, ValueError):
+        if not self.metrics_file.is_file():
             return None
+        try:
+            metrics = read_json(self.metrics_file)
+        except FileRefused:
+            return None  # not whole: the run goes on and writes it again
         return metrics if isinstance(metrics, dict) else None
 
     # --- logs of a resumed run -----------------------------------------------------------------
@@ -364,12 +271,12 @@ class RunFolder:
         csv_log = self.path / "metrics.csv"
         if not csv_log.is_file():
             return []
-        with csv_log.open(newline="") as f:
-            rows = [
-                {k: _number(v) for k, v in row.items() if v not in ("", None)}
-                for row in csv.DictReader(f)
-                if row.get("step", "").isdigit() and int(row["step"]) < step
-            ]
+        rows = []
+        for row in read_csv_rows(csv_log):
+            if not (row.get("step", "").isdigit() and int(row["step"]) < step):
+                continue
+            values = {k: _number(v) for k, v in row.items() if v}
+            rows.append({k: v for k, v in values.items() if v is not None})
         return rows
 
     def log_again(self, loggers: list, rows: list[dict[str, Any]]) -> None:
@@ -386,14 +293,58 @@ class RunFolder:
             logger.save()
 
 
-def _number(text: str) -> int | float:
-    return int(text) if text.lstrip("-").isdigit() else float(text)
+def _number(text: str) -> int | float | None:
+    """A CSV cell as the number it was logged as; None for one that is not a number."""
+    try:
+        return int(text) if text.lstrip("-").isdigit() else float(text)
+    except ValueError:
+        return None
 
 
-def _is_option(group: str, option: str) -> bool:
-    names = option.strip("[]").split(",") if group == "logger" else [option]
-    return all(
-        re.fullmatch(r"\w+", n.strip())
-        and (Path(CONFIG_DIR) / group / f"{n.strip()}.yaml").is_file()
-        for n in names
-    )
+def _leaves(node: dict[str, Any], path: tuple[str, ...] = ()):
+    """(path, value) of every value in nested settings (a list is one value; an empty mapping
+    sets nothing)."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, (*path, key))
+        else:
+            yield (*path, key), value
+
+
+def _settings_class(parent_path: str, parent: Any) -> type | None:
+    """The class whose settings the config node at `parent_path` is: its `_target_`, or the
+    network, optimizer, scheduler or augmentation its name says; None for any other node."""
+    if not isinstance(parent, DictConfig) or not parent_path:
+        return None
+    if "_target_" in parent:  # (a class of conf/'s, or one the command line names)
+        try:
+            return get_class(parent._target_)
+        except (ImportError, ValueError):
+            return None
+    named = {"model.net": NETWORKS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS}
+    if parent_path in named:
+        return named[parent_path].get(parent.get("name"))
+    return BatchAugment if parent_path == "augment" else None
+
+
+def _setting_problem(cfg: DictConfig, path: tuple[str, ...]) -> str | None:
+    """Why a recorded value may not go at `path` of the composed config, or None. It must be a
+    setting of a settings node (the command's own options, or a class's settings): one the
+    config holds as a plain value, or one the node's class takes as a plain value; never a part
+    (a callback, a logger, a node of settings, an object config or a list of them, a parameter
+    that takes objects such as the Trainer's plugins)."""
+    parent_path, key = ".".join(path[:-1]), path[-1]
+    parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
+    cls = _settings_class(parent_path, parent)
+    if not isinstance(parent, DictConfig) or (parent_path and cls is None):
+        return "not a setting of the run's config"
+    if key in PARTS:
+        return "a part of the config, not a setting; a record cannot replace it"
+    if key in parent:
+        current = OmegaConf.select(parent, key, throw_on_resolution_failure=False)
+        if isinstance(current, DictConfig) or is_object_config(current):
+            return "a part of the config, not a setting; a record cannot replace it"
+        return None
+    if cls is None or not takes_plain_value(cls, key):
+        return "not a setting of the run's config"
+    return None

@@ -1,0 +1,270 @@
+"""Each door, fuzzed: generated hostile input can only end in one line (a UserError) or a 4xx,
+nothing outside the folder changes, and nothing read back replaces a part of the config.
+
+Example counts (README, "What is trusted") are kept small enough for `make test`'s budget."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mnist_lightning.doors.folders import (
+    FileRefused,
+    check_resume,
+    read_csv_rows,
+    read_json,
+    read_yaml,
+    refuse_links,
+)
+from mnist_lightning.errors import UserError
+from mnist_lightning.training.run_folder import RunFolder
+from tests.conftest import ROOT, compose
+
+FUZZ = settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def one_line(error: BaseException) -> bool:
+    return bool(str(error)) and "\n" not in str(error)
+
+
+@pytest.fixture
+def run_folder(trained_run, tmp_path) -> Path:
+    """A copy of a finished run's folder, without its results (as a killed run leaves it)."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    (copy / "metrics.json").unlink()
+    return copy
+
+
+def fresh_copy(run_folder: Path) -> Path:
+    """A copy of `run_folder` in a new temporary folder beside it (one per generated example)."""
+    copy = Path(tempfile.mkdtemp(dir=run_folder.parent)) / "run"
+    shutil.copytree(run_folder, copy, ignore=shutil.ignore_patterns("epoch=*.ckpt", "*.png"))
+    return copy
+
+
+def outside_state(folder: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+# --- run and sweep folders ----------------------------------------------------------------------
+
+LINK_KINDS = ("symlink to a file", "symlink to a folder", "hard link", "dangling symlink", "fifo")
+
+
+@settings(FUZZ, max_examples=30)
+@given(
+    where=st.lists(st.sampled_from([".hydra", "checkpoints", "deep", "x"]), max_size=3),
+    name=st.sampled_from(
+        [".lock", ".write_test", "train.log", "hparams.yaml", "config.yaml", "last.ckpt", "new"]
+    ),
+    kind=st.sampled_from(LINK_KINDS),
+)
+def test_a_run_folder_holding_any_link_is_refused_before_anything_is_written(
+    run_folder, tmp_path, where, name, kind
+):
+    folder = fresh_copy(run_folder)
+    outside = Path(tempfile.mkdtemp(dir=tmp_path))
+    (outside / "precious.txt").write_text("years of work")
+    place = folder.joinpath(*where, name)
+    place.parent.mkdir(parents=True, exist_ok=True)
+    if place.is_dir():
+        shutil.rmtree(place)
+    place.unlink(missing_ok=True)
+    if kind == "symlink to a file":
+        place.symlink_to(outside / "precious.txt")
+    elif kind == "symlink to a folder":
+        place.symlink_to(outside)
+    elif kind == "hard link":
+        os.link(outside / "precious.txt", place)
+    elif kind == "dangling symlink":
+        place.symlink_to(outside / "nothing")
+    else:
+        os.mkfifo(place)
+    before, inside = outside_state(outside), outside_state(folder)
+    with pytest.raises(FileRefused) as refused:
+        check_resume(folder, [f"resume={folder}"])
+    assert one_line(refused.value) and "a run's folder must hold only its own files" in str(
+        refused.value
+    )
+    with pytest.raises(FileRefused):  # the train command's own door, before anything is written
+        RunFolder(folder).start_or_continue(compose([f"resume={folder}"], folder))
+    assert outside_state(outside) == before and outside_state(folder) == inside
+
+
+def test_a_folder_too_deep_or_too_large_is_refused_in_one_line(tmp_path):
+    deep = tmp_path.joinpath(*["d"] * 20)
+    deep.mkdir(parents=True)
+    with pytest.raises(FileRefused, match="levels deep; not a run folder") as refused:
+        refuse_links(tmp_path, "hydra.sweep.dir")
+    assert one_line(refused.value)
+
+
+def refused_command(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MNIST_DATA_DIR": str(data_dir)}
+    return subprocess.run(
+        [sys.executable, "-m", "mnist_lightning.train", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_links_are_refused_before_hydra_writes_into_the_folder(
+    run_folder, fixture_data_dir, tmp_path
+):
+    """Hydra writes its .hydra/ record and the log file before the command runs: the folder door
+    runs before it (the LockRunFolder callback), for a resume and for a sweep run again."""
+    victim = tmp_path / "precious.txt"
+    victim.write_text("years of work")
+    (run_folder / ".hydra").mkdir(exist_ok=True)
+    (run_folder / ".hydra" / "config.yaml").unlink(missing_ok=True)
+    (run_folder / ".hydra" / "config.yaml").symlink_to(victim)
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "0" / "train.log").symlink_to(victim)
+    for args in (
+        [f"resume={run_folder}"],
+        ["--multirun", f"hydra.sweep.dir={sweep}", "seed=1,2"],
+    ):
+        result = refused_command(*args, data_dir=fixture_data_dir)
+        last = result.stdout.strip().splitlines()[-1]
+        assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+        assert last.startswith("error: ") and "is a symbolic link" in last
+    assert victim.read_text() == "years of work"
+    assert sorted(p.name for p in sweep.rglob("*")) == ["0", "train.log"]
+
+
+def test_a_refused_resume_leaves_every_file_of_the_run_as_it_was(run_folder, fixture_data_dir):
+    """Hydra's own record (.hydra/) included: `report` credits a job with its overrides."""
+    files = {p: p.read_bytes() for p in run_folder.rglob("*") if p.is_file()}
+    elsewhere = run_folder.parent / "elsewhere"
+    for args, refusal in (
+        (["optimizer.lr=0.5"], "these overrides would change the run: optimizer.lr=0.5"),
+        ([f"hydra.run.dir={elsewhere}"], "continues the run in its own folder; drop hydra.run.dir"),
+    ):
+        result = refused_command(f"resume={run_folder}", *args, data_dir=fixture_data_dir)
+        assert result.returncode == 1
+        assert refusal in result.stdout.strip().splitlines()[-1]
+        assert {p: p.read_bytes() for p in run_folder.rglob("*") if p.is_file()} == files
+    assert not elsewhere.exists()
+
+
+# --- the record of a run ---------------------------------------------------------------------
+
+SETTINGS_KEYS = st.sampled_from(
+    ["trainer", "callbacks", "model", "data", "optimizer", "logger", "plugins", "net", "x"]
+    + ["last_checkpoint", "model_checkpoint", "max_epochs", "dirpath", "_target_", "seed"]
+)
+VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.sampled_from(["relu", "/etc/passwd", "${oc.env:HOME}", "../x", "local:///tmp", ""])
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(SETTINGS_KEYS, inner, max_size=3)
+        | st.just({"_target_": "os.makedirs", "name": "/tmp/evil"})
+    ),
+    max_leaves=6,
+)
+
+
+def parts_of(cfg, folder: Path) -> dict:
+    """What a record may never change: the config's parts and its places (the run folder's own
+    path written as <run>)."""
+    from omegaconf import OmegaConf
+
+    text = yaml.safe_dump(OmegaConf.to_container(cfg, resolve=True))
+    config = yaml.safe_load(text.replace(str(folder), "<run>"))
+    callbacks = config.get("callbacks") or {}
+    return {
+        "callbacks": {k: (v or {}).get("_target_") for k, v in callbacks.items()},
+        "callback places": {k: (v or {}).get("dirpath") for k, v in callbacks.items()},
+        "logger": config.get("logger"),
+        "plugins": config["trainer"].get("plugins"),
+        "paths": config["paths"],
+        "data places": [config["data"].get(k) for k in ("data_dir", "download", "mirrors")],
+        "net target": config["model"]["net"].get("_target_"),
+    }
+
+
+@pytest.fixture
+def recomposed_parts(run_folder) -> dict:
+    """The parts of the run's config, recomposed from its unchanged record."""
+    cfg, _ = RunFolder(run_folder).start_or_continue(compose([f"resume={run_folder}"], run_folder))
+    return parts_of(cfg, run_folder)
+
+
+@settings(FUZZ, max_examples=25)
+@given(path=st.lists(SETTINGS_KEYS, min_size=1, max_size=4), value=VALUES)
+def test_nothing_in_a_record_replaces_a_part_of_the_config(
+    run_folder, recomposed_parts, path, value
+):
+    folder = fresh_copy(run_folder)
+    record = yaml.safe_load((folder / "run_config.yaml").read_text())
+    node = record["settings"]
+    for key in path[:-1]:
+        node = node.setdefault(key, {}) if isinstance(node.get(key), dict | None) else {}
+    node[path[-1]] = value
+    (folder / "run_config.yaml").write_text(yaml.safe_dump(record))
+    try:
+        cfg, _ = RunFolder(folder).start_or_continue(compose([f"resume={folder}"], folder))
+    except UserError as error:
+        assert one_line(error)
+        return
+    assert parts_of(cfg, folder) == recomposed_parts
+
+
+# --- files read back --------------------------------------------------------------------------
+
+HOSTILE_TEXT = [
+    b"a: &a [1]\nb: &b [*a, *a]\nc: [*b, *b]\n",  # aliases
+    b"[" * 20_000,  # nesting
+    b"x: " + b"9" * 5_000,  # a number too long to read
+    b"\xff\xfe not utf-8",
+    b"step,val/acc\n1,0.5\n2,0.",  # a CSV row cut short by a kill
+    b"!!python/object/apply:os.system ['true']",
+]
+
+
+@settings(FUZZ, max_examples=150)
+@given(content=st.binary(max_size=512) | st.sampled_from(HOSTILE_TEXT))
+def test_a_file_read_back_is_data_or_one_line(tmp_path, content):
+    path = Path(tempfile.mkdtemp(dir=tmp_path)) / "file"
+    path.write_bytes(content)
+    for read in (read_yaml, read_json, read_csv_rows):
+        try:
+            read(path)
+        except FileRefused as error:
+            assert one_line(error) and str(path) in str(error)
+
+
+def test_readers_bound_size_and_refuse_links(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"a: 1\n" * 1_000_000)
+    with pytest.raises(FileRefused, match="at most 4,000,000 are read"):
+        read_yaml(big)
+    link = tmp_path / "link.json"
+    link.symlink_to(big)
+    with pytest.raises(FileRefused, match="it is a symbolic link"):
+        read_json(link)
+    cut = tmp_path / "metrics.csv"
+    cut.write_text("step,val/acc\n1,0.5\n2,0.")
+    assert read_csv_rows(cut) == [{"step": "1", "val/acc": "0.5"}]
