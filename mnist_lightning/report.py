@@ -26,8 +26,8 @@ import yaml
 
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.command import command
+from mnist_lightning.doors.settings import is_number
 from mnist_lightning.errors import UserError
-from mnist_lightning.schema import is_number
 from mnist_lightning.training import figures
 
 log = logging.getLogger(__name__)

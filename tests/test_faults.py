@@ -82,8 +82,8 @@ def test_a_diverging_loss_stops_early_and_keeps_the_best_checkpoint(fixture_data
 
 
 BAD_VALUES = [
-    ("data.batch_size=0", "data.batch_size=0: must be a whole number at least 1"),
-    ("data.batch_size=-3", "data.batch_size=-3: must be a whole number at least 1"),
+    ("data.batch_size=0", "data.batch_size=0: must be a whole number between 1 and 1,000,000"),
+    ("data.batch_size=-3", "data.batch_size=-3: must be a whole number between 1 and 1,000,000"),
     ("data.eval_batch_size=1.5", "data.eval_batch_size=1.5: must be a whole number"),
     ("data.val_size=0", "data.val_size=0: must be a whole number between 1 and 59,999"),
     ("data.val_size=60000", "data.val_size=60000: must be a whole number between 1 and 59,999"),
@@ -91,7 +91,13 @@ BAD_VALUES = [
     ("data.shuffle=maybe", "data.shuffle=maybe: must be true or false"),
     ("+data.batchsize=32", "data.batchsize: no such setting; did you mean data.batch_size?"),
     ("seed=abc", "seed=abc: must be a whole number"),
-    ("cpu_threads=0", "cpu_threads=0: must be a whole number at least 1, or null"),
+    ("seed=4294967296", "seed=4294967296: must be a whole number between 0 and 4,294,967,295"),
+    (
+        "model/net=cnn model.net.channels=[0,48,96]",
+        "model.net.channels[0]=0: must be a whole number between 1 and 4,096",
+    ),
+    ("model/net=cnn model.net.channels=[1,2]", "model.net.channels=[1, 2]: must be a list of 3"),
+    ("cpu_threads=0", "cpu_threads=0: must be a whole number between 1 and 1,024, or null"),
     ("optimizer.lr=0", "optimizer.lr=0: must be a finite number above 0"),
     ("optimizer.lr=-0.1", "optimizer.lr=-0.1: must be a finite number above 0"),
     ("optimizer.lr=nan", "optimizer.lr=nan: must be a finite number above 0"),
@@ -112,7 +118,7 @@ BAD_VALUES = [
     ("trainer.max_epochs=0", "trainer.max_epochs=0: must be a whole number at least 1"),
     (
         "trainer.precision=63",
-        "trainer.precision=63: Precision 63 is invalid. Allowed precision values",
+        "trainer.precision=63: must be one of 64, 32, 16, transformer-engine, ",
     ),
     (
         "+trainer.max_epoch=3",
@@ -180,7 +186,7 @@ def test_bad_values_end_the_command_in_one_line_each_and_exit_code_1(tmp_path):
     assert result.returncode == 1
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert lines[-3:] == [
-        "error: data.batch_size=0: must be a whole number at least 1",
+        "error: data.batch_size=0: must be a whole number between 1 and 1,000,000",
         "data.shuffle=maybe: must be true or false",
         f"data.data_dir={data_file}: is a file; it must be a folder holding MNIST/raw/",
     ]

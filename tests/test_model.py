@@ -8,9 +8,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from mnist_lightning.doors.settings import is_plain
 from mnist_lightning.models.networks import ACTIVATIONS, MLP
 from mnist_lightning.models.optim import OPTIMIZERS, SCHEDULERS
-from mnist_lightning.schema import is_plain
 from mnist_lightning.training.run import build
 from tests.conftest import compose
 

@@ -18,11 +18,11 @@ import torch
 import yaml
 
 from mnist_lightning.doors.folders import FileRefused
+from mnist_lightning.doors.settings import ServeOptions, command_options
 from mnist_lightning.errors import CheckpointError, ConfigError, OutputError
 from mnist_lightning.evaluate import evaluate
 from mnist_lightning.export import export_checkpoint
 from mnist_lightning.predict import predict
-from mnist_lightning.schema import ServeOptions, command_options
 from mnist_lightning.serve.server import build_server
 from mnist_lightning.train import train
 from mnist_lightning.training.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
@@ -373,10 +373,10 @@ COMMAND_BAD_VALUES = [
     ("serve", "port=-1", "port=-1: must be a whole number between 1,024 and 65,535"),
     ("serve", "port=70000", "port=70000: must be a whole number between 1,024 and 65,535"),
     ("serve", "max_batch_size=0", "max_batch_size=0: must be a whole number between 1"),
-    ("serve", "batch_timeout=-1", "batch_timeout=-1: must be a finite number at least 0"),
+    ("serve", "batch_timeout=-1", "batch_timeout=-1: must be a finite number between 0 and 10"),
     ("serve", "workers=0", "workers=0: must be a whole number between 1"),
     ("serve", "api_servers=0", "api_servers=0: must be a whole number between 1"),
-    ("serve", "max_upload_mb=abc", "max_upload_mb=abc: must be a number"),
+    ("serve", "max_upload_mb=abc", "max_upload_mb=abc: must be a finite number above 0"),
     ("serve", "max_upload_mb=0", "max_upload_mb=0: must be a finite number above 0"),
     ("serve", "max_side=0", "max_side=0: must be a whole number between 28"),
     ("serve", "log_level=abc", "log_level=abc: must be one of critical"),
@@ -393,7 +393,7 @@ COMMAND_BAD_VALUES = [
 def test_every_commands_bad_options_are_one_line_before_any_work(
     command, override, expected, trained_run, tmp_path
 ):
-    from mnist_lightning import schema
+    from mnist_lightning.doors import settings as schema
 
     options = {
         "evaluate": schema.EvaluateOptions,
@@ -411,7 +411,7 @@ def test_every_commands_bad_options_are_one_line_before_any_work(
 @pytest.mark.parametrize("command", ["evaluate", "predict", "export", "serve"])
 def test_a_command_without_its_checkpoint_says_only_that_it_is_missing(command, tmp_path):
     """One line per missing option, not also a type error for the None it stands for."""
-    from mnist_lightning import schema
+    from mnist_lightning.doors import settings as schema
 
     options = getattr(schema, f"{command.capitalize()}Options")
     with pytest.raises(ConfigError) as error:
@@ -468,7 +468,7 @@ TRAIN_BAD_VALUES = [
     ("+trainer.val_check_interval=0", "trainer.val_check_interval=0: must be a whole number"),
     (
         "callbacks.divergence_stop.divergence_threshold=abc",
-        "callbacks.divergence_stop.divergence_threshold=abc: must be a number, or null",
+        "callbacks.divergence_stop.divergence_threshold=abc: must be a finite number above 0",
     ),
     ("+data.expected_files=abc", "data.expected_files: no such setting"),
     # A setting that interpolates a bad one (the cosine schedule's T_max repeats

@@ -15,40 +15,46 @@ at random, with a random flip of each axis.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import AfterValidator, Field, validate_call
 from torch import nn
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from mnist_lightning.schema import Rule, is_number, number, whole
+from mnist_lightning.doors.settings import STRICT
 
-# [low, high] zoom factors.
-SCALE = Rule(
-    lambda v: (
-        isinstance(v, list | tuple)
-        and len(v) == 2
-        and all(is_number(x) for x in v)
-        and 0 < v[0] <= v[1]
-    ),
-    "[low, high] with 0 < low <= high",
-)
+
+def _zoom(scale: Sequence[float]) -> Sequence[float]:
+    if not 0 < scale[0] <= scale[1]:
+        raise ValueError("must be [low, high] with 0 < low <= high")
+    return scale
+
+
+Zoom = Annotated[
+    Sequence[Annotated[float, Field(gt=0, le=10)]],
+    Field(min_length=2, max_length=2),
+    AfterValidator(_zoom),
+]  # [low, high] zoom factors
 
 
 class BatchAugment(nn.Module):
     """Per-image random affine transforms and elastic distortions of a batch, on its device.
-    The ranges beside the arguments are checked with the rest of a config (schema.py)."""
+    The types and ranges beside the arguments are checked here, whoever builds it
+    (doors/settings.py)."""
 
+    @validate_call(config=STRICT)
     def __init__(
         self,
-        degrees: Annotated[float, number(0, 180)] = 10.0,
-        translate: Annotated[float, number(0, 1)] = 0.1,
-        scale: Annotated[tuple[float, float], SCALE] = (0.9, 1.1),
-        shear: Annotated[float, number(0, 89)] = 0.0,
-        elastic_alpha: Annotated[float, number(0)] = 0.0,
-        elastic_sigma: Annotated[float, number(0, low_open=True)] = 4.0,
-        elastic_bank: Annotated[int, whole(1)] = 4096,
+        degrees: Annotated[float, Field(ge=0, le=180)] = 10.0,
+        translate: Annotated[float, Field(ge=0, le=1)] = 0.1,
+        scale: Zoom = (0.9, 1.1),
+        shear: Annotated[float, Field(ge=0, le=89)] = 0.0,
+        elastic_alpha: Annotated[float, Field(ge=0, le=1_000)] = 0.0,
+        elastic_sigma: Annotated[float, Field(gt=0, le=100)] = 4.0,
+        elastic_bank: Annotated[int, Field(ge=1, le=16_384)] = 4096,
     ) -> None:
         super().__init__()
         self.degrees, self.translate, self.shear = degrees, translate, shear

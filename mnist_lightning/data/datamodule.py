@@ -10,16 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import lightning.pytorch as pl
 import torch
+from pydantic import Field, validate_call
 from torch.utils.data import DataLoader, Dataset
 
 from mnist_lightning.data.augment import BatchAugment
 from mnist_lightning.data.mnist_files import default_data_dir, ensure_raw_files, load_mnist
+from mnist_lightning.doors.settings import STRICT, plain_settings
 from mnist_lightning.errors import MNISTDataError
-from mnist_lightning.schema import whole
+
+BatchSize = Annotated[int, Field(ge=1, le=1_000_000)]
 
 # Where the data is and comes from: given by each command, never kept in a checkpoint.
 DATA_SOURCE = ("data_dir", "download", "mirrors")
@@ -70,23 +73,24 @@ def to_model_input(images: torch.Tensor, normalize: bool = True, augment=None) -
 class MNISTDataModule(pl.LightningDataModule):
     """MNIST with a seeded train/val split of the 60,000 training images and the official test set.
 
-    `augment` holds BatchAugment's settings (conf/augment/), or None. The ranges beside the
-    arguments are checked with the rest of a config (schema.py). Where the files are
+    `augment` holds BatchAugment's settings (conf/augment/), or None. The types and ranges beside
+    the arguments are checked here, whoever builds it (doors/settings.py). Where the files are
     (`data_dir`, else $MNIST_DATA_DIR, else data/), whether they may be downloaded and from which
     `mirrors` (default: torchvision's) are not hyperparameters: a checkpoint never says where
     its data comes from.
     """
 
+    @validate_call(config=STRICT)
     def __init__(
         self,
         data_dir: str | None = None,
-        val_size: Annotated[int, whole(1, 59_999)] = 5_000,  # of the 60,000 training images
-        batch_size: Annotated[int, whole(1)] = 64,
-        eval_batch_size: Annotated[int, whole(1)] = 1000,
+        val_size: Annotated[int, Field(ge=1, le=59_999)] = 5_000,  # of the 60,000 training images
+        batch_size: BatchSize = 64,
+        eval_batch_size: BatchSize = 1000,
         shuffle: bool = True,
         normalize: bool = True,
-        split_seed: Annotated[int, whole(0)] = 0,
-        augment: dict[str, Any] | None = None,
+        split_seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0,
+        augment: plain_settings(BatchAugment) | None = None,
         download: bool = True,
         mirrors: Sequence[str] | None = None,
     ) -> None:

@@ -6,26 +6,27 @@ does the backward pass, the optimizer and scheduler steps, accumulation and clip
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from pydantic import Field, validate_call
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_lightning.config import conf_option
 from mnist_lightning.data import NUM_CLASSES
-from mnist_lightning.models.networks import ACTIVATIONS, build_network
-from mnist_lightning.models.optim import build_optimizer, build_scheduler
-from mnist_lightning.schema import number, one_of, whole
+from mnist_lightning.doors.settings import STRICT
+from mnist_lightning.models.networks import ACTIVATIONS, NETWORK_SETTINGS, build_network
+from mnist_lightning.models.optim import (
+    OPTIMIZER_SETTINGS,
+    SCHEDULER_SETTINGS,
+    build_optimizer,
+    build_scheduler,
+)
 
-# The stages a metric's name begins with (`test/acc`), and what the model logs while it fits:
-# per epoch (the epoch report, metrics.json's history), and all that callbacks, schedulers and
-# sweepers may watch.
-STAGES = ("train", "val", "test")
-EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
-LOGGED_METRICS = (*EPOCH_METRICS, "train/loss_step")
+Activation = Literal[tuple(ACTIVATIONS)]
 
 
 def loggers_write_this_step(trainer: pl.Trainer) -> bool:
@@ -53,17 +54,19 @@ class MNISTClassifier(pl.LightningModule):
     default), trained with the optimizer and scheduler its settings name (models/optim.py).
 
     Every argument is a name or a number, so the hyperparameters Lightning keeps in checkpoints
-    are data, never code. `MNISTClassifier()` is the lesson: MLP, sigmoid, SGD with lr 0.2.
+    are data, never code; the types and ranges beside them are checked here, whoever builds it
+    (doors/settings.py). `MNISTClassifier()` is the lesson: MLP, sigmoid, SGD with lr 0.2.
     """
 
+    @validate_call(config=STRICT)
     def __init__(
         self,
-        activation: Annotated[str, one_of(*ACTIVATIONS)] = "sigmoid",
-        net: dict[str, Any] | None = None,
-        optimizer: dict[str, Any] | None = None,
-        scheduler: dict[str, Any] | None = None,
-        maxout_pieces: Annotated[int, whole(2, 16)] = 2,
-        label_smoothing: Annotated[float, number(0, 1, high_open=True)] = 0.0,
+        activation: Activation = "sigmoid",
+        net: NETWORK_SETTINGS.annotation() | None = None,
+        optimizer: OPTIMIZER_SETTINGS.annotation() | None = None,
+        scheduler: SCHEDULER_SETTINGS.annotation() | None = None,
+        maxout_pieces: Annotated[int, Field(ge=2, le=16)] = 2,
+        label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0,
         compile: bool = False,
     ) -> None:
         super().__init__()

@@ -8,15 +8,22 @@ either, Maxout included; a model's `net` settings name one of NETWORKS (`{"name"
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any
 
 import torch
 from hydra.utils import get_class, instantiate
+from pydantic import Field, validate_call
 from torch import nn
 
 from mnist_lightning.data import IMAGE_SIZE, NUM_CLASSES
-from mnist_lightning.schema import class_problems, import_problem, plain_container
+from mnist_lightning.doors.settings import (
+    STRICT,
+    NamedSettings,
+    class_problems,
+    import_problem,
+    plain_container,
+)
 
 
 class Maxout(nn.Module):
@@ -66,6 +73,7 @@ class MLP(nn.Sequential):
     parameters, the lesson's network (269,578 with Maxout of 2 pieces: its hidden layers are
     twice as wide before the maximum brings them back to 128 and 256 units)."""
 
+    @validate_call(config=STRICT)
     def __init__(self, activation: str = "sigmoid", maxout_pieces: int = 2) -> None:
         k, act = activation_layer(activation, maxout_pieces)
         # The lesson's layer names, so logs read `hidden1.weight`, not `1.weight`.
@@ -102,10 +110,13 @@ class CNN(nn.Sequential):
     convolutions and pooling (-> 7 px), a third, global average pooling, a linear layer.
     Batch norm after each convolution. 74,578 parameters with the default widths."""
 
+    @validate_call(config=STRICT)
     def __init__(
         self,
         activation: str = "relu",
-        channels: tuple[int, int, int] = (24, 48, 96),
+        channels: Annotated[
+            Sequence[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=3, max_length=3)
+        ] = (24, 48, 96),
         maxout_pieces: int = 2,
     ) -> None:
         act = activation_layer(activation, maxout_pieces)
@@ -128,6 +139,11 @@ class CNN(nn.Sequential):
 
 # model/net=<name> -> the network class (conf/model/net/<name>.yaml holds its settings).
 NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN}
+# A model's `net` settings: one of NETWORKS by name (activation and maxout_pieces are the
+# model's), or a class of the user's own (`_target_`, model/net=custom).
+NETWORK_SETTINGS = NamedSettings(
+    "network", NETWORKS, skip=("activation", "maxout_pieces"), custom=True
+)
 
 
 def build_network(
@@ -140,36 +156,25 @@ def build_network(
     if "_target_" in options:
         return instantiate(options, _convert_="all")
     name = options.pop("name", "mlp")
-    if name not in NETWORKS:
-        raise ValueError(f"unknown model/net={name!r}; choose one of {', '.join(NETWORKS)}")
     return NETWORKS[name](activation=activation, maxout_pieces=maxout_pieces, **options)
 
 
-def net_problems(
-    where: str, settings: Any, named_target: str | None = None, objects: bool = True
+def custom_network_problems(
+    where: str, settings: Any, named_target: str | None, objects: bool = True
 ) -> list[str]:
-    """The problems of a model's `net` settings, one line each. A `_target_` (the user's own
-    class) is accepted only when it is `named_target`, the class the command itself names;
-    `objects=False` for a file read back (schema.class_problems)."""
+    """The problems of a network of the user's own (`_target_`): it is accepted only when it is
+    `named_target`, the class the command itself names; its settings are its constructor's
+    (`objects=False` for a file read back: doors/settings.class_problems)."""
     settings = plain_container(settings)
-    if not isinstance(settings, Mapping):
-        return [f"{where}={settings}: must be a network's settings (model/net=mlp, cnn or custom)"]
     target = settings.get("_target_")
-    if target is not None:
-        if target != named_target:
-            return [
-                f"{where} is your own network class {target}; it is loaded only when the command "
-                f"names it too: net_target={target}"
-            ]
-        try:
-            cls = get_class(target)
-        except (ImportError, ValueError) as error:
-            return [import_problem(where, target, error)]
-        options = {k: v for k, v in settings.items() if k != "_target_"}
-        return class_problems(where, cls, options, objects=objects)
-    name = settings.get("name", "mlp")
-    if name not in NETWORKS:
-        return [f"{where}.name={name}: must be one of {', '.join(NETWORKS)}"]
-    options = {k: v for k, v in settings.items() if k != "name"}
-    ignore = ("activation", "maxout_pieces")  # the model's settings, not the network's
-    return class_problems(where, NETWORKS[name], options, ignore=ignore, objects=objects)
+    if target != named_target:
+        return [
+            f"{where} is your own network class {target}; it is loaded only when the command "
+            f"names it too: net_target={target}"
+        ]
+    try:
+        cls = get_class(target)
+    except (ImportError, ValueError) as error:
+        return [import_problem(where, target, error)]
+    options = {k: v for k, v in settings.items() if k != "_target_"}
+    return class_problems(where, cls, options, objects=objects)

@@ -7,11 +7,12 @@ A model's optimizer and scheduler settings are names and numbers (`{"name": "ada
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Annotated, Any, Literal, Optional
 
 import torch
+from pydantic import Field
 
-from mnist_lightning.schema import class_problems, plain_container
+from mnist_lightning.doors.settings import MAX_WHOLE, METRIC, NamedSettings
 
 # conf/optimizer/<name>.yaml -> the torch class it configures.
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -36,18 +37,19 @@ LIGHTNING_SCHEDULER_KEYS = ("interval", "frequency", "monitor")
 ONECYCLE_FROM_THE_RUN = ("max_lr", "total_steps", "epochs", "steps_per_epoch")
 
 
-def _named(table: Mapping[str, type], kind: str, name: Any) -> type:
-    if name not in table:
-        raise ValueError(f"unknown {kind} {name!r}; choose one of {', '.join(table)}")
-    return table[name]
-
-
-def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
-    return _named(OPTIMIZERS, "optimizer", name)
-
-
-def scheduler_class(name: str) -> type:
-    return _named(SCHEDULERS, "scheduler", name)
+# A model's optimizer and scheduler settings: one of the tables' classes by name, with the
+# class's own arguments (OPTIMIZER_SETTINGS, SCHEDULER_SETTINGS; doors/settings.py).
+OPTIMIZER_SETTINGS = NamedSettings("optimizer", OPTIMIZERS, skip=("params",))
+SCHEDULER_SETTINGS = NamedSettings(
+    "scheduler",
+    SCHEDULERS,
+    skip=("optimizer", "last_epoch", *ONECYCLE_FROM_THE_RUN),
+    extra=(  # Lightning's keys (its lr_scheduler dict)
+        ("interval", Literal["epoch", "step"], "epoch"),
+        ("frequency", Annotated[int, Field(ge=1, le=MAX_WHOLE)], 1),
+        ("monitor", Optional[METRIC], None),  # noqa: UP045
+    ),
+)
 
 
 def build_optimizer(
@@ -55,7 +57,7 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The optimizer `settings` describe (`name` and its hyperparameters)."""
     options = dict(settings)
-    return optimizer_class(options.pop("name"))(parameters, **options)
+    return OPTIMIZERS[options.pop("name")](parameters, **options)
 
 
 def build_scheduler(
@@ -66,48 +68,7 @@ def build_scheduler(
     learning rate."""
     options = dict(settings)
     lightning_keys = {k: options.pop(k) for k in LIGHTNING_SCHEDULER_KEYS if k in options}
-    scheduler = scheduler_class(options.pop("name"))
+    scheduler = SCHEDULERS[options.pop("name")]
     if scheduler is torch.optim.lr_scheduler.OneCycleLR:
         options.update(max_lr=optimizer.param_groups[0]["lr"], total_steps=total_steps)
     return scheduler(optimizer, **options), lightning_keys
-
-
-def _named_problems(where: str, settings: Any, table: Mapping[str, type]) -> tuple[list[str], Any]:
-    settings = plain_container(settings)
-    if not isinstance(settings, Mapping):
-        return [f"{where}={settings}: must be settings with a name"], None
-    name = settings.get("name")
-    if name not in table:
-        return [f"{where}.name={name}: must be one of {', '.join(table)}"], None
-    return [], table[name]
-
-
-def optimizer_problems(where: str, settings: Any, objects: bool = True) -> list[str]:
-    """The problems of an optimizer's settings (name, and its class's own arguments);
-    `objects=False` for a file read back (schema.class_problems)."""
-    found, cls = _named_problems(where, settings, OPTIMIZERS)
-    if cls is None:
-        return found
-    options = {k: v for k, v in settings.items() if k != "name"}
-    return class_problems(where, cls, options, ignore=("params",), objects=objects)
-
-
-def scheduler_problems(where: str, settings: Any, objects: bool = True) -> list[str]:
-    """The problems of a scheduler's settings; none for no scheduler (None or empty)."""
-    if not settings:
-        return []
-    if "name" not in settings:  # e.g. +scheduler.frequency=2 on scheduler=none
-        given = " ".join(f"{where}.{k}={v}" for k, v in plain_container(settings).items())
-        return [
-            f"{given} is set without a scheduler: choose one as well, e.g. scheduler=step "
-            f"({', '.join(SCHEDULERS)})"
-        ]
-    found, cls = _named_problems(where, settings, SCHEDULERS)
-    if cls is None:
-        return found
-    given = ONECYCLE_FROM_THE_RUN if cls is torch.optim.lr_scheduler.OneCycleLR else ()
-    options = {
-        k: v for k, v in settings.items() if k != "name" and k not in LIGHTNING_SCHEDULER_KEYS
-    }
-    ignore = ("optimizer", "last_epoch", *given)
-    return class_problems(where, cls, options, ignore=ignore, objects=objects)

@@ -21,7 +21,8 @@ from torchmetrics.classification import (
 
 from mnist_lightning.data import NUM_CLASSES
 from mnist_lightning.data.datamodule import to_model_input
-from mnist_lightning.models.classifier import EPOCH_METRICS, loggers_write_this_step
+from mnist_lightning.models.classifier import loggers_write_this_step
+from mnist_lightning.models.metrics import EPOCH_METRICS
 from mnist_lightning.training import figures
 
 log = logging.getLogger(__name__)

@@ -24,13 +24,12 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mnist_lightning.atomic import write_atomically
-from mnist_lightning.data.augment import BatchAugment
 from mnist_lightning.data.datamodule import DATA_SOURCE, MNISTDataModule
+from mnist_lightning.doors.settings import class_problems
 from mnist_lightning.errors import CheckpointError, first_line
 from mnist_lightning.models.classifier import MNISTClassifier
-from mnist_lightning.models.networks import net_problems
-from mnist_lightning.models.optim import OPTIMIZERS, optimizer_problems, scheduler_problems
-from mnist_lightning.schema import class_problems
+from mnist_lightning.models.networks import custom_network_problems
+from mnist_lightning.models.optim import OPTIMIZERS
 
 log = logging.getLogger(__name__)
 
@@ -270,29 +269,25 @@ def _upgrade(hyper_parameters: dict[str, Any], data: dict[str, Any]) -> tuple[di
 def checkpoint_settings(
     checkpoint: dict[str, Any], path: Path, net_target: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The model's and the data's settings a checkpoint holds, checked against the schema before
-    anything is built: names and numbers only, every name one this project knows (a network of
-    the user's own only when `net_target`, named by the command, is that class)."""
-    model, data = _upgrade(
-        checkpoint["hyper_parameters"], checkpoint.get("datamodule_hyper_parameters") or {}
-    )
+    """The model's and the data's settings a checkpoint holds, checked against the settings'
+    types (doors/settings.py) before anything is built: names and numbers only, every name one
+    this project knows (a network of the user's own only when `net_target`, named by the
+    command, is that class)."""
+    model = checkpoint["hyper_parameters"]
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    found = []
+    if not isinstance(data, dict):
+        found.append("datamodule_hyper_parameters: must be the data's settings")
+        data = {}
+    model, data = _upgrade(model, data)
     where = "hyper_parameters"
-    parts = ("net", "optimizer", "scheduler")
-    found = class_problems(where, MNISTClassifier, model, ignore=parts, objects=False)
-    net = model.get("net") or {"name": "mlp"}
-    found += net_problems(f"{where}.net", net, net_target, objects=False)
-    if model.get("optimizer") is not None:
-        found += optimizer_problems(f"{where}.optimizer", model["optimizer"], objects=False)
-    found += scheduler_problems(f"{where}.scheduler", model.get("scheduler"), objects=False)
+    net, own = model.get("net"), ()
+    if isinstance(net, dict) and "_target_" in net:  # its settings are its own class's
+        found += custom_network_problems(f"{where}.net", net, net_target, objects=False)
+        own = ("net",)
+    found += class_problems(where, MNISTClassifier, model, skip=own, objects=False)
     where = "datamodule_hyper_parameters"
-    found += class_problems(
-        where, MNISTDataModule, data, ignore=(*DATA_SOURCE, "augment"), objects=False
-    )
-    augment = data.get("augment")
-    if augment and isinstance(augment, dict):
-        found += class_problems(f"{where}.augment", BatchAugment, augment, objects=False)
-    elif augment:
-        found.append(f"{where}.augment={augment}: must be the augmentation's settings")
+    found += class_problems(where, MNISTDataModule, data, skip=DATA_SOURCE, objects=False)
     if found:
         raise CheckpointError(
             f"{path} is not a checkpoint this project can load: {found[0]}"

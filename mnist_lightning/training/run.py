@@ -22,24 +22,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lightning.config import group_configs, group_targets
 from mnist_lightning.data.augment import BatchAugment
-from mnist_lightning.errors import ConfigError, TrainingDiverged, UserError, first_line
-from mnist_lightning.models.classifier import LOGGED_METRICS
-from mnist_lightning.models.networks import net_problems
-from mnist_lightning.models.optim import (
-    build_optimizer,
-    build_scheduler,
-    optimizer_problems,
-    scheduler_problems,
-)
-from mnist_lightning.schema import (
-    TRAIN_RULES,
+from mnist_lightning.data.datamodule import MNISTDataModule
+from mnist_lightning.doors.settings import (
     TrainOptions,
-    check_rules,
     class_problems,
+    class_settings,
     import_problem,
     plain_container,
     problems,
+    settings_values,
 )
+from mnist_lightning.errors import ConfigError, TrainingDiverged, UserError, first_line
+from mnist_lightning.models.classifier import MNISTClassifier
+from mnist_lightning.models.networks import custom_network_problems
+from mnist_lightning.models.optim import build_optimizer, build_scheduler
 from mnist_lightning.training.checkpoints import CHECKPOINTS, RunCheckpointIO, read_checkpoint
 from mnist_lightning.training.tracking import keep_offline_runs_offline
 
@@ -65,7 +61,7 @@ def _needs_extra(where: str, error: object, default: str | None = None) -> str |
     )
 
 
-def _target_problems(where: str, node: DictConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+def _target_problems(where: str, node: DictConfig) -> list[str]:
     """`class_problems` of a config node with a `_target_` (from conf/ or the command line)."""
     try:
         cls = get_class(node._target_)
@@ -73,7 +69,29 @@ def _target_problems(where: str, node: DictConfig, ignore: tuple[str, ...] = ())
         if isinstance(error, ImportError) and (needed := _needs_extra(where, error)):
             return [needed]
         return [import_problem(where, node._target_, error)]
-    return class_problems(where, cls, node, ignore)
+    return class_problems(where, cls, node)
+
+
+def _model_problems(cfg: DictConfig) -> list[str]:
+    """The model's settings (model.*, with the optimizer and the scheduler, which are its
+    arguments but config groups of their own) as MNISTClassifier's."""
+    values = settings_values(cfg.model)
+    values["optimizer"] = plain_container(cfg.optimizer)
+    values["scheduler"] = plain_container(cfg.get("scheduler")) or None
+    net = values["net"] = plain_container(cfg.model.get("net"))
+    if isinstance(net, dict) and net.get("_target_") == "???":
+        return ["model.net._target_: missing; name your class: model.net._target_=pkg.MyNet"]
+    found = []
+    if isinstance(net, dict) and "_target_" in net:  # a class the command line names
+        found += custom_network_problems("model.net", net, named_target=net["_target_"])
+        values["net"] = {"_target_": net["_target_"]}
+    found += problems("model", class_settings(MNISTClassifier), values)
+    # The optimizer and scheduler are config groups of their own: model.optimizer.lr is
+    # optimizer.lr on the command line.
+    return [
+        p.replace("model.optimizer", "optimizer").replace("model.scheduler", "scheduler")
+        for p in found
+    ]
 
 
 def _setting(problem: str) -> str:
@@ -82,7 +100,7 @@ def _setting(problem: str) -> str:
 
 def _echoes(cfg: DictConfig, setting: str, wrong: set[str]) -> bool:
     """Whether `setting` only repeats a setting already reported, through an interpolation the
-    user never typed (`patience: ${trainer.max_epochs}`)."""
+    user never typed (`T_max: ${trainer.max_epochs}`)."""
     parent, _, key = setting.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
     if not isinstance(node, DictConfig) or key not in node:
@@ -95,32 +113,23 @@ def _echoes(cfg: DictConfig, setting: str, wrong: set[str]) -> bool:
 
 def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
     """Every bad value of the config, one line each, before any data is read or file written:
-    each group as its class's settings (schema.py), the ranges no constructor checks, the metric
-    names callbacks watch; then the optimizer and scheduler built on a stand-in parameter, so
-    that torch's own checks of their values speak now rather than in the fit."""
-    found = problems("", TrainOptions, cfg, skip=lambda key: key in GROUPS)
-    found += _target_problems("data", cfg.data, ignore=("augment",))
+    the command's options and each group as its class's settings (doors/settings.py: types,
+    ranges, the metric names watched); the settings that only make sense together; then the
+    optimizer and scheduler built on a stand-in parameter, so that torch's own checks of their
+    values speak now rather than in the fit."""
+    options = {str(k): plain_container(cfg.get(k)) for k in cfg if k not in GROUPS}
+    found = problems("", TrainOptions, options)
+    found += class_problems("data", MNISTDataModule, cfg.data, skip=("augment",))
     if cfg.get("augment"):
         found += class_problems("augment", BatchAugment, cfg.augment)
-    found += _target_problems("model", cfg.model, ignore=("net", "optimizer", "scheduler"))
-    net = plain_container(cfg.model.get("net")) or {}
-    target = net.get("_target_") if isinstance(net, dict) else None
-    if target == "???":
-        found.append("model.net._target_: missing; name your class: model.net._target_=pkg.MyNet")
-    else:
-        found += net_problems("model.net", net, named_target=target)
-    found += optimizer_problems("optimizer", cfg.optimizer)
-    found += scheduler_problems("scheduler", cfg.get("scheduler"))
+    found += _model_problems(cfg)
     found += _target_problems("trainer", cfg.trainer)
     for group in ("callbacks", "logger"):
         for name, node in (cfg.get(group) or {}).items():
             if isinstance(node, DictConfig) and "_target_" in node:
                 found += _target_problems(f"{group}.{name}", node)
-    wrong = {_setting(p) for p in found}  # a range means nothing for a wrong type
-    found += [p for p in check_rules(TRAIN_RULES, cfg) if _setting(p) not in wrong]
-    found += _monitor_problems(cfg)
     for problem in (_unvalidated_monitor(cfg), _cycle_without_end(cfg), _savers_kept(cfg)):
-        if problem:
+        if problem and not found:  # (they read values that must be right first)
             found.append(problem)
     wrong = {_setting(p) for p in found}
     found = [p for p in found if not _echoes(cfg, _setting(p), wrong - {_setting(p)})]
@@ -147,20 +156,6 @@ def accelerator_problem(where: str, accelerator: Any) -> str | None:
         f"{where}={accelerator}: this machine has no {device} that torch can use; use "
         f"{where}=auto (the best it has) or {where}=cpu"
     )
-
-
-def _monitor_problems(cfg: DictConfig) -> list[str]:
-    """Metric names that callbacks and the scheduler watch must be ones the model logs."""
-    watched = {"scheduler.monitor": OmegaConf.select(cfg, "scheduler.monitor")}
-    for name, node in (cfg.get("callbacks") or {}).items():
-        if isinstance(node, DictConfig):
-            watched[f"callbacks.{name}.monitor"] = node.get("monitor")
-    watched["optimized_metric"] = cfg.get("optimized_metric")
-    return [
-        f"{key}={value}: not a metric this model logs; choose one of {', '.join(LOGGED_METRICS)}"
-        for key, value in watched.items()
-        if value is not None and value not in LOGGED_METRICS
-    ]
 
 
 def _unvalidated_monitor(cfg: DictConfig) -> str | None:

@@ -51,10 +51,10 @@ from mnist_lightning.doors.folders import (
     run_folder_of,
     typed_targets,
 )
+from mnist_lightning.doors.settings import is_object_config, plain_container, takes_plain_value
 from mnist_lightning.errors import ConfigError, OutputError, UserError, first_line
 from mnist_lightning.models.networks import NETWORKS
 from mnist_lightning.models.optim import OPTIMIZERS, SCHEDULERS
-from mnist_lightning.schema import is_object_config, plain_container, takes_plain_value
 from mnist_lightning.training.checkpoints import CHECKPOINTS, LAST
 
 log = logging.getLogger(__name__)
