@@ -230,7 +230,7 @@ def main() -> None:
 
     from mnist_lightning.data.datamodule import to_model_input
     from mnist_lightning.data.mnist_files import default_data_dir, load_mnist
-    from mnist_lightning.training.checkpoints import load_trained
+    from mnist_lightning.doors.checkpoints import load_trained
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "

@@ -22,11 +22,11 @@ from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import NUM_CLASSES
 from mnist_lightning.data.datamodule import MNISTDataModule
+from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.doors.folders import refuse_inside_a_run
 from mnist_lightning.doors.settings import EvaluateOptions, command_options
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.training.callbacks import TestSetReport
-from mnist_lightning.training.checkpoints import load_trained
 from mnist_lightning.training.run import accelerator_problem
 
 log = logging.getLogger("mnist_lightning.evaluate")

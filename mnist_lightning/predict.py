@@ -25,10 +25,10 @@ from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import preprocess
 from mnist_lightning.data.datamodule import to_model_input
+from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.doors.folders import refuse_inside_a_run
 from mnist_lightning.doors.settings import PredictOptions, command_options
 from mnist_lightning.errors import UserError
-from mnist_lightning.training.checkpoints import load_trained
 
 log = logging.getLogger("mnist_lightning.predict")
 

@@ -17,8 +17,12 @@ from omegaconf import DictConfig
 
 from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
+from mnist_lightning.doors.checkpoints import (
+    check_checkpoint_fits,
+    check_resumable,
+    read_checkpoint,
+)
 from mnist_lightning.training import results, run
-from mnist_lightning.training.checkpoints import check_checkpoint_fits, read_checkpoint
 from mnist_lightning.training.lr_find import find_learning_rate
 from mnist_lightning.training.run_folder import RunFolder
 from mnist_lightning.training.tracking import log_config
@@ -50,6 +54,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         else:
             log.info("resuming from %s", checkpoint)
             check_checkpoint_fits(model, checkpoint, state)
+            check_resumable(model, checkpoint, state)
             folder.log_again(trainer.loggers, kept_rows)
         log_config(trainer, cfg)  # each attempt is a tracker run of its own (MLflow, W&B)
 

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -268,3 +269,174 @@ def test_readers_bound_size_and_refuse_links(tmp_path):
     cut = tmp_path / "metrics.csv"
     cut.write_text("step,val/acc\n1,0.5\n2,0.")
     assert read_csv_rows(cut) == [{"step": "1", "val/acc": "0.5"}]
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+CHECKPOINT_PATHS = st.lists(
+    st.sampled_from(
+        ["state_dict", "hyper_parameters", "datamodule_hyper_parameters", "callbacks"]
+        + ["optimizer_states", "lr_schedulers", "loops", "epoch", "global_step", "net", "name"]
+        + ["optimizer", "lr", "activation", "net.hidden1.weight", "augment", "batch_size", "x"]
+        + ["state", "param_groups", "0", "exp_avg", "_target_"]
+    ),
+    min_size=1,
+    max_size=4,
+)
+TENSORS = st.builds(
+    lambda shape, kind: torch.zeros(shape, dtype=kind),
+    st.lists(st.integers(0, 4), max_size=3),
+    st.sampled_from([torch.float32, torch.int64, torch.bool, torch.float16]),
+)
+CHECKPOINT_VALUES = VALUES | TENSORS | st.just("__delete__")
+
+
+def mutated(checkpoint: dict, path: list[str], value) -> dict:
+    """`checkpoint` with `value` at `path` (a list's index by its number; `__delete__` removes)."""
+    node = checkpoint
+    for key in path[:-1]:
+        numbered = isinstance(node, list) or (isinstance(node, dict) and key not in node)
+        key = int(key) if numbered and key.isdigit() else key  # (optimizer states: by number)
+        try:
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            return checkpoint
+        if not isinstance(node, dict | list):
+            return checkpoint
+    key = path[-1]
+    if isinstance(node, dict) and key.isdigit() and int(key) in node:
+        key = int(key)
+    if isinstance(node, list):
+        if not (key.isdigit() and int(key) < len(node)):
+            return checkpoint
+        key = int(key)
+    if value == "__delete__":
+        if isinstance(node, dict):
+            node.pop(key, None)
+        return checkpoint
+    node[key] = value
+    return checkpoint
+
+
+@pytest.fixture
+def checkpoint_state(trained_run) -> dict:
+    from mnist_lightning.doors.checkpoints import read_checkpoint, resolve_checkpoint
+
+    return read_checkpoint(resolve_checkpoint(trained_run))
+
+
+@settings(FUZZ, max_examples=60)
+@given(path=CHECKPOINT_PATHS, value=CHECKPOINT_VALUES)
+def test_a_mutated_checkpoint_is_a_model_or_one_line(checkpoint_state, tmp_path, path, value):
+    import copy
+
+    from mnist_lightning.doors.checkpoints import load_trained
+    from mnist_lightning.errors import CheckpointError
+
+    state = mutated(copy.deepcopy(checkpoint_state), path, value)
+    file = Path(tempfile.mkdtemp(dir=tmp_path)) / "crafted.ckpt"
+    torch.save(state, file)
+    try:
+        trained = load_trained(file)
+    except CheckpointError as error:
+        assert one_line(error)
+        return
+    with torch.no_grad():
+        assert trained.model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@settings(FUZZ, max_examples=40)
+@given(data=st.data())
+def test_damaged_checkpoint_bytes_are_one_line(checkpoint_state, tmp_path, data):
+    import io
+    import zipfile
+
+    from mnist_lightning.doors.checkpoints import read_checkpoint
+    from mnist_lightning.errors import CheckpointError
+
+    buffer = io.BytesIO()
+    torch.save(checkpoint_state, buffer)
+    raw = bytearray(buffer.getvalue())
+    how = data.draw(st.sampled_from(["truncate", "flip", "deflate"]))
+    if how == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    elif how == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+    else:  # the same entries compressed: a small file that would inflate
+        out = io.BytesIO()
+        with zipfile.ZipFile(io.BytesIO(bytes(raw))) as src, zipfile.ZipFile(out, "w") as dst:
+            for entry in src.infolist():
+                dst.writestr(entry.filename, src.read(entry), zipfile.ZIP_DEFLATED)
+        raw = bytearray(out.getvalue())
+    file = Path(tempfile.mkdtemp(dir=tmp_path)) / "damaged.ckpt"
+    file.write_bytes(bytes(raw))
+    try:
+        read_checkpoint(file)
+    except CheckpointError as error:
+        assert one_line(error)
+    else:
+        assert how == "flip"  # a byte of a weight changed: still a checkpoint
+
+
+RESUME_PATHS = st.lists(
+    st.sampled_from(
+        ["optimizer_states", "0", "state", "param_groups", "lr", "exp_avg", "step", "betas"]
+        + ["loops", "fit_loop", "state_dict", "epoch_progress", "total", "callbacks"]
+        + ["epoch", "global_step", "lr_schedulers", "x"]
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(FUZZ, max_examples=10)
+@given(path=RESUME_PATHS, value=CHECKPOINT_VALUES)
+def test_a_resume_from_a_mutated_checkpoint_continues_or_is_one_line(
+    run_folder, fixture_data_dir, path, value
+):
+    """The checkpoint a resume continues from: whatever is wrong in it, one line."""
+    import copy
+
+    from mnist_lightning.train import train
+
+    folder = fresh_copy(run_folder)
+    record = yaml.safe_load((folder / "run_config.yaml").read_text())
+    record["settings"]["trainer"]["max_epochs"] = 7  # one more epoch than the run had
+    (folder / "run_config.yaml").write_text(yaml.safe_dump(record))
+    last = folder / "checkpoints" / "last.ckpt"
+    torch.save(mutated(copy.deepcopy(torch.load(last, weights_only=True)), path, value), last)
+    try:
+        metrics = train(compose([f"resume={folder}", f"data.data_dir={fixture_data_dir}"], folder))
+    except UserError as error:
+        assert one_line(error)
+        return
+    assert metrics["epochs"] == 7
+
+
+DAMAGED_STATES = {
+    "a global step that is text": (["global_step"], "12"),
+    "callbacks as a list": (["callbacks"], []),
+    "an optimizer state of another shape": (
+        ["optimizer_states", "0", "state", "0", "exp_avg"],
+        torch.zeros(3),
+    ),
+    "an extra weight": (["state_dict", "net.extra"], torch.zeros(1)),
+    "a loop's progress as text": (["loops", "fit_loop", "epoch_progress"], "x"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_STATES))
+def test_a_resume_from_a_damaged_checkpoint_is_one_line(case, run_folder, fixture_data_dir):
+    from mnist_lightning.errors import CheckpointError
+    from mnist_lightning.train import train
+
+    path, value = DAMAGED_STATES[case]
+    last = run_folder / "checkpoints" / "last.ckpt"
+    torch.save(mutated(torch.load(last, weights_only=True), path, value), last)
+    record = yaml.safe_load((run_folder / "run_config.yaml").read_text())
+    record["settings"]["trainer"]["max_epochs"] = 7
+    (run_folder / "run_config.yaml").write_text(yaml.safe_dump(record))
+    with pytest.raises(CheckpointError) as error:
+        train(compose([f"resume={run_folder}", f"data.data_dir={fixture_data_dir}"], run_folder))
+    assert one_line(error.value) and str(last) in str(error.value)

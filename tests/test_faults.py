@@ -215,8 +215,8 @@ def test_a_checkpoint_write_failing_half_way_leaves_the_previous_file_whole(
     partial file is left anywhere, and the error is one line naming the folder."""
     import errno
 
+    from mnist_lightning.doors.checkpoints import read_checkpoint
     from mnist_lightning.errors import OutputError
-    from mnist_lightning.training.checkpoints import read_checkpoint
     from mnist_lightning.training.run import build
 
     run_dir = tmp_path / "run"
@@ -303,7 +303,7 @@ def test_a_read_only_folder_is_refused_in_one_line_before_anything_is_written(
 
 
 def read_checkpoint_ok(path) -> bool:
-    from mnist_lightning.training.checkpoints import read_checkpoint
+    from mnist_lightning.doors.checkpoints import read_checkpoint
 
     return bool(read_checkpoint(path)["state_dict"])
 

@@ -15,10 +15,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from mnist_lightning.data.datamodule import to_model_input
+from mnist_lightning.doors.checkpoints import read_checkpoint
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.classifier import MNISTClassifier
 from mnist_lightning.train import train
-from mnist_lightning.training.checkpoints import read_checkpoint
 from mnist_lightning.training.results import final_metrics
 from mnist_lightning.training.run import build, check
 from tests.conftest import FAST, compose, load_fixture

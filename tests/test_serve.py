@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from mnist_lightning.data.datamodule import to_model_input
-from mnist_lightning.training.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
+from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
 from tests.conftest import ROOT, compose, free_port, load_fixture, run_module
 
 SCREENSHOT = ROOT / "docs" / "serve.png"  # the README's picture, remade with UPDATE_SCREENSHOT=1

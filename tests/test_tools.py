@@ -18,8 +18,8 @@ from PIL import Image
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import preprocess
 from mnist_lightning.data.datamodule import to_model_input
+from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
 from mnist_lightning.errors import CheckpointError
-from mnist_lightning.training.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
 from tests.conftest import load_fixture, onnx_session, run_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from mnist_lightning.data.datamodule import to_model_input
+from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.networks import CNN
 from mnist_lightning.train import train
-from mnist_lightning.training.checkpoints import load_trained
 from tests.conftest import FAST, compose, load_fixture, onnx_session, train_relu_adam
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
 from mnist_lightning.doors.folders import FileRefused
 from mnist_lightning.doors.settings import ServeOptions, command_options
 from mnist_lightning.errors import CheckpointError, ConfigError, OutputError
@@ -25,7 +26,6 @@ from mnist_lightning.export import export_checkpoint
 from mnist_lightning.predict import predict
 from mnist_lightning.serve.server import build_server
 from mnist_lightning.train import train
-from mnist_lightning.training.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
 from tests.conftest import FAST, compose, run_module, write_mnist
 from tests.test_runs import held_by_another_process, unfinished
 from tests.test_tools import tool_config

@@ -34,9 +34,9 @@ from starlette.requests import Request
 
 from mnist_lightning.data import IMAGE_SIZE, preprocess
 from mnist_lightning.data.datamodule import to_model_input
+from mnist_lightning.doors.checkpoints import Trained
 from mnist_lightning.errors import ImageError, ImageTooLarge, NotAnImage
 from mnist_lightning.predict import answer
-from mnist_lightning.training.checkpoints import Trained
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from omegaconf import DictConfig
 
 from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
+from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.doors.settings import ServeOptions, command_options
 from mnist_lightning.errors import ConfigError, UserError
 from mnist_lightning.serve.api import DigitAPI, Limits, RequestGate
-from mnist_lightning.training.checkpoints import load_trained
 from mnist_lightning.training.run import accelerator_problem
 
 log = logging.getLogger("mnist_lightning.serve")

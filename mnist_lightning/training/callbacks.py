@@ -36,6 +36,20 @@ def tensorboard_writer(trainer: pl.Trainer):
     return None
 
 
+class RestoreWatch(pl.Callback):
+    """Whether a fit got past restoring its checkpoint: a failure before that is the
+    checkpoint's (run.fit says so in one line). The train command adds it to every Trainer."""
+
+    def __init__(self) -> None:
+        self.restored = False
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.restored = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.restored = True
+
+
 class DataPreview(pl.Callback):
     """The lesson's look at the data when the fit starts: the first 9 training images titled with
     their labels (samples.png and TensorBoard), and the shape of one batch as the model gets it

@@ -12,10 +12,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from mnist_lightning.atomic import write_text_atomically
+from mnist_lightning.doors.checkpoints import CHECKPOINTS
 from mnist_lightning.models.metrics import STAGES
 from mnist_lightning.training import figures
 from mnist_lightning.training.callbacks import EpochReport, GradientMonitor, tensorboard_writer
-from mnist_lightning.training.checkpoints import CHECKPOINTS
 from mnist_lightning.training.run import headline
 from mnist_lightning.training.run_folder import RunFolder
 from mnist_lightning.training.tracking import finish_runs, log_run_files

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_lightning.config import group_configs, group_targets
 from mnist_lightning.data.augment import BatchAugment
 from mnist_lightning.data.datamodule import MNISTDataModule
+from mnist_lightning.doors.checkpoints import CHECKPOINTS, read_checkpoint
 from mnist_lightning.doors.settings import (
     TrainOptions,
     class_problems,
@@ -32,11 +33,18 @@ from mnist_lightning.doors.settings import (
     problems,
     settings_values,
 )
-from mnist_lightning.errors import ConfigError, TrainingDiverged, UserError, first_line
+from mnist_lightning.errors import (
+    CheckpointError,
+    ConfigError,
+    TrainingDiverged,
+    UserError,
+    first_line,
+)
 from mnist_lightning.models.classifier import MNISTClassifier
 from mnist_lightning.models.networks import custom_network_problems
 from mnist_lightning.models.optim import build_optimizer, build_scheduler
-from mnist_lightning.training.checkpoints import CHECKPOINTS, RunCheckpointIO, read_checkpoint
+from mnist_lightning.training.callbacks import RestoreWatch
+from mnist_lightning.training.checkpoint_io import RunCheckpointIO
 from mnist_lightning.training.tracking import keep_offline_runs_offline
 
 log = logging.getLogger(__name__)
@@ -303,7 +311,7 @@ def build(cfg: DictConfig, overrides: list[str] = ()):
         trainer = instantiate(
             cfg.trainer,
             logger=loggers or False,
-            callbacks=callbacks,
+            callbacks=[*callbacks, RestoreWatch()],
             plugins=[*instantiate(cfg.trainer.get("plugins") or []), run_checkpoint_io(cfg)],
             _convert_="all",
         )
@@ -313,7 +321,7 @@ def build(cfg: DictConfig, overrides: list[str] = ()):
 def run_checkpoint_io(cfg: DictConfig) -> RunCheckpointIO:
     """The plugin through which Lightning writes, reads and removes the run's checkpoints: always
     there, whatever the config says, so that no checkpoint read back can make it write or delete
-    outside the run (training/checkpoints.py)."""
+    outside the run (training/checkpoint_io.py)."""
     return RunCheckpointIO(Path(cfg.paths.output_dir) / CHECKPOINTS)
 
 
@@ -326,7 +334,18 @@ def fit(
     """trainer.fit, from `checkpoint` when resuming; the seconds it took. A diverged loss (the
     divergence stop, conf/callbacks/) ends in TrainingDiverged."""
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever a damaged checkpoint makes fail
+        watch = next(c for c in trainer.callbacks if isinstance(c, RestoreWatch))
+        if checkpoint is None or watch.restored:
+            raise
+        raise CheckpointError(
+            f"{checkpoint} cannot be restored ({type(error).__name__}: {first_line(error)[:200]});"
+            " resume from another checkpoint of the run, or start a new run."
+        ) from None
     seconds = time.perf_counter() - started
     diverged = divergence(trainer)
     if diverged:

@@ -29,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.config import CONFIG_DIR, group_configs, hydra_quoted, run_dir
 from mnist_lightning.data.augment import BatchAugment
+from mnist_lightning.doors.checkpoints import CHECKPOINTS, LAST
 from mnist_lightning.doors.folders import (
     NOT_SETTINGS,
     PARTS,
@@ -55,7 +56,6 @@ from mnist_lightning.doors.settings import is_object_config, plain_container, ta
 from mnist_lightning.errors import ConfigError, OutputError, UserError, first_line
 from mnist_lightning.models.networks import NETWORKS
 from mnist_lightning.models.optim import OPTIMIZERS, SCHEDULERS
-from mnist_lightning.training.checkpoints import CHECKPOINTS, LAST
 
 log = logging.getLogger(__name__)
 
