@@ -23,12 +23,12 @@ from PIL import Image
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
-from mnist_lightning.data import preprocess
 from mnist_lightning.data.datamodule import to_model_input
+from mnist_lightning.doors import images
 from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.doors.folders import refuse_inside_a_run
 from mnist_lightning.doors.settings import PredictOptions, command_options
-from mnist_lightning.errors import UserError
+from mnist_lightning.errors import ImageError, UserError
 
 log = logging.getLogger("mnist_lightning.predict")
 
@@ -84,7 +84,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     trained = load_trained(options.ckpt_path, options.net_target)
     normalize = trained.data.get("normalize", True)
     inputs = [options.inputs] if isinstance(options.inputs, str) else list(options.inputs)
-    files, skipped = preprocess.find_images(inputs)
+    files, skipped = images.find_images(inputs)
     if skipped:
         log.info("ignored %d non-image file(s) in the folders given", skipped)
     if not files:
@@ -92,12 +92,12 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
 
     results, digits = [], {}
     for path in files:  # each file on its own: a bad one costs only its own error line
+        name = images.shown_name(path)
         try:
-            digits[len(results)] = preprocess.image_to_digit(preprocess.load_image(path), str(path))
-            results.append({"file": str(path)})
-        except preprocess.ImageError as error:
-            message = str(error).removeprefix(f"{path}: ")
-            results.append({"file": str(path), "error": message})
+            digits[len(results)] = images.image_to_digit(images.load_image(path), name)
+            results.append({"file": name})
+        except ImageError as error:
+            results.append({"file": name, "error": str(error).removeprefix(f"{name}: ")})
     if digits:
         batch = torch.stack(list(digits.values()))
         answers = classify(trained.model, batch, normalize, options.top_k)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mnist_lightning.data import mnist_files, preprocess
+from mnist_lightning.doors import images
 from mnist_lightning.doors.folders import writable
 from mnist_lightning.errors import ConfigError, MNISTDataError, TrainingDiverged, UserError
 from mnist_lightning.train import train
@@ -417,6 +418,6 @@ def test_fuzz_image_files_of_random_bytes(content, suffix, tmp_path):
     path = tmp_path / f"input{suffix}"
     path.write_bytes(content)
     try:
-        preprocess.to_mnist(preprocess.load_image(path))
+        preprocess.to_mnist(images.load_image(path))
     except preprocess.ImageError as error:
         assert str(path) in str(error) or "no digit found" in str(error)

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from mnist_lightning.data.datamodule import to_model_input
@@ -202,14 +204,15 @@ def test_each_kind_of_input_gets_the_models_answer(server, served_run, digits):
 
 def test_a_photo_of_a_digit_is_preprocessed_as_predict_does(server, digits):
     from mnist_lightning.data import preprocess
+    from mnist_lightning.doors.images import decode_image
 
-    images, _ = digits
-    big = Image.fromarray(255 - images[1, 0].numpy()).resize((300, 300))  # dark ink, big
+    pictures, _ = digits
+    big = Image.fromarray(255 - pictures[1, 0].numpy()).resize((300, 300))  # dark ink, big
     buffer = io.BytesIO()
     big.convert("RGB").save(buffer, format="JPEG")
     status, answer = post(server, *multipart(buffer.getvalue(), "photo.jpg"))
     assert status == 200
-    expected = preprocess.to_mnist(preprocess.decode_image(buffer.getvalue()))
+    expected = preprocess.to_mnist(decode_image(buffer.getvalue()))
     seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["preprocessed"]))))
     assert np.array_equal(seen, expected[0].numpy())
 
@@ -581,7 +584,38 @@ def hostile(digits) -> dict[str, tuple[bytes, list[tuple[str, str]], int, str]]:
             422,
             "28 rows of 28 numbers",
         ),
+        "a pixel of 401 digits": (
+            json.dumps({"pixels": [[10**400] + [0] * 27] + [[0] * 28] * 27}).encode(),
+            json_type,
+            422,
+            "between 0 and 255",
+        ),
+        "a data URL without its comma": (
+            json.dumps({"image": "data:image/png;base64"}).encode(),
+            json_type,
+            422,
+            "a data URL without base64 data",
+        ),
+        "9 MB of empty form fields": (
+            b"&" * 9_000_000,
+            [("Content-Type", "application/x-www-form-urlencoded")],
+            400,
+            "form cannot be read",
+        ),
+        "a 16-bit PNG that decodes to 48 MB": (
+            json.dumps({"image": base64.b64encode(png16_bomb()).decode()}).encode(),
+            json_type,
+            413,
+            "I;16 pixels would take 48 MB to decode; at most 16 MB",
+        ),
     }
+
+
+def png16_bomb() -> bytes:
+    """A few kB that decode to 2828 x 2828 16-bit pixels, and a float copy of them."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((2828, 2828), np.uint16)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def test_no_malformed_request_is_a_500(server, digits):
@@ -644,9 +678,20 @@ def test_a_bad_request_never_fails_the_good_ones_batched_with_it(server, served_
 
 def test_sigterm_stops_every_process_and_frees_the_port(served_run):
     """What systemd, Docker and Kubernetes send to the serve command's process alone (Ctrl-C,
-    to every process, is how each test's server stops: running_server)."""
+    to every process, is how each test's server stops: running_server): within the 10 s they
+    give it, even with clients in the middle of an upload."""
     process, base = start_server(served_run)
-    output = stop_server(process, "sigterm", seconds=15)
+    host, port = base.removeprefix("http://").split(":")
+    uploads = [socket.create_connection((host, int(port)), timeout=10) for _ in range(4)]
+    for upload in uploads:
+        upload.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000\r\n\r\n" + b"[" * 1000
+        )
+    time.sleep(0.5)
+    output = stop_server(process, "sigterm", seconds=10)
+    for upload in uploads:
+        upload.close()
     assert "Traceback" not in output, output[-3000:]
     assert_port_free(int(base.rsplit(":", 1)[1]))
 
@@ -764,3 +809,85 @@ def test_only_a_lifespan_cancelled_at_shutdown_is_dropped_from_uvicorns_log():
     assert '"lifespan.shutdown.failed", "message": exc_text' in routing
     assert "exc_text = traceback.format_exc()" in routing
     assert 'self.logger.error(message["message"])' in Path(uvicorn.lifespan.on.__file__).read_text()
+
+
+def test_a_client_asking_to_upgrade_to_http2_gets_its_answer(server, digits):
+    """curl --http2 on http:// asks to upgrade to HTTP/2 (h2c) in a request with a body: the
+    server answers it over HTTP/1.1, body read."""
+    body = json.dumps({"pixels": digits[0][0, 0].tolist()}).encode()
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        )
+        answer = b""
+        while b"digit" not in answer and len(answer) < 100_000:
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+def test_base64_with_line_breaks_is_read(server, digits):
+    """What `base64` and `base64.encodebytes` write: lines of 76 characters."""
+    encoded = base64.encodebytes(png(digits[0][0, 0].numpy())).decode()
+    assert "\n" in encoded
+    for image in (encoded, "data:image/png;base64," + encoded):
+        status, answer = post_json(server, {"image": image})
+        assert status == 200 and answer["digit"] in range(10)
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**500), max_value=10**500)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(["data:", "data:image/png;base64,", "iVBORw0KGgo=", "\n\n"]),
+    lambda inner: (
+        st.lists(inner, max_size=30) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=40,
+)
+REQUEST_BODIES = (
+    st.binary(max_size=2048)
+    | st.builds(lambda v: json.dumps(v).encode(), JSON_VALUES)
+    | st.builds(
+        lambda key, v: json.dumps({key: v}).encode(),
+        st.sampled_from(["image", "pixels"]),
+        JSON_VALUES,
+    )
+    | st.builds(
+        lambda rows, value: json.dumps({"pixels": [[value] * 28] * rows}).encode(),
+        st.integers(0, 30),
+        JSON_VALUES,
+    )
+)
+CONTENT_TYPES = st.sampled_from(
+    [
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=b",
+        "multipart/form-data",
+        "text/plain",
+        "application/json; charset=utf-32",
+        "",
+    ]
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=REQUEST_BODIES, content_type=CONTENT_TYPES)
+def test_any_request_is_the_models_answer_or_a_4xx(server, body, content_type):
+    headers = [("Content-Type", content_type)] if content_type else []
+    status, answer = raw_post(server, body, headers)
+    assert status == 200 or 400 <= status < 500, (status, answer)
+    if status != 200:
+        assert answer["detail"] and "\n" not in answer["detail"]
+    else:
+        assert answer["digit"] in range(10)

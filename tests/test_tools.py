@@ -18,6 +18,7 @@ from PIL import Image
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import preprocess
 from mnist_lightning.data.datamodule import to_model_input
+from mnist_lightning.doors import images
 from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
 from mnist_lightning.errors import CheckpointError
 from tests.conftest import load_fixture, onnx_session, run_module
@@ -298,6 +299,6 @@ def test_16_bit_and_float_images_are_read_at_their_own_depth(fixture_data_dir, t
     }
     for name, image in variants.items():
         image.save(tmp_path / name)
-        result = preprocess.to_mnist(preprocess.load_image(tmp_path / name))[0].float()
+        result = preprocess.to_mnist(images.load_image(tmp_path / name))[0].float()
         assert result.max() >= 200, name  # ink, not "no digit found"
         assert (result - reference).abs().mean() < 12, name

@@ -23,12 +23,14 @@ from omegaconf import DictConfig
 from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.doors.checkpoints import load_trained
+from mnist_lightning.doors.requests import Limits, RequestGate
 from mnist_lightning.doors.settings import ServeOptions, command_options
 from mnist_lightning.errors import ConfigError, UserError
-from mnist_lightning.serve.api import DigitAPI, Limits, RequestGate
+from mnist_lightning.serve.api import DigitAPI
 from mnist_lightning.training.run import accelerator_problem
 
 log = logging.getLogger("mnist_lightning.serve")
+GRACEFUL_STOP_SECONDS = 3
 
 
 def page() -> str:
@@ -66,13 +68,17 @@ def build_server(options: ServeOptions) -> ls.LitServer:
         max_decoded_bytes=options.max_decode_mb * 1_000_000,
         refusal_delay=options.refusal_delay,
     )
-    return ls.LitServer(
+    server = ls.LitServer(
         api,
         accelerator=options.accelerator,
         workers_per_device=options.workers,
         middlewares=[(RequestGate, {"limits": limits, "page": page()})],
         disable_openapi_url=True,  # its page loads scripts from a CDN
     )
+    # How long a stop waits for requests in flight (LitServe's default, 30 s, outlasts the 10 s
+    # that Docker and Kubernetes give a process after SIGTERM).
+    server.uvicorn_graceful_timeout = GRACEFUL_STOP_SECONDS
+    return server
 
 
 class ManagerGoneAtShutdown(logging.Filter):
@@ -143,6 +149,9 @@ def main(cfg: DictConfig) -> None:
         num_api_servers=options.api_servers,
         generate_client_file=False,
         log_level=options.log_level,
+        # h11 reads the body of a request that asks to upgrade to HTTP/2 (curl --http2) and
+        # answers it over HTTP/1.1; uvicorn's httptools parser drops that body.
+        http="h11",
     )
     log.info("stopped")
 
