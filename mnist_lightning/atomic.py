@@ -18,7 +18,7 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(temporary_path)`, then move the result to `path`.
 
     Any OSError (a full disk, a folder that cannot be written) becomes one OutputError naming
-    the folder, and the temporary file is removed.
+    the folder; whatever fails, the temporary file is removed.
     """
     path = Path(path)
     temporary = None
@@ -33,13 +33,14 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
             os.fsync(f.fileno())  # on disk before the rename makes it the file
         os.replace(temporary, path)
     except OSError as error:
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
         reason = error.strerror or str(error)
         raise OutputError(
             f"cannot write {path.name} in {path.parent} ({reason}); free some space there or fix "
             "its permissions, or choose another output folder. Nothing was left half-written."
         ) from None
+    finally:  # whatever failed (a write error, text that cannot be encoded), nothing is left
+        if temporary is not None and temporary.exists():
+            temporary.unlink(missing_ok=True)
     return path
 
 

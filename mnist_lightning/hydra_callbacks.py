@@ -94,12 +94,24 @@ class LockRunFolder(Callback):
 
 
 class SweepSummary(Callback):
-    """summary.csv, summary.md and summary.png in the sweep folder when a multirun ends."""
+    """summary.csv, summary.md and summary.png in the sweep folder when a multirun ends. A sweep
+    in which no job succeeded ends with exit code 1 and one line (its summary still written)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from mnist_lightning.report import write_summary
 
-        write_summary(config.hydra.sweep.dir)
+        try:
+            rows = write_summary(config.hydra.sweep.dir)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stdout, flush=True)
+            raise SystemExit(1) from None  # a Hydra callback's exceptions only become warnings
+        if not any(row["status"] == "ok" for row in rows):
+            print(
+                f"error: no job of the sweep in {config.hydra.sweep.dir} succeeded; each job's "
+                "failure.json says why (summary.md lists them).",
+                flush=True,
+            )
+            raise SystemExit(1)
 
 
 class PrepareTrackingStores(Callback):

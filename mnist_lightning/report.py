@@ -15,19 +15,17 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.command import command
+from mnist_lightning.doors.folders import FileRefused, read_json, read_yaml, refuse_links
 from mnist_lightning.doors.settings import is_number
-from mnist_lightning.errors import UserError
+from mnist_lightning.errors import UserError, first_line
 from mnist_lightning.training import figures
 
 log = logging.getLogger(__name__)
@@ -50,9 +48,9 @@ class Unreadable(Exception):
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise Unreadable(f"{path.name} is not valid JSON ({type(error).__name__})") from None
+        data = read_json(path)
+    except FileRefused as error:
+        raise Unreadable(str(error).removeprefix(f"{path.parent}/")) from None
     if not isinstance(data, dict):
         raise Unreadable(f"{path.name} is not a JSON object")
     return data
@@ -61,8 +59,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _job_overrides(job_dir: Path) -> list[str]:
     """A job's overrides as written: plain text, nothing resolved."""
     try:
-        overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        overrides = read_yaml(job_dir / ".hydra" / "overrides.yaml")
+    except FileRefused:
         raise Unreadable(".hydra/overrides.yaml is not valid YAML") from None
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         raise Unreadable(".hydra/overrides.yaml is not a list of overrides")
@@ -136,6 +134,8 @@ def collect_jobs(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
             row.update(_job_row(job_dir))
         except Unreadable as error:
             row["status"] = f"unreadable: {error}"
+        except Exception as error:  # noqa: BLE001 - whatever a job's files break is that row's
+            row["status"] = f"unreadable: {type(error).__name__}: {first_line(error)[:120]}"
         rows.append(row)
     readable = list(overrides.values())
     common = set.intersection(*(set(o) for o in readable)) if len(readable) > 1 else set()
@@ -168,10 +168,6 @@ def _markdown(value: Any, column: str) -> str:
     return " ".join(_cell(value, column).split()).replace("|", "\\|")  # one line, one cell
 
 
-def _label(text: str) -> str:
-    return text.replace("$", r"\$")  # job text, not matplotlib's mathematics
-
-
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_markdown(row.get(c), c) for c in COLUMNS) + " |" for row in rows]
@@ -193,9 +189,7 @@ def summary_figure(rows: list[dict[str, Any]]):
             continue
         for ax, x in ((by_images, "val_check/images"), (by_seconds, "val_check/seconds")):
             if len(history.get(x, [])) == len(accuracy):
-                ax.plot(
-                    history[x], accuracy, marker="o", markersize=2.5, label=_label(row["overrides"])
-                )
+                ax.plot(history[x], accuracy, marker="o", markersize=2.5, label=row["overrides"])
     images = [v for r in rows for v in r["history"].get("val_check/images", [])]
     if images and max(images) > 100 * max(min(images), 1):
         by_images.set_xscale("log")  # stochastic and batch gradient descent side by side
@@ -207,7 +201,7 @@ def summary_figure(rows: list[dict[str, Any]]):
         by_images.legend(fontsize=7)
     done = [r for r in rows if r["status"] == "ok" and r.get("test/acc") is not None]
     bars.barh(
-        [_label(r["overrides"]) for r in done][::-1],
+        [r["overrides"] for r in done][::-1],
         [r["test/acc"] for r in done][::-1],
         color="tab:blue",
     )
@@ -230,6 +224,7 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
             f"{sweep_dir} is not a folder; pass a multirun folder such as "
             "outputs/multirun/<date-time>"
         )
+    refuse_links(sweep_dir, "sweep_dir")  # its summary files are written into it
     rows, common = collect_jobs(sweep_dir)
     if not rows:
         raise UserError(f"{sweep_dir} holds no Hydra job folders (*/.hydra/overrides.yaml)")

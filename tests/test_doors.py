@@ -125,28 +125,56 @@ def refused_command(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_links_are_refused_before_hydra_writes_into_the_folder(
-    run_folder, fixture_data_dir, tmp_path
-):
-    """Hydra writes its .hydra/ record and the log file before the command runs: the folder door
-    runs before it (the LockRunFolder callback), and a refused resume leaves every file of the
-    run as it was, Hydra's record included (`report` credits a job with its overrides)."""
+def test_a_resume_refused_after_hydra_started_keeps_hydras_record(run_folder, fixture_data_dir):
+    """A record refused inside the train command, after Hydra set up the run: Hydra's own record
+    of the command (.hydra/) is not rewritten (`report` credits a job with its overrides), and
+    every file of the run but its log is as it was."""
+    (run_folder / ".hydra").mkdir(exist_ok=True)
+    (run_folder / ".hydra" / "overrides.yaml").write_text("- optimizer=adam\n")
+    record = yaml.safe_load((run_folder / "run_config.yaml").read_text())
+    record["settings"]["trainer"]["plugins"] = []
+    (run_folder / "run_config.yaml").write_text(yaml.safe_dump(record))
+    files = {p: p.read_bytes() for p in run_folder.rglob("*") if p.is_file()}
+    result = refused_command(f"resume={run_folder}", data_dir=fixture_data_dir)
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert "settings.trainer.plugins: a part of the config, not a setting" in last
+    after = {p: p.read_bytes() for p in run_folder.rglob("*") if p.is_file()}
+    assert {p: b for p, b in after.items() if p.name != "train.log"} == files
+
+
+@pytest.mark.parametrize("case", ["a link", "an override", "another folder"])
+def test_hydras_callback_refuses_before_anything_is_written(case, run_folder, tmp_path, capsys):
+    """LockRunFolder runs before Hydra writes its record and its log into the folder."""
+    from omegaconf import OmegaConf
+
+    from mnist_lightning.hydra_callbacks import LockRunFolder
+
     victim = tmp_path / "precious.txt"
     victim.write_text("years of work")
-    files = {p: p.read_bytes() for p in run_folder.rglob("*") if p.is_file()}
-    result = refused_command(f"resume={run_folder}", "optimizer.lr=0.5", data_dir=fixture_data_dir)
-    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
-    last = result.stdout.strip().splitlines()[-1]
-    assert "these overrides would change the run: optimizer.lr=0.5" in last
-    assert {p: p.read_bytes() for p in run_folder.rglob("*") if p.is_file()} == files
-    (run_folder / ".hydra").mkdir(exist_ok=True)
-    (run_folder / ".hydra" / "config.yaml").unlink(missing_ok=True)
-    (run_folder / ".hydra" / "config.yaml").symlink_to(victim)
-    result = refused_command(f"resume={run_folder}", data_dir=fixture_data_dir)
-    last = result.stdout.strip().splitlines()[-1]
-    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
-    assert last.startswith("error: ") and "is a symbolic link" in last
-    assert victim.read_text() == "years of work"
+    overrides, run_dir = [f"resume={run_folder}"], run_folder
+    if case == "a link":
+        (run_folder / "train.log").unlink(missing_ok=True)
+        (run_folder / "train.log").symlink_to(victim)
+    elif case == "an override":
+        overrides.append("optimizer.lr=0.5")
+    else:
+        run_dir = tmp_path / "elsewhere"
+    config = OmegaConf.create(
+        {
+            "resume": str(run_folder),
+            "ckpt_path": None,
+            "hydra": {"run": {"dir": str(run_dir)}, "overrides": {"task": overrides}},
+        }
+    )
+    files = {p: p.read_bytes() for p in run_folder.rglob("*") if p.is_file() and not p.is_symlink()}
+    with pytest.raises(SystemExit) as stop:
+        LockRunFolder().on_run_start(config)
+    assert stop.value.code == 1
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("error: ") and "\n" not in line
+    assert files == {p: p.read_bytes() for p in files} and victim.read_text() == "years of work"
+    assert not (tmp_path / "elsewhere").exists() and not (run_folder / ".lock").exists()
 
 
 def test_a_resume_elsewhere_and_a_sweep_folder_with_a_link_are_refused(run_folder, tmp_path):
@@ -390,7 +418,7 @@ RESUME_PATHS = st.lists(
 )
 
 
-@settings(FUZZ, max_examples=10)
+@settings(FUZZ, max_examples=6)
 @given(path=RESUME_PATHS, value=CHECKPOINT_VALUES)
 def test_a_resume_from_a_mutated_checkpoint_continues_or_is_one_line(
     run_folder, fixture_data_dir, path, value
@@ -440,3 +468,129 @@ def test_a_resume_from_a_damaged_checkpoint_is_one_line(case, run_folder, fixtur
     with pytest.raises(CheckpointError) as error:
         train(compose([f"resume={run_folder}", f"data.data_dir={fixture_data_dir}"], run_folder))
     assert one_line(error.value) and str(last) in str(error.value)
+
+
+# --- a stored Optuna study -------------------------------------------------------------------
+
+
+def study_of_this_search(path: Path):
+    """A study of this project's search in `path`, with two finished trials and one that a
+    killed search left running."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, LogUniformDistribution
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(
+        study_name="mnist", storage=f"sqlite:///{path}", direction="maximize"
+    )
+    space = {
+        "model.activation": CategoricalDistribution(["relu", "tanh"]),
+        "optimizer.lr": LogUniformDistribution(1e-4, 0.5),
+    }
+    for value, activation in ((0.9, "relu"), (0.8, "tanh")):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"model.activation": activation, "optimizer.lr": 0.01},
+                distributions=space,
+                value=value,
+            )
+        )
+    study.ask(space)  # left RUNNING
+    return study
+
+
+STUDY_EDITS = st.sampled_from(
+    [
+        ("study_user_attributes", "value_json"),
+        ("trial_params", "distribution_json"),
+        ("trial_params", "param_value"),
+        ("trials", "state"),
+        ("trial_values", "value"),
+        ("studies", "study_name"),
+    ]
+)
+
+
+@settings(FUZZ, max_examples=10)
+@given(
+    edit=STUDY_EDITS,
+    value=st.one_of(st.text(max_size=30), st.integers(-(2**63), 2**63 - 1), st.none()),
+)
+def test_an_edited_study_is_resumed_or_one_line(tmp_path, capsys, edit, value):
+    import sqlite3
+
+    from hydra_plugins.mnist_lightning_sweepers.resumable_optuna import (
+        INTERRUPTED,
+        stored_study,
+    )
+
+    path = Path(tempfile.mkdtemp(dir=tmp_path)) / "optuna.db"
+    study = study_of_this_search(path)
+    study.set_user_attr(INTERRUPTED, [])
+    table, column = edit
+    with sqlite3.connect(path) as db:
+        try:
+            db.execute(f"UPDATE {table} SET {column} = ?", (value,))
+        except sqlite3.Error:
+            return  # the database itself refuses the value
+    capsys.readouterr()
+    try:
+        _, remaining = stored_study(f"sqlite:///{path}", "mnist", 5)
+        assert 0 <= remaining <= 5
+    except SystemExit as stop:
+        assert stop.code == 1
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: sqlite:///")
+
+
+# --- a sweep folder, and a folder of images -----------------------------------------------------
+
+
+def test_report_reads_any_job_folder_as_data(tmp_path):
+    """A layer's name that is matplotlib's mathematics, a metrics.json nested thousands deep, an
+    overrides.yaml of aliases: each job is a row, and the summary is written."""
+    from mnist_lightning.report import write_summary
+
+    sweep = tmp_path / "sweep"
+    jobs = {
+        "0": (
+            ["model.activation=$\\frac{$"],
+            '{"val/acc_best": 0.9, "test/acc": 0.9, '
+            '"gradient_norms": {"step": [1, 2], "$\\frac{$.weight": [0.1, 0.2]}}',
+        ),
+        "1": (["model.activation=relu"], "[" * 5000 + "]" * 5000),
+        "2": ("a: &a [1]\nb: [*a, *a]\n", '{"val/acc_best": 0.8}'),
+    }
+    for name, (overrides, metrics) in jobs.items():
+        (sweep / name / ".hydra").mkdir(parents=True)
+        text = overrides if isinstance(overrides, str) else yaml.safe_dump(overrides)
+        (sweep / name / ".hydra" / "overrides.yaml").write_text(text)
+        (sweep / name / "metrics.json").write_text(metrics)
+    rows = {row["job"]: row["status"] for row in write_summary(sweep)}
+    assert rows["0"] == "ok"
+    assert rows["1"].startswith("unreadable: metrics.json is not readable JSON")
+    assert rows["2"].startswith("unreadable: .hydra/overrides.yaml")
+    assert (sweep / "summary.png").stat().st_size > 0 and (sweep / "gradient_flow.png").exists()
+
+
+def test_predict_reads_a_folder_whose_names_are_not_utf8(trained_run, tmp_path):
+    from mnist_lightning.predict import predict
+    from tests.test_tools import tool_config
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    digit = torch.zeros(28, 28, dtype=torch.uint8)
+    digit[6:22, 12:16] = 255
+    from PIL import Image
+
+    Image.fromarray(digit.numpy()).save(os.fsdecode(bytes(folder) + b"/seven\xff.png"))
+    output = tmp_path / "out.csv"
+    cfg = tool_config(
+        "predict",
+        [f"ckpt_path={trained_run}", f"inputs={folder}", f"output={output}"],
+        tmp_path / "run",
+    )
+    results = predict(cfg)
+    assert [r["file"] for r in results] == [f"{folder}/seven\\xff.png"]
+    assert "seven\\xff.png" in output.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits", "out.csv"]  # nothing left

@@ -205,7 +205,9 @@ def test_optuna_search_resumes_an_interrupted_study(fixture_data_dir, tmp_path):
     assert sum(r["status"] == "ok" for r in summary_rows(sweep_dir)) == 2
 
 
-def _optuna_search_over_activations(activations: str, n_trials: int, sweep_dir, data_dir):
+def _optuna_search_over_activations(
+    activations: str, n_trials: int, sweep_dir, data_dir, exit_code: int = 0
+):
     """The Optuna search with `activations` as the activation's choices; returns the process."""
     result = run_module(
         "mnist_lightning.train",
@@ -216,7 +218,7 @@ def _optuna_search_over_activations(activations: str, n_trials: int, sweep_dir, 
         f"hydra.sweep.dir={sweep_dir}",
         data_dir=data_dir,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == exit_code, result.stderr[-3000:]
     return result
 
 
@@ -238,8 +240,11 @@ def test_a_failed_optuna_trial_is_recorded_and_the_search_goes_on(fixture_data_d
 
     # When every trial fails there is no best trial: a message, and still the summary.
     all_failed = tmp_path / "optuna_all_failed"
-    result = _optuna_search_over_activations("not_an_activation", 1, all_failed, fixture_data_dir)
+    result = _optuna_search_over_activations(
+        "not_an_activation", 1, all_failed, fixture_data_dir, exit_code=1
+    )
     assert "No trial of study 'mnist' completed: every job failed" in result.stdout + result.stderr
+    assert result.returncode == 1 and "error: no job of the sweep in" in result.stdout
     assert [t.state.name for t in _optuna_trials(all_failed)] == ["FAIL"]
     assert all(r["status"].startswith("failed:") for r in summary_rows(all_failed))
 

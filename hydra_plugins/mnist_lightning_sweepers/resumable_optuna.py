@@ -38,20 +38,37 @@ def _open_study(storage: str, study_name: str):
     """The stored study, or None for a new search. A database that is damaged, or not one at
     all, stops the search in one line before any job starts (it is data)."""
     import optuna
-    from sqlalchemy.exc import SQLAlchemyError
 
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:  # no such study yet
         return None
-    except (SQLAlchemyError, RuntimeError, ValueError) as error:
-        print(
-            f"error: {storage} is not a readable Optuna study ({first_line(error)}); move the file "
-            "away to start the search afresh, or give the search another folder "
-            "(hydra.sweep.dir=<folder>).",
-            flush=True,
-        )
-        sys.exit(1)
+    except Exception as error:  # noqa: BLE001 - a study file is data: any failure is its own
+        _refuse(storage, error)
+
+
+def _refuse(storage: str, error: BaseException) -> None:
+    """A study that cannot be read or continued: one line, exit code 1."""
+    reason = f"{type(error).__name__}: {first_line(error)[:200]}"
+    print(
+        f"error: {storage} is not a readable Optuna study, or not one of this search ({reason}); "
+        "move the file away to start the search afresh, or give the search another folder "
+        "(hydra.sweep.dir=<folder>).",
+        flush=True,
+    )
+    sys.exit(1)
+
+
+def stored_study(storage: str, study_name: str, n_trials: int) -> tuple[Any, int]:
+    """The study door: the stored study (None for a new search) and the trials still to run.
+    Whatever is wrong in the stored study, one line and exit code 1."""
+    study = _open_study(storage, study_name)
+    if study is None:
+        return None, n_trials
+    try:
+        return study, _trials_to_go(study, n_trials)
+    except Exception as error:  # noqa: BLE001 - see _open_study
+        _refuse(storage, error)
 
 
 def _trials_to_go(study, n_trials: int) -> int:
@@ -59,7 +76,8 @@ def _trials_to_go(study, n_trials: int) -> int:
     counted as finished); the trials still to run."""
     from optuna.trial import TrialState
 
-    interrupted = set(study.user_attrs.get(INTERRUPTED, []))
+    kept = study.user_attrs.get(INTERRUPTED, [])  # (data: only its whole numbers count)
+    interrupted = {n for n in kept if type(n) is int} if isinstance(kept, list) else set()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)
         interrupted.add(trial.number)
@@ -85,9 +103,8 @@ if OptunaSweeper is not None:
                 study_file = _study_file(self.storage)
                 if study_file is not None:  # the sweep folder: Hydra makes it when jobs start
                     study_file.parent.mkdir(parents=True, exist_ok=True)
-                study = _open_study(self.storage, study_name)
+                study, remaining = stored_study(self.storage, study_name, settings["n_trials"])
                 if study is not None:
-                    remaining = _trials_to_go(study, settings["n_trials"])
                     log.info(
                         "Resuming study %r: %d of %d trials finished, %d to go",
                         study_name,
@@ -117,14 +134,20 @@ if OptunaSweeper is not None:
         def sweep(self, arguments: list[str]) -> None:
             try:
                 return super().sweep(arguments)
-            except ValueError:  # optuna: no best trial ("Record does not exist")
-                if not self.storage or self._any_trial_complete():
+            except ValueError as error:  # optuna: no best trial ("Record does not exist")
+                if not self.storage:
                     raise
+                if self._any_trial_complete():
+                    _refuse(self.storage, error)
                 log.error(
                     "No trial of study %r completed: every job failed. Each job folder holds "
                     "its failure.json; the sweep summary lists them.",
                     self.study_name,
                 )
+            except Exception as error:  # noqa: BLE001 - a stored study edited by hand, say
+                if not self.storage:
+                    raise
+                _refuse(self.storage, error)
 
         def _any_trial_complete(self) -> bool:
             from optuna.trial import TrialState

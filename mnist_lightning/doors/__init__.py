@@ -9,9 +9,11 @@ whatever its exception, into one line (a UserError) or, for a request, a 4xx:
 - checkpoints.py  checkpoints, read as data and checked against the settings before any build
 - images.py       image files and uploads, decoded within a budget
 - requests.py     HTTP requests to the server (the request gate)
-- studies.py      a stored Optuna study
+- a stored Optuna study: hydra_plugins/mnist_lightning_sweepers/resumable_optuna.py
+  (Hydra loads its sweeper from there)
 
 Nothing read through a door names code, chooses the data or a download source, replaces a part
 of the composed config, or leads to a write or delete outside its folder. Each door has a
-property-based test (tests/test_doors.py) that throws generated hostile input at it.
+property-based test (tests/test_doors.py; the requests' in tests/test_serve.py) that throws
+generated hostile input at it.
 """

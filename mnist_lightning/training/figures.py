@@ -9,6 +9,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
+# Text is text: names read back from a sweep folder (a job's overrides, a layer's name) are
+# never matplotlib's mathematics ($\frac{$ would stop the figure).
+matplotlib.rcParams["text.parse_math"] = False
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -84,7 +87,7 @@ def gradient_flow(panels: dict[str, dict[str, list[float]]]) -> Figure:
             if layer != "step" and len(values) == len(steps):
                 ax.plot(steps, values, label=layer.removesuffix(".weight"), linewidth=1.4)
         ax.set_yscale("log")
-        ax.set_title(title.replace("$", r"\$"), fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("optimizer step (first epoch)", fontsize=8)
         ax.grid(alpha=0.3, which="both")
     for ax in axes.flat[count:]:
