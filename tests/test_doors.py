@@ -594,3 +594,93 @@ def test_predict_reads_a_folder_whose_names_are_not_utf8(trained_run, tmp_path):
     assert [r["file"] for r in results] == [f"{folder}/seven\\xff.png"]
     assert "seven\\xff.png" in output.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits", "out.csv"]  # nothing left
+
+
+# --- the command line -----------------------------------------------------------------------
+
+ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["relu", "adam", "val/acc", "/etc", "???"]),
+    st.lists(st.integers(-5, 5) | st.floats(-2, 2) | st.text(max_size=3), max_size=4),
+    st.dictionaries(
+        st.sampled_from(["name", "lr", "x", "_target_"]), st.integers(0, 3), max_size=2
+    ),
+)
+
+
+def setting_paths(cfg, prefix: str = "") -> list[str]:
+    """Every key of a composed config, at every depth (Hydra's own node and places aside)."""
+    from omegaconf import DictConfig
+
+    found = []
+    for key in cfg:
+        if key in ("hydra", "paths") or str(key).startswith("_"):
+            continue
+        path = f"{prefix}{key}"
+        found.append(path)
+        node = cfg._get_node(key)._value() if False else None  # (resolved below)
+        del node
+        try:
+            child = cfg.get(key)
+        except Exception:  # noqa: BLE001 - an interpolation that needs Hydra
+            continue
+        if isinstance(child, DictConfig):
+            found += setting_paths(child, f"{path}.")
+    return found
+
+
+class Composed(dict):
+    """Each command's composed config and its keys (shown by name in a failing example)."""
+
+    def __repr__(self) -> str:
+        return f"<the composed configs of {', '.join(self)}>"
+
+
+@pytest.fixture(scope="module")
+def composed(tmp_path_factory) -> Composed:
+    from tests.test_tools import tool_config
+
+    folder = tmp_path_factory.mktemp("composed")
+    configs = {"train": compose(["optimizer=adam", "scheduler=step"], folder)}
+    for command in ("evaluate", "predict", "export", "serve"):
+        given = ["ckpt_path=x", "inputs=y"] if command == "predict" else ["ckpt_path=x"]
+        configs[command] = tool_config(command, given, folder)
+    return Composed({name: (cfg, setting_paths(cfg)) for name, cfg in configs.items()})
+
+
+@settings(FUZZ, max_examples=120)
+@given(data=st.data(), value=ANY_VALUE)
+def test_any_value_at_any_key_of_any_command_is_taken_or_one_line(composed, data, value):
+    from omegaconf import OmegaConf, open_dict
+
+    from mnist_lightning.doors import settings as door
+    from mnist_lightning.errors import ConfigError
+    from mnist_lightning.training import run
+
+    command = data.draw(st.sampled_from(sorted(composed)))
+    cfg, paths = composed[command]
+    cfg = cfg.copy()
+    path = data.draw(st.sampled_from(paths))
+    with open_dict(cfg):
+        try:
+            OmegaConf.update(cfg, path, value, force_add=True)
+        except Exception:  # noqa: BLE001 - OmegaConf itself refuses it: Hydra's parser would too
+            return
+    options = {
+        "evaluate": door.EvaluateOptions,
+        "predict": door.PredictOptions,
+        "export": door.ExportOptions,
+        "serve": door.ServeOptions,
+    }
+    try:
+        if command == "train":
+            run.check(cfg)
+        else:
+            door.command_options(options[command], cfg)
+    except ConfigError as error:
+        assert all(line and line.split("=")[0].split(":")[0] for line in str(error).splitlines())
+        assert len(str(error).splitlines()) <= 3  # one line per setting that is wrong

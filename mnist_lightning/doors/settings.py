@@ -391,6 +391,8 @@ def describe(annotation: Any) -> str:
         if origin is tuple and args and Ellipsis not in args:
             length = [len(args)]
         return f"a list of {f'{length[0]} ' if length else ''}{inner}"
+    if origin is dict or _is_model(annotation):
+        return "settings (name: value, ...), as conf/ writes them"
     words = {int: "a whole number", float: "a finite number", bool: "true or false", str: "text"}
     return words.get(annotation, "a name or a number") + _bounds(metadata)
 
@@ -455,7 +457,7 @@ def _walk(model: Any, values: Any, loc: tuple) -> tuple[list[str], Any, Any]:
         fields = current.model_fields if _is_model(current) else {}
         if isinstance(values, dict) and part in values:
             holder, values = current, values[part]
-            annotation = _field_annotation(fields[part]) if part in fields else Any
+            annotation = _field_annotation(fields[part]) if part in fields else _item(current)
             path.append(str(part))
         elif isinstance(values, list) and isinstance(part, int) and 0 <= part < len(values):
             args = typing.get_args(_base(annotation))
@@ -466,6 +468,14 @@ def _walk(model: Any, values: Any, loc: tuple) -> tuple[list[str], Any, Any]:
             annotation = _field_annotation(fields[part])
             path.append(str(part))
     return path, annotation, holder
+
+
+def _item(annotation: Any) -> Any:
+    """What a mapping (`dict[str, X]`, or Optional of it) holds at its keys."""
+    for candidate in (annotation, *typing.get_args(_base(annotation))):
+        if typing.get_origin(_base(candidate)) is dict:
+            return typing.get_args(_base(candidate))[1]
+    return Any
 
 
 def _field_annotation(field: Any) -> Any:
@@ -591,6 +601,28 @@ class TrainOptions(Options):
     optimized_metric: METRIC = "val/acc_best"
     resume: Optional[str] = None  # noqa: UP045
     ckpt_path: Optional[str] = None  # noqa: UP045
+
+
+Node = dict[str, Any]
+
+
+class ModelShape(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    net: Node
+
+
+class TrainShape(BaseModel):
+    """The train config's groups, as conf/ makes them: settings of a class, or parts by name."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    data: Node
+    augment: Optional[Node] = None  # noqa: UP045
+    model: ModelShape
+    optimizer: Node
+    scheduler: Optional[Node] = None  # noqa: UP045
+    trainer: Node
+    callbacks: Optional[dict[str, Optional[Node]]] = None  # noqa: UP045
+    logger: Optional[dict[str, Optional[Node]]] = None  # noqa: UP045
 
 
 class EvaluateOptions(Options):

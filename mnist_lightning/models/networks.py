@@ -167,6 +167,8 @@ def custom_network_problems(
     (`objects=False` for a file read back: doors/settings.class_problems)."""
     settings = plain_container(settings)
     target = settings.get("_target_")
+    if not isinstance(target, str):
+        return [f"{where}._target_={target}: must be the name of a class (package.module.Class)"]
     if target != named_target:
         return [
             f"{where} is your own network class {target}; it is loaded only when the command "

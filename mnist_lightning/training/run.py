@@ -18,7 +18,7 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mnist_lightning.config import group_configs, group_targets
 from mnist_lightning.data.augment import BatchAugment
@@ -26,6 +26,7 @@ from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.doors.checkpoints import CHECKPOINTS, read_checkpoint
 from mnist_lightning.doors.settings import (
     TrainOptions,
+    TrainShape,
     class_problems,
     class_settings,
     import_problem,
@@ -69,30 +70,33 @@ def _needs_extra(where: str, error: object, default: str | None = None) -> str |
     )
 
 
-def _target_problems(where: str, node: DictConfig) -> list[str]:
+def _target_problems(where: str, node: dict) -> list[str]:
     """`class_problems` of a config node with a `_target_` (from conf/ or the command line)."""
+    target = node.get("_target_")
+    if not isinstance(target, str):
+        return [f"{where}._target_={target}: must be the name of a class (package.module.Class)"]
     try:
-        cls = get_class(node._target_)
+        cls = get_class(target)
     except (ImportError, ValueError) as error:
         if isinstance(error, ImportError) and (needed := _needs_extra(where, error)):
             return [needed]
-        return [import_problem(where, node._target_, error)]
+        return [import_problem(where, target, error)]
     return class_problems(where, cls, node)
 
 
-def _model_problems(cfg: DictConfig) -> list[str]:
+def _model_problems(config: dict) -> list[str]:
     """The model's settings (model.*, with the optimizer and the scheduler, which are its
     arguments but config groups of their own) as MNISTClassifier's."""
-    values = settings_values(cfg.model)
-    values["optimizer"] = plain_container(cfg.optimizer)
-    values["scheduler"] = plain_container(cfg.get("scheduler")) or None
-    net = values["net"] = plain_container(cfg.model.get("net"))
+    values = settings_values(config["model"])
+    values["optimizer"] = config["optimizer"]
+    values["scheduler"] = config.get("scheduler") or None
+    net = values["net"] = config["model"].get("net")
     if isinstance(net, dict) and net.get("_target_") == "???":
         return ["model.net._target_: missing; name your class: model.net._target_=pkg.MyNet"]
     found = []
     if isinstance(net, dict) and "_target_" in net:  # a class the command line names
         found += custom_network_problems("model.net", net, named_target=net["_target_"])
-        values["net"] = {"_target_": net["_target_"]}
+        values["net"] = None if found else {"_target_": net["_target_"]}
     found += problems("model", class_settings(MNISTClassifier), values)
     # The optimizer and scheduler are config groups of their own: model.optimizer.lr is
     # optimizer.lr on the command line.
@@ -121,34 +125,57 @@ def _echoes(cfg: DictConfig, setting: str, wrong: set[str]) -> bool:
 
 def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
     """Every bad value of the config, one line each, before any data is read or file written:
-    the command's options and each group as its class's settings (doors/settings.py: types,
-    ranges, the metric names watched); the settings that only make sense together; then the
-    optimizer and scheduler built on a stand-in parameter, so that torch's own checks of their
-    values speak now rather than in the fit."""
-    options = {str(k): plain_container(cfg.get(k)) for k in cfg if k not in GROUPS}
+    its shape, the command's options and each group as its class's settings
+    (doors/settings.py: types, ranges, the metric names watched); the settings that only make
+    sense together; then the optimizer and scheduler built on a stand-in parameter, so that
+    torch's own checks of their values speak now rather than in the fit. Whatever a config holds,
+    the check ends in lines, never in a traceback."""
+    try:
+        found = _problems(cfg)
+    except Exception as error:  # noqa: BLE001 - a config no check foresaw is still one line
+        found = [f"the config cannot be read ({type(error).__name__}: {first_line(error)[:200]})"]
+    if found:
+        raise ConfigError("\n".join(found))
+    _check_buildable(cfg, list(overrides))
+
+
+def plain_value(cfg: DictConfig, key: str) -> Any:
+    """`cfg[key]` as plain values, interpolations resolved, `???` kept as it is."""
+    node = OmegaConf.select(cfg, key, throw_on_missing=False)
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
+    return node
+
+
+def _problems(cfg: DictConfig) -> list[str]:
+    # Plain values: a setting left missing (???) is a value to check here, not an error.
+    config = {str(key): plain_value(cfg, str(key)) for key in cfg if key != "hydra"}
+    found = problems("", TrainShape, {k: v for k, v in config.items() if k in GROUPS})
+    if found:  # the groups themselves are not what conf/ makes them
+        return found
+    options = {k: v for k, v in config.items() if k not in GROUPS}
     found = problems("", TrainOptions, options)
-    found += class_problems("data", MNISTDataModule, cfg.data, skip=("augment",))
-    if cfg.get("augment"):
-        found += class_problems("augment", BatchAugment, cfg.augment)
-    found += _model_problems(cfg)
-    found += _target_problems("trainer", cfg.trainer)
+    found += class_problems("data", MNISTDataModule, config["data"], skip=("augment",))
+    if config.get("augment"):
+        found += class_problems("augment", BatchAugment, config["augment"])
+    found += _model_problems(config)
+    found += _target_problems("trainer", config["trainer"])
     for group in ("callbacks", "logger"):
-        for name, node in (cfg.get(group) or {}).items():
-            if isinstance(node, DictConfig) and "_target_" in node:
+        for name, node in (config.get(group) or {}).items():
+            if isinstance(node, dict) and "_target_" in node:
                 found += _target_problems(f"{group}.{name}", node)
     for problem in (_unvalidated_monitor(cfg), _cycle_without_end(cfg), _savers_kept(cfg)):
         if problem and not found:  # (they read values that must be right first)
             found.append(problem)
     wrong = {_setting(p) for p in found}
     found = [p for p in found if not _echoes(cfg, _setting(p), wrong - {_setting(p)})]
-    if problem := accelerator_problem("trainer.accelerator", cfg.trainer.get("accelerator")):
+    accelerator = config["trainer"].get("accelerator")
+    if problem := accelerator_problem("trainer.accelerator", accelerator):
         found.append(problem)
-    data_dir = cfg.data.get("data_dir")
+    data_dir = config["data"].get("data_dir")
     if data_dir and Path(str(data_dir)).expanduser().is_file():
         found.append(f"data.data_dir={data_dir}: is a file; it must be a folder holding MNIST/raw/")
-    if found:
-        raise ConfigError("\n".join(found))
-    _check_buildable(cfg, list(overrides))
+    return found
 
 
 def accelerator_problem(where: str, accelerator: Any) -> str | None:
