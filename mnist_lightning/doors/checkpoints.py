@@ -186,7 +186,7 @@ def tested_checkpoint_name(run_dir: Path) -> str | None:
 
 # --- what a checkpoint holds, checked ---------------------------------------------------------
 
-# Before the schema (record format 2), checkpoints named their classes by import path; these
+# Before the typed settings (record format 2), checkpoints named their classes by import path; these
 # known names are converted, anything else is refused.
 _EARLIER_NETWORKS = {
     "mnist_lightning.network.MLP": "mlp",

@@ -1,6 +1,6 @@
 """A run's folder: how a run starts in it or continues, and its record.
 
-`run_config.yaml` (schema.RunRecord) holds the option chosen per config group and the run's
+`run_config.yaml` (doors/folders.RunRecord) holds the option chosen per config group and the run's
 settings, as names and numbers. `resume=<run>` composes the project's own conf/ again with the
 recorded choices, then applies the recorded settings, checked like any command line: no file
 names the code to run, the data to use, or a folder to write to; places come from the folder
