@@ -684,3 +684,48 @@ def test_any_value_at_any_key_of_any_command_is_taken_or_one_line(composed, data
     except ConfigError as error:
         assert all(line and line.split("=")[0].split(":")[0] for line in str(error).splitlines())
         assert len(str(error).splitlines()) <= 3  # one line per setting that is wrong
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+def image_bytes(kind: str) -> bytes:
+    """A small valid image of `kind`, to mutate."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    digit = np.zeros((40, 30), np.uint8)
+    digit[8:32, 12:18] = 255
+    buffer = io.BytesIO()
+    if kind == "png16":
+        Image.fromarray(digit.astype(np.uint16) * 257).save(buffer, format="PNG")
+    elif kind == "float tiff":
+        Image.fromarray(digit.astype(np.float32) / 255, "F").save(buffer, format="TIFF")
+    else:
+        Image.fromarray(digit).convert("RGB").save(buffer, format=kind)
+    return buffer.getvalue()
+
+
+@settings(FUZZ, max_examples=60)
+@given(
+    kind=st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "WEBP", "png16", "float tiff"]),
+    edits=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6),
+    cut=st.integers(0, 2000),
+)
+def test_a_mutated_image_is_a_digit_or_one_line(kind, edits, cut):
+    from mnist_lightning.doors.images import decode_image, image_to_digit
+    from mnist_lightning.errors import ImageError
+
+    data = bytearray(image_bytes(kind))
+    for where, value in edits:
+        if where < len(data):
+            data[where] = value
+    data = bytes(data[: max(1, len(data) - cut)] if cut < len(data) else data)
+    try:
+        digit = image_to_digit(decode_image(data, "upload", max_side=4096, max_decoded_bytes=16e6))
+    except ImageError as error:
+        assert one_line(error) and str(error).startswith("upload")
+        return
+    assert digit.shape == (1, 28, 28) and digit.dtype == torch.uint8
