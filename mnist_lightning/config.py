@@ -1,4 +1,5 @@
-"""Where the configs live, and the OmegaConf resolvers that `conf/` uses."""
+"""Where the configs live (`conf/`, inside the package, so that a wheel holds them), where
+outputs and data go, and the OmegaConf resolvers that `conf/` uses."""
 
 from __future__ import annotations
 
@@ -11,9 +12,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = str(PACKAGE_DIR / "conf")
 RUN_CONFIG = "run_config.yaml"  # a run's record: the file that makes a folder a run folder
-CONFIG_DIR = str(PROJECT_ROOT / "conf")
+
+
+def project_root() -> Path:
+    """Where `outputs/` and `data/` go: the checkout that holds the package (beside its
+    pyproject.toml), else the folder the command runs in (the package installed from a
+    wheel)."""
+    checkout = PACKAGE_DIR.parent
+    return checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
 
 
 def conf_option(group: str, name: str) -> dict:
@@ -90,7 +99,7 @@ def group_configs(cfg: DictConfig, group: str, cls: type) -> list[DictConfig]:
 
 
 def register_resolvers() -> None:
-    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+    OmegaConf.register_new_resolver("project_root", lambda: str(project_root()), replace=True)
     OmegaConf.register_new_resolver("on_terminal", _on_terminal, replace=True)
     OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
     OmegaConf.register_new_resolver("run_name", _run_name, replace=True)

@@ -65,7 +65,7 @@ def outside_state(folder: Path) -> dict[str, bytes]:
 LINK_KINDS = ("symlink to a file", "symlink to a folder", "hard link", "dangling symlink", "fifo")
 
 
-@settings(FUZZ, max_examples=30)
+@settings(FUZZ, max_examples=20)
 @given(
     where=st.lists(st.sampled_from([".hydra", "checkpoints", "deep", "x"]), max_size=3),
     name=st.sampled_from(
@@ -511,7 +511,7 @@ STUDY_EDITS = st.sampled_from(
 )
 
 
-@settings(FUZZ, max_examples=10)
+@settings(FUZZ, max_examples=8)
 @given(
     edit=STUDY_EDITS,
     value=st.one_of(st.text(max_size=30), st.integers(-(2**63), 2**63 - 1), st.none()),

@@ -8,13 +8,14 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.doors.settings import is_plain
 from mnist_lightning.models.networks import ACTIVATIONS, MLP
 from mnist_lightning.models.optim import OPTIMIZERS, SCHEDULERS
 from mnist_lightning.training.run import build
 from tests.conftest import compose
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(CONFIG_DIR)
 OPTIMIZER_CONFS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
 SCHEDULER_CONFS = sorted(p.stem for p in (CONF / "scheduler").glob("*.yaml"))
 

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data.datamodule import to_model_input
 from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
 from tests.conftest import ROOT, compose, free_port, load_fixture, run_module
@@ -328,7 +329,7 @@ def test_a_bad_checkpoint_stops_the_server_before_it_starts(problem, trained_run
         state = read_checkpoint(resolve_checkpoint(trained_run))
         state["hyper_parameters"]["activation"] = Path("not/data")  # a pickled object
         torch.save(state, checkpoint)
-    cfg = OmegaConf.load(ROOT / "conf" / "serve.yaml")
+    cfg = OmegaConf.load(Path(CONFIG_DIR) / "serve.yaml")
     cfg.ckpt_path = str(checkpoint)
     options = command_options(ServeOptions, cfg)
     expected = {

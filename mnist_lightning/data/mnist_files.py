@@ -25,7 +25,7 @@ import torch
 from torchvision.datasets import MNIST
 from torchvision.datasets.utils import calculate_md5, download_url
 
-from mnist_lightning.config import PROJECT_ROOT
+from mnist_lightning.config import project_root
 from mnist_lightning.data import IMAGE_SIZE, NUM_CLASSES
 from mnist_lightning.errors import MNISTDataError
 
@@ -62,7 +62,7 @@ DOWNLOAD_TIMEOUT_S = 60
 def default_data_dir() -> Path:
     """`$MNIST_DATA_DIR` when set, else `data/` under the project root (never Hydra's run dir)."""
     env = os.environ.get("MNIST_DATA_DIR")
-    return Path(env) if env else PROJECT_ROOT / "data"
+    return Path(env) if env else project_root() / "data"
 
 
 def _fix_hint(raw_dir: Path) -> str:

@@ -1,0 +1,135 @@
+"""The one wrapper every command runs behind: train, evaluate, predict, export, serve, report.
+
+- A user error (errors.UserError: a bad value, missing data, a bad checkpoint, a full disk, a
+  folder that cannot be written) ends in one line, `error: <what is wrong and what to do>`, and
+  exit code 1, never a traceback.
+- A job of a multirun that fails leaves `failure.json` in its folder and returns no value, so the
+  sweep goes on and its summary says why (Optuna records a failed trial).
+- What every command's process shares: Lightning's messages through Hydra's logging minus its
+  tips, imported objects frozen for the garbage collector, and background
+  threads' write errors in one line (the main thread reports the same error when it next writes).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import gc
+import json
+import logging
+import sys
+import threading
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from mnist_lightning.atomic import write_text_atomically
+from mnist_lightning.errors import UserError
+
+log = logging.getLogger("mnist_lightning")
+
+_NOISE = ("Tip:", "TPU available", "HPU available", "Skipping setting a default", "LOCAL_RANK")
+FAILURE = "failure.json"
+
+Task = TypeVar("Task", bound=Callable[..., Any])
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def user_message(error: BaseException) -> str | None:
+    """What to tell the user about `error`, in one line; None when it is a bug (a traceback)."""
+    if isinstance(error, UserError):
+        return str(error)  # one line per problem
+    if isinstance(error, OSError) and (error.filename or error.errno == errno.ENOSPC):
+        where = f": {error.filename}" if error.filename else ""
+        return (
+            f"{error.strerror or type(error).__name__}{where}; check that it exists and can be "
+            "written (and that the disk has room), or choose another path"
+        )
+    return None
+
+
+def command(task: Task) -> Task:
+    """Run `task` as a command: see the module's docstring."""
+
+    @functools.wraps(task)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        quiet_library_logs()
+        threading.excepthook = _background_write_errors
+        # A log file that cannot be written (a full disk) does not print a traceback per line:
+        # the console still shows every message, and the command's own error says what failed.
+        logging.raiseExceptions = False
+        try:
+            with imported_objects_frozen():
+                return task(*args, **kwargs)
+        except Exception as error:
+            message = user_message(error)
+            if in_multirun():
+                record_failure(error, message)
+                log.error("job failed: %s", message or repr(error), exc_info=message is None)
+                return None
+            if message is None:
+                raise
+            log.error("error: %s", message)
+            sys.exit(1)
+
+    return run  # type: ignore[return-value]
+
+
+def record_failure(error: BaseException, message: str | None) -> None:
+    """`failure.json` in the job's folder: what the sweep summary shows for it."""
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    details = {
+        "error": type(error).__name__,
+        "message": message or str(error),
+        "traceback": "".join(traceback.format_exception(error)),
+    }
+    write_text_atomically(folder / FAILURE, json.dumps(details, indent=2) + "\n")
+
+
+def _background_write_errors(args: threading.ExceptHookArgs) -> None:
+    """A background writer (TensorBoard's event files) that cannot write: one line, no
+    traceback; the command's own next write reports it."""
+    if isinstance(args.exc_value, OSError):
+        log.warning("%s could not write: %s", args.thread.name, user_message(args.exc_value))
+        return
+    threading.__excepthook__(args)
+
+
+def _drop_noise(record: logging.LogRecord) -> bool:
+    return not any(s in record.getMessage() for s in _NOISE)
+
+
+def quiet_library_logs() -> None:
+    """Route Lightning's messages through Hydra's logging (console + log file), minus its tips."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    for handler in logging.getLogger().handlers:
+        if _drop_noise not in handler.filters:  # once, even when a sweep trains many jobs
+            handler.addFilter(_drop_noise)
+    # Library deprecation chatter that a user can do nothing about.
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+@contextmanager
+def imported_objects_frozen() -> Iterator[None]:
+    """Imported objects frozen for the garbage collector: no collection walks them, nor the
+    interpreter's exit. The freeze stays for the exit; in a sweep whose jobs share this process
+    it ends with the job, so that the next job's collections can free this one's objects."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if in_multirun():
+            gc.unfreeze()

@@ -1,0 +1,109 @@
+"""Where the configs live (`conf/`, inside the package, so that a wheel holds them), where
+outputs and data go, and the OmegaConf resolvers that `conf/` uses."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = str(PACKAGE_DIR / "conf")
+RUN_CONFIG = "run_config.yaml"  # a run's record: the file that makes a folder a run folder
+
+
+def project_root() -> Path:
+    """Where `outputs/` and `data/` go: the checkout that holds the package (beside its
+    pyproject.toml), else the folder the command runs in (the package installed from a
+    wheel)."""
+    checkout = PACKAGE_DIR.parent
+    return checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
+
+
+def conf_option(group: str, name: str) -> dict:
+    """One option of a config group as conf/ writes it (`conf_option("optimizer", "sgd")`): the
+    project's defaults where code needs them without a composed config."""
+    node = OmegaConf.load(Path(CONFIG_DIR) / group / f"{name}.yaml")
+    return {k: v for k, v in OmegaConf.to_container(node).items() if k != "defaults"}
+
+
+def hydra_quoted(text: str) -> str:
+    """`text` as a quoted value of a Hydra override that means exactly `text`, whatever it holds
+    (a run folder's name with `( ) [ ] , = ' # ~ { }` or `${x}`). Hydra's grammar has no public
+    function for it: quotes and `${` are escaped, and the backslashes before them doubled."""
+    text = re.sub(r"(\\+)(?='|\$\{|$)", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
+
+
+def _on_terminal(value=True, otherwise=None):
+    """`value` when the output is a terminal, else `otherwise`: a progress bar redrawn into a
+    log file floods it, and one that is switched off still costs a callback call every step."""
+    return value if sys.stdout.isatty() else otherwise
+
+
+def run_dir(resume, ckpt_path, new_dir: str) -> str:
+    """A resumed run continues in its own folder; anything else gets a new one."""
+    if resume:
+        return str(Path(str(resume)).expanduser().resolve())
+    if ckpt_path:
+        checkpoint = Path(str(ckpt_path)).expanduser().resolve()
+        return str(
+            checkpoint.parent.parent
+            if checkpoint.parent.name == "checkpoints"
+            else checkpoint.parent
+        )
+    return new_dir
+
+
+def _hydra_record(output_dir: str, subdir: str = ".hydra") -> str | None:
+    """Hydra's record of the command (`.hydra/`), written only into a folder that holds no run
+    yet: a resumed run, or a sweep's job run again, keeps the record of the command that
+    started it, even when this command is refused."""
+    return None if (Path(output_dir) / RUN_CONFIG).is_file() else subdir
+
+
+def _run_name(output_dir: str) -> str:
+    """A tracker's name for a run: the overrides of a sweep's job (`optimizer=adam,seed=1`), else
+    the run folder's name."""
+    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+        job = HydraConfig.get().job
+        short = [o for o in HydraConfig.get().overrides.task if len(o) <= 60]
+        return f"{job.num}: {' '.join(short)}"[:120]
+    return Path(output_dir).name
+
+
+def group_targets(group: DictConfig | None) -> list:
+    """Every entry of a config group that names a `_target_` (callbacks, loggers)."""
+    return [
+        node for node in (group or {}).values() if isinstance(node, Mapping) and "_target_" in node
+    ]
+
+
+def group_configs(cfg: DictConfig, group: str, cls: type) -> list[DictConfig]:
+    """The entries of the config group `group` (`logger`, `callbacks`) that build a `cls` (or a
+    subclass). A `_target_` that does not import is skipped here: the config check reports it."""
+    found = []
+    for node in group_targets(cfg.get(group)):
+        try:
+            target = get_class(node._target_)
+        except (ImportError, ValueError):
+            continue
+        if isinstance(target, type) and issubclass(target, cls):
+            found.append(node)
+    return found
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("project_root", lambda: str(project_root()), replace=True)
+    OmegaConf.register_new_resolver("on_terminal", _on_terminal, replace=True)
+    OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
+    OmegaConf.register_new_resolver("run_name", _run_name, replace=True)
+    OmegaConf.register_new_resolver("hydra_record", _hydra_record, replace=True)
+
+
+register_resolvers()

@@ -1,0 +1,116 @@
+"""Data augmentation on the device, per batch, each image with its own random draw.
+
+torchvision's v2 transforms draw one set of parameters per call, i.e. the same rotation for a
+whole batch; here every image gets its own affine transform (rotation, scale, shear,
+translation) and, optionally, its own elastic distortion (Simard et al., 2003), all in one
+`grid_sample` over the batch. Runs on images in [0, 1], before normalisation, so that the
+border filled in is black like MNIST's background.
+
+Elastic fields are Simard's (uniform noise smoothed by a Gaussian of `elastic_sigma`, scaled by
+`elastic_alpha`), but blurring a fresh field per image costs more than the training step on a
+CPU; so a bank of `elastic_bank` fields is made once on the device, and each image draws one
+at random, with a random flip of each axis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Annotated
+
+import torch
+import torch.nn.functional as F
+from pydantic import AfterValidator, Field, validate_call
+from torch import nn
+from torchvision.transforms.v2.functional import gaussian_blur
+
+from mnist_lightning.doors.settings import STRICT
+
+
+def _zoom(scale: Sequence[float]) -> Sequence[float]:
+    if not 0 < scale[0] <= scale[1]:
+        raise ValueError("must be [low, high] with 0 < low <= high")
+    return scale
+
+
+Zoom = Annotated[
+    Sequence[Annotated[float, Field(gt=0, le=10)]],
+    Field(min_length=2, max_length=2),
+    AfterValidator(_zoom),
+]  # [low, high] zoom factors
+
+
+class BatchAugment(nn.Module):
+    """Per-image random affine transforms and elastic distortions of a batch, on its device.
+    The types and ranges beside the arguments are checked here, whoever builds it
+    (doors/settings.py)."""
+
+    @validate_call(config=STRICT)
+    def __init__(
+        self,
+        degrees: Annotated[float, Field(ge=0, le=180)] = 10.0,
+        translate: Annotated[float, Field(ge=0, le=1)] = 0.1,
+        scale: Zoom = (0.9, 1.1),
+        shear: Annotated[float, Field(ge=0, le=89)] = 0.0,
+        elastic_alpha: Annotated[float, Field(ge=0, le=1_000)] = 0.0,
+        elastic_sigma: Annotated[float, Field(gt=0, le=100)] = 4.0,
+        elastic_bank: Annotated[int, Field(ge=1, le=16_384)] = 4096,
+    ) -> None:
+        super().__init__()
+        self.degrees, self.translate, self.shear = degrees, translate, shear
+        self.scale = tuple(scale)
+        self.elastic_alpha, self.elastic_sigma, self.elastic_bank = (
+            elastic_alpha,
+            elastic_sigma,
+            elastic_bank,
+        )
+        self.fields: torch.Tensor | None = None  # [bank, H, W, 2] in grid units, made on first use
+
+    def _make_fields(self, height: int, width: int, device) -> torch.Tensor:
+        generator = torch.Generator(device=device).manual_seed(torch.randint(0, 2**31, (1,)).item())
+        noise = torch.empty(self.elastic_bank, 2, height, width, device=device).uniform_(
+            -1, 1, generator=generator
+        )
+        kernel = int(4 * self.elastic_sigma) | 1  # odd
+        fields = (
+            gaussian_blur(noise, [kernel, kernel], [self.elastic_sigma] * 2) * self.elastic_alpha
+        )
+        # pixels -> grid units (the grid spans 2 over the image's size)
+        fields = fields * torch.tensor([2 / width, 2 / height], device=device).view(1, 2, 1, 1)
+        return fields.permute(0, 2, 3, 1).contiguous()
+
+    def _uniform(self, n: int, low: float, high: float, device) -> torch.Tensor:
+        return torch.empty(n, device=device).uniform_(low, high)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = images.shape
+        device = images.device
+        angle = self._uniform(n, -self.degrees, self.degrees, device) * (math.pi / 180)
+        shear = self._uniform(n, -self.shear, self.shear, device) * (math.pi / 180)
+        scale = self._uniform(n, *self.scale, device)
+        # affine_grid works in [-1, 1]: a shift of `translate` of the width is 2 * translate.
+        shift = self._uniform(2 * n, -2 * self.translate, 2 * self.translate, device).view(n, 2)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.stack(
+            [
+                torch.stack(
+                    [cos / scale, (-sin + torch.tan(shear) * cos) / scale, shift[:, 0]], dim=1
+                ),
+                torch.stack([sin / scale, cos / scale, shift[:, 1]], dim=1),
+            ],
+            dim=1,
+        )
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        if self.elastic_alpha > 0:
+            if (
+                self.fields is None
+                or self.fields.device != device
+                or self.fields.shape[1:3] != (height, width)
+            ):
+                self.fields = self._make_fields(height, width, device)
+            pick = torch.randint(0, len(self.fields), (n,), device=device)
+            flips = torch.randint(0, 2, (n, 1, 1, 2), device=device) * 2 - 1  # per image, per axis
+            grid = grid + self.fields[pick] * flips
+        return F.grid_sample(
+            images, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )

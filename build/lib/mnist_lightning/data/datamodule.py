@@ -1,0 +1,174 @@
+"""MNISTDataModule: MNIST in memory, a seeded train/val split, batches of one gather each.
+
+Data flows one way: IDX files (mnist_files.py) -> uint8 tensors in memory -> one gather per
+batch -> device -> scale, augment (training only) and normalise on the device
+(`on_after_batch_transfer`) -> model. There is no per-image PIL work: torchvision's
+`MNIST(...).data` and `.targets` are already tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import lightning.pytorch as pl
+import torch
+from pydantic import Field, validate_call
+from torch.utils.data import DataLoader, Dataset
+
+from mnist_lightning.data.augment import BatchAugment
+from mnist_lightning.data.mnist_files import default_data_dir, ensure_raw_files, load_mnist
+from mnist_lightning.doors.settings import STRICT, plain_settings
+from mnist_lightning.errors import MNISTDataError
+
+BatchSize = Annotated[int, Field(ge=1, le=1_000_000)]
+
+# Where the data is and comes from: given by each command, never kept in a checkpoint.
+DATA_SOURCE = ("data_dir", "download", "mirrors")
+
+# The training set's pixel mean and standard deviation (of values in [0, 1]).
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+class InMemoryMNIST(Dataset):
+    """uint8 images and int64 labels held as tensors; a whole batch is one indexing operation."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        # DataLoader hands over a batch's indices at once: one gather instead of 64 items and a
+        # collate. index_select is a plain gather, much faster than advanced indexing.
+        index = torch.as_tensor(indices, device=self.images.device)
+        return self.images.index_select(0, index), self.labels.index_select(0, index)
+
+
+def already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """collate_fn for `__getitems__`, whose result is a batch already."""
+    return batch
+
+
+def normalized(x: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
+    """Images in [0, 1] at the training set's zero mean and unit deviation (also inside an
+    exported model: TorchScript takes the constants as default arguments, not as globals)."""
+    return (x - mean) / std
+
+
+def to_model_input(images: torch.Tensor, normalize: bool = True, augment=None) -> torch.Tensor:
+    """uint8 [N,1,28,28] -> float32 in [0,1] (the lesson's ToTensor) -> augmented (training
+    only) -> MNIST-normalised."""
+    x = images.float().div_(255)
+    if augment is not None:
+        x = augment(x)
+    return normalized(x) if normalize else x
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    """MNIST with a seeded train/val split of the 60,000 training images and the official test set.
+
+    `augment` holds BatchAugment's settings (conf/augment/), or None. The types and ranges beside
+    the arguments are checked here, whoever builds it (doors/settings.py). Where the files are
+    (`data_dir`, else $MNIST_DATA_DIR, else data/), whether they may be downloaded and from which
+    `mirrors` (default: torchvision's) are not hyperparameters: a checkpoint never says where
+    its data comes from.
+    """
+
+    @validate_call(config=STRICT)
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        val_size: Annotated[int, Field(ge=1, le=59_999)] = 5_000,  # of the 60,000 training images
+        batch_size: BatchSize = 64,
+        eval_batch_size: BatchSize = 1000,
+        shuffle: bool = True,
+        normalize: bool = True,
+        split_seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0,
+        augment: plain_settings(BatchAugment) | None = None,
+        download: bool = True,
+        mirrors: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=DATA_SOURCE)
+        self.data_dir = Path(data_dir or default_data_dir()).expanduser()
+        self.download, self.mirrors = download, mirrors
+        self.mnist: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the files as read
+        self.splits: dict[str, InMemoryMNIST] = {}
+        self.test_split = "test"  # what trainer.test() runs on; evaluate may pick "val"
+        self.augment = BatchAugment(**augment) if augment else None
+
+    def prepare_data(self) -> None:
+        # Once per node: find, decompress or download, and check the files.
+        ensure_raw_files(self.data_dir, self.download, self.mirrors)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.mnist = load_mnist(self.data_dir, download=False)
+            self.splits = self._split()
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        if device is not None and device.type == "cuda":
+            # All of MNIST is ~55 MB as uint8: keep it on the GPU, no copy per batch.
+            for split in self.splits.values():
+                split.images, split.labels = split.images.to(device), split.labels.to(device)
+
+    def _split(self) -> dict[str, InMemoryMNIST]:
+        images, labels = self.mnist["train"]
+        val_size = self.hparams.val_size
+        if not 0 < val_size < len(labels):
+            raise MNISTDataError(
+                f"data.val_size={val_size} must be between 1 and {len(labels) - 1:,} "
+                f"(the training set has {len(labels):,} images)."
+            )
+        order = torch.randperm(
+            len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed)
+        )
+        val_index, train_index = order[:val_size], order[val_size:]
+        return {
+            "train": InMemoryMNIST(images[train_index], labels[train_index]),
+            "val": InMemoryMNIST(images[val_index], labels[val_index]),
+            "test": InMemoryMNIST(*self.mnist["test"]),
+        }
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+        # A plain DataLoader with a batch size, so that Lightning can swap in a
+        # DistributedSampler under DDP, or a sequential one for overfit_batches.
+        return DataLoader(
+            self.splits[split], batch_size=batch_size, shuffle=shuffle, collate_fn=already_batched
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.hparams.batch_size, shuffle=self.hparams.shuffle)
+
+    # Evaluation takes no optimizer step, so its batch size changes only the speed: the epoch
+    # metrics are per-image means.
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.hparams.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split, self.hparams.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", self.hparams.eval_batch_size)
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        # A batch is always (images, labels): two tensors moved directly, without Lightning's
+        # generic walk through nested collections (a visible share of this small step).
+        images, labels = batch
+        return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        augment = self.augment if training else None
+        x = to_model_input(images, self.hparams.normalize, augment)
+        if self.trainer is not None:
+            # Lightning casts float inputs for its precision (64-true, bf16-true, ...) before the
+            # transfer, when these are still uint8: cast the images the model will see here.
+            x = self.trainer.precision_plugin.convert_input(x)
+        return x, labels

@@ -1,0 +1,325 @@
+"""The four MNIST files: find them, decompress them, download them, check them, read them.
+
+MNIST comes as IDX files (a big-endian header, then raw uint8): 60,000 training and 10,000
+test images of 28x28 pixels with their labels 0-9. torchvision's `MNIST` reads them into
+tensors; everything here makes sure that what it reads is whole and is MNIST: every file, local
+or downloaded from any mirror, is checked the same way, by its number of items and the MD5 of
+the uncompressed file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import struct
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torchvision.datasets import MNIST
+from torchvision.datasets.utils import calculate_md5, download_url
+
+from mnist_lightning.config import project_root
+from mnist_lightning.data import IMAGE_SIZE, NUM_CLASSES
+from mnist_lightning.errors import MNISTDataError
+
+log = logging.getLogger(__name__)
+
+# name -> (IDX magic number, number of dimensions); images are N x 28 x 28 uint8, labels N uint8.
+RAW_FILES = {
+    "train-images-idx3-ubyte": (0x00000803, 3),
+    "train-labels-idx1-ubyte": (0x00000801, 1),
+    "t10k-images-idx3-ubyte": (0x00000803, 3),
+    "t10k-labels-idx1-ubyte": (0x00000801, 1),
+}
+# The official files: the MD5 of each uncompressed file and the number of items it holds.
+OFFICIAL_FILES = {
+    "train-images-idx3-ubyte": {"md5": "6bbc9ace898e44ae57da46a324031adb", "items": 60_000},
+    "train-labels-idx1-ubyte": {"md5": "a25bea736e30d166cdddb491f175f624", "items": 60_000},
+    "t10k-images-idx3-ubyte": {"md5": "2646ac647ad5339dbf082846283269ea", "items": 10_000},
+    "t10k-labels-idx1-ubyte": {"md5": "27ae3e4e09519cfbb04c329615203637", "items": 10_000},
+}
+# The test suite's small stand-in files, accepted beside the official ones when this variable
+# names them (a JSON object: file name -> {"md5", "items"}). Only the tests set it: nothing a
+# config, a run folder or a checkpoint holds can add to the files accepted as MNIST.
+TEST_FILES_VARIABLE = "MNIST_LIGHTNING_TEST_FILES"
+# Where `<name>.gz` can be downloaded from, the working ones first (torchvision's list).
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+# The official images are 60,000 + 10,000; a header claiming far more is lying.
+MAX_IDX_ITEMS = 10_000_000
+DOWNLOAD_TIMEOUT_S = 60
+
+
+def default_data_dir() -> Path:
+    """`$MNIST_DATA_DIR` when set, else `data/` under the project root (never Hydra's run dir)."""
+    env = os.environ.get("MNIST_DATA_DIR")
+    return Path(env) if env else project_root() / "data"
+
+
+def _fix_hint(raw_dir: Path) -> str:
+    files = ", ".join(f"{name}(.gz)" for name in RAW_FILES)
+    return (
+        f"Put the four MNIST files ({files}) into {raw_dir}/, or point the project at a folder "
+        "that holds MNIST/raw/ with `data.data_dir=<folder>` or the MNIST_DATA_DIR environment "
+        "variable."
+    )
+
+
+def read_idx_header(path: Path) -> tuple[int, ...]:
+    """Check one of the four files' IDX header against the file's size; return its dimensions.
+
+    Reads only the header, so a lying header can never make us allocate what it claims.
+    """
+    expected_magic, ndim = RAW_FILES[path.name]
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        header = f.read(4 + 4 * ndim)
+    if size == 0:
+        problem = "the file is empty"
+    elif len(header) < 4:
+        problem = "the file is too short to hold an IDX header"
+    elif (magic := struct.unpack(">I", header[:4])[0]) != expected_magic:
+        problem = f"wrong magic number 0x{magic:08x} (expected 0x{expected_magic:08x})"
+    elif len(header) < 4 + 4 * ndim:
+        problem = "the file is too short to hold an IDX header"
+    else:
+        dims = struct.unpack(f">{ndim}I", header[4:])
+        promised = 4 + 4 * ndim + math.prod(dims)
+        if ndim == 3 and dims[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+            problem = f"images are {dims[1]}x{dims[2]}, expected 28x28"
+        elif dims[0] == 0 or dims[0] > MAX_IDX_ITEMS:
+            problem = f"the header claims {dims[0]:,} items"
+        elif size != promised:
+            problem = (
+                f"it is {size:,} bytes but its header promises {promised:,} (truncated or corrupt)"
+            )
+        else:
+            return dims
+    raise MNISTDataError(
+        f"MNIST file {path} is unusable: {problem}. Delete it and run again to download a fresh "
+        "copy, or replace it with a good copy of the official file."
+    )
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+def _decompress(gz_path: Path, target: Path) -> None:
+    partial = target.with_name(target.name + ".part")
+    try:
+        with gzip.open(gz_path, "rb") as src, partial.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+    except (OSError, EOFError) as err:
+        partial.unlink(missing_ok=True)
+        raise MNISTDataError(
+            f"MNIST file {gz_path} is not a readable gzip file ({err}). Delete it and run again "
+            "to download a fresh copy, or replace it with a good copy of the official file."
+        ) from None
+    partial.replace(target)  # atomic: a crash never leaves a half-written IDX file behind
+
+
+def locate_raw_files(data_dir: Path) -> Path | None:
+    """Return a root holding MNIST/raw/ with all four uncompressed files, or None if missing.
+
+    `.gz` files are decompressed next to themselves, or into a cache folder when `data_dir` is
+    read-only, so a read-only folder of `.gz` files works without any network.
+    """
+    raw_dir = data_dir / "MNIST" / "raw"
+    if all((raw_dir / name).is_file() for name in RAW_FILES):
+        return data_dir
+    if not all(
+        (raw_dir / name).is_file() or (raw_dir / f"{name}.gz").is_file() for name in RAW_FILES
+    ):
+        return None
+    root = data_dir
+    if not _writable(raw_dir):
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnist_lightning"
+        root = cache
+        log.info("%s is read-only; decompressing MNIST into %s", raw_dir, cache / "MNIST" / "raw")
+    out_dir = root / "MNIST" / "raw"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in RAW_FILES:
+        if (raw_dir / name).is_file():
+            if out_dir != raw_dir and not (out_dir / name).is_file():
+                shutil.copyfile(raw_dir / name, out_dir / name)
+        elif not (out_dir / name).is_file():
+            _decompress(raw_dir / f"{name}.gz", out_dir / name)
+    return root
+
+
+def accepted_files(name: str) -> list[dict]:
+    """What the file `name` may be: the official file, or a stand-in the tests declared."""
+    accepted = [OFFICIAL_FILES[name]]
+    declared = os.environ.get(TEST_FILES_VARIABLE)
+    if declared:
+        try:
+            accepted.append(dict(json.loads(declared)[name]))
+        except (ValueError, KeyError, TypeError):
+            raise MNISTDataError(
+                f"{TEST_FILES_VARIABLE} must be a JSON object naming all four files with their "
+                "md5 and items; unset it to use the official MNIST."
+            ) from None
+    return accepted
+
+
+_verified: set[tuple] = set()  # files that passed, by path, size and time
+
+
+def verify_file(path: Path) -> None:
+    """Check one uncompressed file: a whole IDX file, its number of items, its MD5."""
+    stat = path.stat()
+    stamp = (str(path), stat.st_size, stat.st_mtime_ns, os.environ.get(TEST_FILES_VARIABLE))
+    if stamp in _verified:  # once per process: the datamodule checks before and after download
+        return
+    accepted = accepted_files(path.name)
+    items = read_idx_header(path)[0]
+    counted = [entry for entry in accepted if entry["items"] == items]
+    if not counted:
+        official = accepted[0]["items"]
+        swapped = {items, official} == {60_000, 10_000}
+        closest = min((entry["items"] for entry in accepted), key=lambda n: abs(n - items))
+        expected = official if swapped else closest
+        raise MNISTDataError(
+            f"MNIST file {path} holds {items:,} items where the expected file holds "
+            f"{expected:,}{' (train and test files swapped?)' if swapped else ''}. Replace it with "
+            "a good copy of the official file."
+        )
+    md5 = calculate_md5(path)
+    if all(md5 != entry["md5"] for entry in counted):
+        raise MNISTDataError(
+            f"MNIST file {path} is not the expected file (MD5 {md5}, expected "
+            f"{counted[0]['md5']}). Delete it and run again to download a fresh copy, or replace "
+            "it with a good copy."
+        )
+    _verified.add(stamp)
+
+
+def _download_problem(error: BaseException, scratch: Path) -> str:
+    """What went wrong with one mirror, short: the scratch folder's path and the advice meant for
+    local files ("Delete it and run again ...") are left out, whatever the path's length."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    first = text.splitlines()[0].replace(f"{scratch}{os.sep}", "")
+    return first.split(". ")[0][:200]
+
+
+def _download_one(name: str, raw_dir: Path, mirrors: Sequence[str]) -> str:
+    """Fetch `<name>.gz` from the first mirror that serves the expected file; return the mirror.
+
+    Each try lands in a temporary folder beside the final file and moves into place only once
+    decompressed and verified, so a failed or interrupted download leaves nothing behind.
+    """
+    problems = []
+    for mirror in mirrors:
+        url = f"{mirror.rstrip('/')}/{name}.gz"
+        with tempfile.TemporaryDirectory(dir=raw_dir, prefix=".download-") as scratch:
+            scratch = Path(scratch)
+            previous_timeout = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a silent mirror must not hang the run
+            try:
+                download_url(url, scratch, f"{name}.gz")
+                _decompress(scratch / f"{name}.gz", scratch / name)
+                verify_file(scratch / name)
+            except (OSError, RuntimeError, ValueError, EOFError, MNISTDataError) as error:
+                problems.append(f"{url}: {_download_problem(error, scratch)}")
+                continue
+            finally:
+                socket.setdefaulttimeout(previous_timeout)
+            os.replace(scratch / name, raw_dir / name)
+            return mirror
+    raise MNISTDataError(
+        f"Could not download {name} from any mirror ({'; '.join(problems)}). {_fix_hint(raw_dir)}"
+    )
+
+
+def _download(data_dir: Path, mirrors: Sequence[str]) -> None:
+    raw_dir = data_dir / "MNIST" / "raw"
+    if not _writable(raw_dir):
+        raise MNISTDataError(
+            f"MNIST is not in {raw_dir} and that folder cannot be written, so it cannot be "
+            f"downloaded there. {_fix_hint(raw_dir)}"
+        )
+    if not mirrors:
+        raise MNISTDataError(f"MNIST is missing and data.mirrors is empty. {_fix_hint(raw_dir)}")
+    for name in RAW_FILES:
+        if (raw_dir / name).is_file() or (raw_dir / f"{name}.gz").is_file():
+            continue
+        log.info("downloading %s into %s", name, raw_dir)
+        mirror = _download_one(name, raw_dir, mirrors)
+        log.info("downloaded %s from %s", name, mirror)
+
+
+def _data_folder(data_dir: str | Path) -> Path:
+    try:
+        folder = Path(data_dir).expanduser().resolve()
+    except (OSError, RuntimeError) as error:  # a symlink loop, an unreadable parent
+        raise MNISTDataError(
+            f"data.data_dir={data_dir} cannot be opened ({error}); point it at a folder that "
+            "holds MNIST/raw/."
+        ) from None
+    if folder.exists() and not folder.is_dir():
+        raise MNISTDataError(
+            f"data.data_dir={folder} is a file; it must be a folder holding MNIST/raw/."
+        )
+    return folder
+
+
+def ensure_raw_files(
+    data_dir: str | Path, download: bool = True, mirrors: Sequence[str] | None = None
+) -> Path:
+    """Find (decompress, or download from `mirrors`, default MIRRORS) and check the four files;
+    return the root holding MNIST/raw/."""
+    mirrors = MIRRORS if mirrors is None else mirrors
+    data_dir = _data_folder(data_dir)
+    try:
+        root = locate_raw_files(data_dir)
+        if root is None and download:
+            _download(data_dir, mirrors)
+            root = locate_raw_files(data_dir)
+        if root is None:
+            raise MNISTDataError(f"MNIST is missing. {_fix_hint(data_dir / 'MNIST' / 'raw')}")
+        raw_dir = root / "MNIST" / "raw"
+        for name in RAW_FILES:
+            verify_file(raw_dir / name)
+    except PermissionError as error:
+        raise MNISTDataError(
+            f"cannot read {error.filename} (permission denied); fix its permissions or point "
+            "data.data_dir at a readable copy of MNIST."
+        ) from None
+    return root
+
+
+def load_mnist(
+    data_dir: str | Path, download: bool = True, mirrors: Sequence[str] | None = None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """MNIST as {"train": (images, labels), "test": (...)}: images uint8 [N, 1, 28, 28], labels
+    int64 [N], read through torchvision's `MNIST` after the files passed their checks."""
+    root = ensure_raw_files(data_dir, download, mirrors)
+    raw_dir = root / "MNIST" / "raw"
+    splits = {}
+    for split, train in (("train", True), ("test", False)):
+        dataset = MNIST(str(root), train=train, download=False)
+        labels = dataset.targets
+        if labels.numel() and int(labels.max()) >= NUM_CLASSES:
+            name = f"{'train' if train else 't10k'}-labels-idx1-ubyte"
+            raise MNISTDataError(
+                f"MNIST file {raw_dir / name} holds label {int(labels.max())}; labels must be 0-9. "
+                "Replace it with a good copy of the official file."
+            )
+        splits[split] = (dataset.data.unsqueeze(1).contiguous(), labels)
+    return splits

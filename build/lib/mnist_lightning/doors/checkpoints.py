@@ -1,0 +1,366 @@
+"""The checkpoint door: a checkpoint is data, read once, bounded, and checked before anything
+is built from it.
+
+- The archive is checked before it is inflated: torch writes its entries stored, never
+  compressed, so an entry that would inflate, or archives that would take more than
+  MAX_CHECKPOINT_BYTES, are refused from their declared sizes.
+- `torch.load(weights_only=True)`: a checkpoint that carries pickled Python objects is refused
+  before anything in it runs; any other failure of the read, whatever its exception, is one
+  line.
+- Its structure is typed (`CheckpointContents`), its hyperparameters are names and numbers
+  checked against the settings' types (doors/settings.py), and its weights must fit the model
+  exactly. None of it says which code to run, which data to test on, or where to write.
+
+Writes go through `RunCheckpointIO` (training/checkpoint_io.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Annotated, Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mnist_lightning.data.datamodule import DATA_SOURCE, MNISTDataModule
+from mnist_lightning.doors.folders import FileRefused, read_json
+from mnist_lightning.doors.settings import class_problems
+from mnist_lightning.errors import CheckpointError, first_line
+from mnist_lightning.models.classifier import MNISTClassifier
+from mnist_lightning.models.networks import custom_network_problems
+from mnist_lightning.models.optim import OPTIMIZERS, build_optimizer
+
+CHECKPOINTS = "checkpoints"  # a run folder's checkpoint folder
+LAST = "last.ckpt"
+# ModelCheckpoint's state: the paths it remembers, re-anchored to the run folder on resume.
+REMEMBERED_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
+# What a checkpoint may take once loaded (this project's are a few MB; a network of your own
+# may be larger), and how many entries its archive may hold.
+MAX_CHECKPOINT_BYTES = 2_000_000_000
+MAX_ENTRIES = 100_000
+Count = Annotated[int, Field(ge=0, le=2**62)]
+
+
+class CheckpointContents(BaseModel):
+    """The parts of a Lightning checkpoint this project reads, typed (Lightning's own keys
+    beside them are kept as they are)."""
+
+    model_config = ConfigDict(strict=True, extra="allow", arbitrary_types_allowed=True)
+
+    state_dict: dict[str, torch.Tensor]
+    hyper_parameters: dict[str, Any]
+    datamodule_hyper_parameters: dict[str, Any] | None = None
+    epoch: Count = 0
+    global_step: Count = 0
+    callbacks: dict[str, dict[str, Any]] = {}
+    optimizer_states: list[dict[str, Any]] = []
+    lr_schedulers: list[dict[str, Any]] = []
+    loops: dict[str, Any] = {}
+
+
+_handed_over: dict[str, Any] = {}  # a checkpoint read for Lightning, by path, size and time
+
+
+def _stamp(path: Path) -> tuple:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def handed_over(path: str | Path) -> dict[str, Any] | None:
+    """The checkpoint the train command read for Lightning's restore, if it is this file as it
+    was then (RunCheckpointIO.load_checkpoint), once."""
+    if _handed_over.get("stamp") != _stamp(Path(path)):
+        return None
+    checkpoint = _handed_over.pop("checkpoint")
+    _handed_over.clear()
+    return checkpoint
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse, from its declared sizes, an archive that would inflate or take too much memory."""
+    with zipfile.ZipFile(path) as archive:
+        entries = archive.infolist()
+    if len(entries) > MAX_ENTRIES:
+        raise ValueError(f"{len(entries):,} entries; at most {MAX_ENTRIES:,}")
+    for entry in entries:
+        if entry.compress_type != zipfile.ZIP_STORED or entry.file_size != entry.compress_size:
+            raise ValueError(f"{entry.filename} is compressed; torch never writes it so")
+    total = sum(entry.file_size for entry in entries)
+    if total > MAX_CHECKPOINT_BYTES:
+        raise ValueError(
+            f"it would take {total / 1e6:,.0f} MB; at most {MAX_CHECKPOINT_BYTES / 1e6:,.0f}"
+        )
+
+
+def read_checkpoint(path: str | Path, for_lightning: bool = False) -> dict[str, Any]:
+    """The checkpoint at `path`, bounded, loaded as data and typed; any failure is one
+    CheckpointError saying what to do.
+
+    `for_lightning`: the train command checks the checkpoint it resumes from and hands the same
+    dict to Lightning's restore (RunCheckpointIO.load_checkpoint), so the file is read once.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes); it was not saved completely. Use another one."
+        )
+    try:
+        _check_archive(path)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refused to load {path}: it holds pickled Python objects, which could run code when loaded "
+            f"({first_line(error)}). Nothing in it was executed. Load only checkpoints written by this project's "
+            "training, which hold tensors and plain values."
+        ) from None
+    except Exception as error:  # noqa: BLE001 - hostile bytes fail in many ways; each is the file's
+        raise CheckpointError(
+            f"{path} is truncated or not a PyTorch checkpoint ({first_line(error)[:200]}). Use another "
+            "checkpoint, for example the run's last.ckpt, or train again."
+        ) from None
+    try:
+        CheckpointContents.model_validate(checkpoint)
+    except ValidationError as error:
+        detail = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in detail["loc"]) or "its contents"
+        raise CheckpointError(
+            f"{path} is not a Lightning checkpoint of this project ({where}: "
+            f"{detail['msg'].lower()}). Pass a .ckpt file from a run's checkpoints/ folder."
+        ) from None
+    if for_lightning:
+        _handed_over.update(stamp=_stamp(path), checkpoint=checkpoint)
+    return checkpoint
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A `.ckpt` file as given, or a run folder's tested checkpoint: the one its metrics.json
+    names (a file name, looked up in the folder's checkpoints/), else its only best checkpoint,
+    else its last.ckpt."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; pass a .ckpt file or a run folder (outputs/runs/<time>)"
+        )
+    folder = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+    tested = tested_checkpoint_name(path)
+    if tested and (folder / tested).is_file():
+        return folder / tested
+    best = sorted(p for p in folder.glob("*.ckpt") if p.name != LAST)
+    if len(best) == 1:
+        return best[0]
+    if (folder / LAST).is_file() and not best:
+        return folder / LAST
+    if best:
+        raise CheckpointError(
+            f"{path} holds {len(best)} checkpoints and no metrics.json naming the tested one; "
+            "pass one .ckpt file"
+        )
+    raise CheckpointError(
+        f"{path} holds no checkpoint (*.ckpt); pass a .ckpt file or a run folder of a finished run"
+    )
+
+
+def tested_checkpoint_name(run_dir: Path) -> str | None:
+    """The file name of the checkpoint a finished run tested, from its metrics.json (data: only
+    a plain file name is taken, never a path)."""
+    try:
+        metrics = read_json(run_dir / "metrics.json")
+    except FileRefused:
+        return None
+    name = metrics.get("test_checkpoint") if isinstance(metrics, dict) else None
+    if not isinstance(name, str):
+        return None
+    name = PurePath(name).name  # earlier versions wrote the whole path
+    return name if re.fullmatch(r"[\w.=\-]+\.ckpt", name) else None
+
+
+# --- what a checkpoint holds, checked ---------------------------------------------------------
+
+# Before the typed settings (record format 2), checkpoints named their classes by import path; these
+# known names are converted, anything else is refused.
+_EARLIER_NETWORKS = {
+    "mnist_lightning.network.MLP": "mlp",
+    "mnist_lightning.network.CNN": "cnn",
+}
+_EARLIER_SCHEDULERS = {
+    "torch.optim.lr_scheduler.StepLR": "step",
+    "torch.optim.lr_scheduler.CosineAnnealingLR": "cosine",
+    "torch.optim.lr_scheduler.OneCycleLR": "onecycle",
+    "torch.optim.lr_scheduler.ReduceLROnPlateau": "plateau",
+}
+_EARLIER_OPTIMIZERS = {
+    f"torch.optim.{cls.__name__}": name
+    for name, cls in reversed(OPTIMIZERS.items())  # SGD: "sgd", not "momentum"
+}
+
+
+def _converted(settings: Any, known: Mapping[str, str]) -> Any:
+    """Earlier settings `{"_target_": <known import path>, ...}` as `{"name": ..., ...}`."""
+    if not isinstance(settings, dict) or "_target_" not in settings:
+        return settings
+    target = settings["_target_"]
+    if target not in known:
+        return settings  # left for the check to refuse
+    options = {k: v for k, v in settings.items() if k not in ("_target_", "_partial_")}
+    return {"name": known[target], **options}
+
+
+def _upgrade(hyper_parameters: dict[str, Any], data: dict[str, Any]) -> tuple[dict, dict]:
+    model = dict(hyper_parameters)
+    model["net"] = _converted(model.get("net"), _EARLIER_NETWORKS)
+    model["optimizer"] = _converted(model.get("optimizer"), _EARLIER_OPTIMIZERS)
+    model["scheduler"] = _converted(model.get("scheduler"), _EARLIER_SCHEDULERS)
+    data = {k: v for k, v in data.items() if k not in (*DATA_SOURCE, "expected_files")}
+    augment = data.get("augment")
+    if isinstance(augment, dict) and augment.get("_target_") in (
+        "mnist_lightning.augment.BatchAugment",
+        "mnist_lightning.data.augment.BatchAugment",
+    ):
+        data["augment"] = {k: v for k, v in augment.items() if k != "_target_"}
+    return model, data
+
+
+def checkpoint_settings(
+    checkpoint: dict[str, Any], path: Path, net_target: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model's and the data's settings a checkpoint holds, checked against the settings'
+    types (doors/settings.py) before anything is built: names and numbers only, every name one
+    this project knows (a network of the user's own only when `net_target`, named by the
+    command, is that class)."""
+    model = checkpoint["hyper_parameters"]
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    found = []
+    if not isinstance(data, dict):
+        found.append("datamodule_hyper_parameters: must be the data's settings")
+        data = {}
+    model, data = _upgrade(model, data)
+    where = "hyper_parameters"
+    net, own = model.get("net"), ()
+    if isinstance(net, dict) and "_target_" in net:  # its settings are its own class's
+        found += custom_network_problems(f"{where}.net", net, net_target, objects=False)
+        own = ("net",)
+    found += class_problems(where, MNISTClassifier, model, skip=own, objects=False)
+    where = "datamodule_hyper_parameters"
+    found += class_problems(where, MNISTDataModule, data, skip=DATA_SOURCE, objects=False)
+    if found:
+        raise CheckpointError(
+            f"{path} is not a checkpoint this project can load: {found[0]}"
+            + (f" (and {len(found) - 1} more)" if len(found) > 1 else "")
+        )
+    return model, data
+
+
+def check_checkpoint_fits(model: torch.nn.Module, path: Path, checkpoint: dict) -> None:
+    """Refuse, in one line, a checkpoint whose weights do not fit `model` exactly: the same
+    names, shapes and kinds of number, nothing more and nothing less."""
+    saved, expected = checkpoint["state_dict"], model.state_dict()
+    redo = "Resume it with the config it was trained with, or start a new run."
+    missing = [name for name in expected if name not in saved]
+    if missing:
+        raise CheckpointError(
+            f"{path} has no {missing[0]}: it was not written by this run's model. {redo}"
+        )
+    extra = [name for name in saved if name not in expected]
+    if extra:
+        raise CheckpointError(f"{path} holds {extra[0]}, which this run's model has not. {redo}")
+    for name, tensor in expected.items():
+        kept = saved[name]
+        if kept.shape != tensor.shape or kept.dtype.is_floating_point != tensor.is_floating_point():
+            raise CheckpointError(
+                f"{path} holds another network ({name} is {tuple(kept.shape)} {kept.dtype}, "
+                f"this run's model has {tuple(tensor.shape)} {tensor.dtype}). {redo}"
+            )
+
+
+def check_resumable(model: MNISTClassifier, path: Path, checkpoint: dict) -> None:
+    """Refuse, in one line, a checkpoint whose optimizer or schedule state does not fit the run's:
+    it is loaded into a scratch copy of the optimizer, which then takes a step (a state of the
+    wrong shape fails only there), and a schedule's state must be names and numbers."""
+    scratch = copy.deepcopy(model.net)
+    for parameter in scratch.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    try:
+        states = checkpoint["optimizer_states"]
+        if len(states) != 1:
+            raise ValueError(f"{len(states)} optimizer states; the run has one optimizer")
+        _check_optimizer_state(states[0], list(scratch.parameters()))
+        optimizer = build_optimizer(scratch.parameters(), model.hparams.optimizer)
+        optimizer.load_state_dict(copy.deepcopy(states[0]))
+        optimizer.step()
+        schedules = checkpoint["lr_schedulers"]
+        if len(schedules) != (1 if model.hparams.scheduler else 0):
+            raise ValueError(
+                f"{len(schedules)} schedules; the run has {'one' if model.hparams.scheduler else 'none'}"
+            )
+        if not all(_numbers_and_names(state) for state in schedules):
+            raise ValueError("a schedule's state holds more than names and numbers")
+    except Exception as error:  # noqa: BLE001 - whatever a damaged state makes fail
+        raise CheckpointError(
+            f"{path}: its optimizer state does not fit this run ({type(error).__name__}: "
+            f"{first_line(error)[:200]}); resume from another checkpoint of the run, or start a "
+            "new run."
+        ) from None
+
+
+def _check_optimizer_state(saved: dict[str, Any], parameters: list[torch.Tensor]) -> None:
+    """Each parameter's state holds tensors of its shape and kind (the step counter aside): the
+    fused kernels of torch's optimizers read past a tensor of another shape, and would crash the
+    process rather than raise."""
+    state = saved.get("state")
+    if not isinstance(state, dict) or not isinstance(saved.get("param_groups"), list):
+        raise ValueError("no state and param_groups")
+    for index, kept in state.items():
+        if not (isinstance(index, int) and 0 <= index < len(parameters) and isinstance(kept, dict)):
+            raise ValueError(f"state {index!r} is not a parameter's")
+        parameter = parameters[index]
+        for name, value in kept.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                if value.shape != parameter.shape or value.dtype != parameter.dtype:
+                    raise ValueError(f"state {index}.{name} is not {tuple(parameter.shape)}")
+            elif isinstance(value, torch.Tensor) and not value.is_floating_point():
+                raise ValueError(f"state {index}.{name} is not a floating-point number")
+            elif not (value is None or isinstance(value, torch.Tensor | bool | int | float)):
+                raise ValueError(f"state {index}.{name} is not a tensor or a number")
+
+
+def _numbers_and_names(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _numbers_and_names(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_numbers_and_names(v) for v in value)
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+@dataclass
+class Trained:
+    """A trained model, as evaluate, predict, export and serve use it."""
+
+    checkpoint: Path
+    model: MNISTClassifier  # in eval mode, on the CPU
+    data: dict[str, Any]  # the data settings it was trained with: normalisation, split, batches
+
+
+def load_trained(ckpt_path: str | Path, net_target: str | None = None) -> Trained:
+    """A `.ckpt` file or run folder's model, read once, checked, and built."""
+    path = resolve_checkpoint(ckpt_path)
+    checkpoint = read_checkpoint(path)
+    model_settings, data = checkpoint_settings(checkpoint, path, net_target)
+    try:
+        model = MNISTClassifier(**model_settings)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: its network cannot be built ({error})") from None
+    check_checkpoint_fits(model, path, checkpoint)
+    model.load_state_dict(checkpoint["state_dict"])
+    return Trained(path, model.eval(), data)

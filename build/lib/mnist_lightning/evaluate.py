@@ -1,0 +1,106 @@
+"""Evaluate a checkpoint again: `python -m mnist_lightning.evaluate ckpt_path=<file or run folder>`.
+
+Tests on the official test set (or `split=val`) with the data settings the checkpoint was
+trained with (normalisation, split), on the data the command says (`data_dir`, else
+$MNIST_DATA_DIR, else data/); prints accuracy, loss, per-class precision/recall/accuracy and the
+confusion matrix; writes `eval.json`, `confusion_matrix.png` and `misclassified.png` into its
+own folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from omegaconf import DictConfig
+
+from mnist_lightning.atomic import write_text_atomically
+from mnist_lightning.command import command
+from mnist_lightning.config import CONFIG_DIR
+from mnist_lightning.data import NUM_CLASSES
+from mnist_lightning.data.datamodule import MNISTDataModule
+from mnist_lightning.doors.checkpoints import load_trained
+from mnist_lightning.doors.folders import refuse_inside_a_run
+from mnist_lightning.doors.settings import EvaluateOptions, command_options
+from mnist_lightning.errors import ConfigError
+from mnist_lightning.training.callbacks import TestSetReport
+from mnist_lightning.training.run import accelerator_problem
+
+log = logging.getLogger("mnist_lightning.evaluate")
+
+
+def confusion_text(matrix: list[list[int]]) -> str:
+    header = "true\\pred " + " ".join(f"{d:>5}" for d in range(NUM_CLASSES))
+    rows = [
+        f"{true:>9} " + " ".join(f"{n:>5}" for n in counts) for true, counts in enumerate(matrix)
+    ]
+    return "\n".join([header, *rows])
+
+
+def per_class_text(per_class: dict[str, list[float]]) -> str:
+    lines = ["digit  precision  recall  accuracy"]
+    for digit in range(NUM_CLASSES):
+        p, r, a = (per_class[k][digit] for k in ("precision", "recall", "accuracy"))
+        lines.append(f"{digit:>5}  {p:>9.4f}  {r:>6.4f}  {a:>8.4f}")
+    return "\n".join(lines)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    options: EvaluateOptions = command_options(EvaluateOptions, cfg)
+    if problem := accelerator_problem("accelerator", options.accelerator):
+        raise ConfigError(problem)
+    output_dir = refuse_inside_a_run(cfg.paths.output_dir, "hydra.run.dir")
+    trained = load_trained(options.ckpt_path, options.net_target)
+    # The checkpoint's split and normalisation; where the data is, from this command.
+    settings = {k: v for k, v in trained.data.items() if k not in ("augment", "shuffle")}
+    datamodule = MNISTDataModule(data_dir=options.data_dir, shuffle=False, **settings)
+    datamodule.test_split = options.split
+    report = TestSetReport(str(output_dir), max_misclassified=options.max_misclassified)
+    trainer = pl.Trainer(
+        accelerator=options.accelerator,
+        devices=1,
+        logger=False,
+        callbacks=[report],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    tested = trainer.test(trained.model, datamodule=datamodule, verbose=False)[0]
+    split = options.split
+    results = {
+        "checkpoint": str(trained.checkpoint),
+        "split": split,
+        "images": len(datamodule.splits[split]),
+        f"{split}/acc": tested["test/acc"],
+        f"{split}/loss": tested["test/loss"],
+        "data": {k: trained.data.get(k) for k in ("normalize", "val_size", "split_seed")},
+        **report.results,
+    }
+    write_text_atomically(output_dir / "eval.json", json.dumps(results, indent=2) + "\n")
+    log.info(
+        "checkpoint %s\n%s split, %d images: accuracy %.4f  loss %.4f\n\n%s\n\nconfusion matrix "
+        "(rows: true digit, columns: predicted)\n%s\n\nwrote eval.json, confusion_matrix.png, "
+        "misclassified.png to %s",
+        trained.checkpoint,
+        split,
+        results["images"],
+        results[f"{split}/acc"],
+        results[f"{split}/loss"],
+        per_class_text(report.results["per_class"]),
+        confusion_text(report.results["confusion_matrix"]),
+        output_dir,
+    )
+    return results
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="evaluate", version_base="1.3")
+@command
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The networks (the lesson's MLP, a small CNN) and MNISTClassifier, the LightningModule."""

@@ -1,0 +1,1 @@
+"""A training run: its folder, callbacks, checkpoints, trackers and figures."""

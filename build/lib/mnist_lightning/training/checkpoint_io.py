@@ -1,0 +1,110 @@
+"""RunCheckpointIO: how Lightning writes, reads and removes a run's checkpoints.
+
+The train command always adds it to the Trainer (training/run.py), whatever the config says.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path, PurePath
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from mnist_lightning.atomic import write_atomically
+from mnist_lightning.doors.checkpoints import (
+    CHECKPOINTS,
+    REMEMBERED_PATHS,
+    handed_over,
+    read_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RunCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint reader and writer for a run folder's `checkpoints/`.
+
+    - Writes are whole or nothing: the checkpoint is serialised in memory, written beside its
+      final name and renamed; a full disk ends in one line naming the folder.
+    - Reads are `read_checkpoint`, and the paths ModelCheckpoint remembers are re-anchored to
+      this run's folder as it is now (a moved run keeps managing its files); a remembered path
+      that is not a checkpoint of a `checkpoints/` folder is dropped with one warning, so that no
+      checkpoint can make Lightning delete or write outside the run.
+    - Lightning removes only checkpoint files of this run's folder and its `checkpoints/`.
+    """
+
+    def __init__(self, checkpoints_dir: str | Path | None = None) -> None:
+        super().__init__()
+        self.checkpoints_dir = Path(checkpoints_dir).resolve() if checkpoints_dir else None
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("RunCheckpointIO takes no storage_options")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)  # in memory: a full disk is an OSError of the write below
+        write_atomically(path, lambda temporary: temporary.write_bytes(buffer.getbuffer()))
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        path = Path(path)
+        checkpoint = handed_over(path) or read_checkpoint(path)
+        if self.checkpoints_dir is not None:
+            self.keep_inside(checkpoint, path)
+        return checkpoint
+
+    def remove_checkpoint(self, path) -> None:
+        path = Path(path)
+        # checkpoints/, or the run folder itself: the learning-rate finder's temporary checkpoint
+        # (Lightning writes it to default_root_dir, restores it and removes it).
+        folders = (
+            (self.checkpoints_dir, self.checkpoints_dir.parent) if self.checkpoints_dir else ()
+        )
+        inside = not folders or (
+            path.resolve().parent in folders and path.suffix == ".ckpt" and path.is_file()
+        )
+        if not inside:
+            log.warning("not removing %s: it is not a checkpoint file of this run", path)
+            return
+        path.unlink(missing_ok=True)
+
+    def _inside(self, remembered: Any) -> str | None:
+        """A remembered checkpoint path as the same file of this run's checkpoints/ folder."""
+        if remembered in ("", None):
+            return ""
+        if not isinstance(remembered, str):
+            return None
+        parts = PurePath(remembered)
+        if ".." in parts.parts or parts.parent.name != CHECKPOINTS or parts.suffix != ".ckpt":
+            return None
+        return str(self.checkpoints_dir / parts.name)
+
+    def keep_inside(self, checkpoint: dict[str, Any], path: Path) -> None:
+        dropped = []
+
+        def inside(remembered: Any) -> str:
+            kept = self._inside(remembered)
+            if kept is None:
+                dropped.append(str(remembered))
+            return kept or ""
+
+        for state in (checkpoint.get("callbacks") or {}).values():
+            if not isinstance(state, dict) or "best_model_path" not in state:
+                continue  # only ModelCheckpoint remembers paths
+            if "dirpath" in state:
+                state["dirpath"] = str(self.checkpoints_dir)
+            for key in REMEMBERED_PATHS:
+                if key in state:
+                    state[key] = inside(state[key])
+            best = state.get("best_k_models")
+            if isinstance(best, dict):
+                best = {inside(remembered): score for remembered, score in best.items()}
+                state["best_k_models"] = {k: score for k, score in best.items() if k}
+        if dropped:
+            log.warning(
+                "%s remembers paths outside this run's %s/ folder; ignoring them: %s",
+                path,
+                CHECKPOINTS,
+                ", ".join(sorted(set(dropped)))[:300],
+            )
