@@ -39,7 +39,7 @@ from pydantic import (
     create_model,
 )
 
-from mnist_lightning.errors import ConfigError, first_line
+from mnist_lightning.errors import ConfigError, first_line, one_line
 from mnist_lightning.models.metrics import LOGGED_METRICS
 
 STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
@@ -500,7 +500,7 @@ def problems(where: str, model: Any, values: Any) -> list[str]:
         if name in seen:
             continue  # a union's members each report the same value
         seen.add(name)
-        found.append(_line(name, detail, annotation, holder))
+        found.append(one_line(_line(name, detail, annotation, holder)))
     return found
 
 
@@ -572,7 +572,7 @@ def class_problems(
     values = {k: v for k, v in values.items() if k not in skip}
     if not objects:
         found = [
-            f"{where}.{k}={_shown(v)}: must be plain names and numbers"
+            one_line(f"{where}.{k}={_shown(v)}: must be plain names and numbers")
             for k, v in values.items()
             if not is_plain({str(k): v})
         ]

@@ -40,6 +40,7 @@ from mnist_lightning.errors import (
     TrainingDiverged,
     UserError,
     first_line,
+    one_line,
 )
 from mnist_lightning.models.classifier import MNISTClassifier
 from mnist_lightning.models.networks import custom_network_problems
@@ -135,7 +136,7 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
     except Exception as error:  # noqa: BLE001 - a config no check foresaw is still one line
         found = [f"the config cannot be read ({type(error).__name__}: {first_line(error)[:200]})"]
     if found:
-        raise ConfigError("\n".join(found))
+        raise ConfigError("\n".join(one_line(line) for line in found))
     _check_buildable(cfg, list(overrides))
 
 

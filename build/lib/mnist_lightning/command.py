@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from mnist_lightning.atomic import write_text_atomically
-from mnist_lightning.errors import UserError
+from mnist_lightning.errors import ConfigError, UserError, one_line
 
 log = logging.getLogger("mnist_lightning")
 
@@ -46,8 +46,9 @@ def in_multirun() -> bool:
 
 def user_message(error: BaseException) -> str | None:
     """What to tell the user about `error`, in one line; None when it is a bug (a traceback)."""
-    if isinstance(error, UserError):
-        return str(error)  # one line per problem
+    if isinstance(error, UserError):  # one line per problem (a config's: one per setting)
+        problems = str(error).split("\n") if isinstance(error, ConfigError) else [str(error)]
+        return "\n".join(one_line(problem) for problem in problems)
     if isinstance(error, OSError) and (error.filename or error.errno == errno.ENOSPC):
         where = f": {error.filename}" if error.filename else ""
         return (

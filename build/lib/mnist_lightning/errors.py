@@ -41,3 +41,9 @@ def first_line(error: BaseException) -> str:
     """The first line of an error's message (a library's long one), or its type's name."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: a line break or another control character in a value the user gave
+    is shown as its escape (`\\r`), so that one problem is always one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -45,11 +45,15 @@ def answer(probabilities: torch.Tensor, top_k: int = 3) -> dict[str, Any]:
     }
 
 
+def probabilities(model, images: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """The ten probabilities of each of uint8 [N,1,28,28] images (predict's and serve's)."""
+    with torch.inference_mode():
+        return model(to_model_input(images, normalize)).softmax(dim=1)
+
+
 def classify(model, images: torch.Tensor, normalize: bool, top_k: int = 3) -> list[dict[str, Any]]:
     """The answers for uint8 [N,1,28,28] images."""
-    with torch.no_grad():
-        probabilities = model(to_model_input(images, normalize)).softmax(dim=1)
-    return [answer(p, top_k) for p in probabilities]
+    return [answer(p, top_k) for p in probabilities(model, images, normalize)]
 
 
 def printable(text: str) -> str:

@@ -20,7 +20,6 @@ import copy
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Annotated, Any
@@ -34,7 +33,7 @@ from mnist_lightning.doors.settings import class_problems
 from mnist_lightning.errors import CheckpointError, first_line
 from mnist_lightning.models.classifier import MNISTClassifier
 from mnist_lightning.models.networks import custom_network_problems
-from mnist_lightning.models.optim import OPTIMIZERS, build_optimizer
+from mnist_lightning.models.optim import build_optimizer
 
 CHECKPOINTS = "checkpoints"  # a run folder's checkpoint folder
 LAST = "last.ckpt"
@@ -186,48 +185,16 @@ def tested_checkpoint_name(run_dir: Path) -> str | None:
 
 # --- what a checkpoint holds, checked ---------------------------------------------------------
 
-# Before the typed settings (record format 2), checkpoints named their classes by import path; these
-# known names are converted, anything else is refused.
-_EARLIER_NETWORKS = {
-    "mnist_lightning.network.MLP": "mlp",
-    "mnist_lightning.network.CNN": "cnn",
-}
-_EARLIER_SCHEDULERS = {
-    "torch.optim.lr_scheduler.StepLR": "step",
-    "torch.optim.lr_scheduler.CosineAnnealingLR": "cosine",
-    "torch.optim.lr_scheduler.OneCycleLR": "onecycle",
-    "torch.optim.lr_scheduler.ReduceLROnPlateau": "plateau",
-}
-_EARLIER_OPTIMIZERS = {
-    f"torch.optim.{cls.__name__}": name
-    for name, cls in reversed(OPTIMIZERS.items())  # SGD: "sgd", not "momentum"
-}
+# How checkpoints written before the typed settings named their classes (by import path).
+EARLIER_NAMES = ("mnist_lightning.", "torch.optim.")
 
 
-def _converted(settings: Any, known: Mapping[str, str]) -> Any:
-    """Earlier settings `{"_target_": <known import path>, ...}` as `{"name": ..., ...}`."""
-    if not isinstance(settings, dict) or "_target_" not in settings:
-        return settings
-    target = settings["_target_"]
-    if target not in known:
-        return settings  # left for the check to refuse
-    options = {k: v for k, v in settings.items() if k not in ("_target_", "_partial_")}
-    return {"name": known[target], **options}
-
-
-def _upgrade(hyper_parameters: dict[str, Any], data: dict[str, Any]) -> tuple[dict, dict]:
-    model = dict(hyper_parameters)
-    model["net"] = _converted(model.get("net"), _EARLIER_NETWORKS)
-    model["optimizer"] = _converted(model.get("optimizer"), _EARLIER_OPTIMIZERS)
-    model["scheduler"] = _converted(model.get("scheduler"), _EARLIER_SCHEDULERS)
-    data = {k: v for k, v in data.items() if k not in (*DATA_SOURCE, "expected_files")}
-    augment = data.get("augment")
-    if isinstance(augment, dict) and augment.get("_target_") in (
-        "mnist_lightning.augment.BatchAugment",
-        "mnist_lightning.data.augment.BatchAugment",
-    ):
-        data["augment"] = {k: v for k, v in augment.items() if k != "_target_"}
-    return model, data
+def _earlier_version(model: dict[str, Any]) -> bool:
+    parts = (model.get(key) for key in ("net", "optimizer", "scheduler"))
+    return any(
+        isinstance(part, dict) and str(part.get("_target_", "")).startswith(EARLIER_NAMES)
+        for part in parts
+    )
 
 
 def checkpoint_settings(
@@ -239,11 +206,15 @@ def checkpoint_settings(
     command, is that class)."""
     model = checkpoint["hyper_parameters"]
     data = checkpoint.get("datamodule_hyper_parameters") or {}
+    if _earlier_version(model):
+        raise CheckpointError(
+            f"{path} was written by an earlier version of this project (it names its classes by "
+            "import path); train the run again with this version."
+        )
     found = []
     if not isinstance(data, dict):
         found.append("datamodule_hyper_parameters: must be the data's settings")
-        data = {}
-    model, data = _upgrade(model, data)
+    data = {k: v for k, v in data.items() if k not in DATA_SOURCE} if not found else {}
     where = "hyper_parameters"
     net, own = model.get("net"), ()
     if isinstance(net, dict) and "_target_" in net:  # its settings are its own class's
@@ -251,7 +222,7 @@ def checkpoint_settings(
         own = ("net",)
     found += class_problems(where, MNISTClassifier, model, skip=own, objects=False)
     where = "datamodule_hyper_parameters"
-    found += class_problems(where, MNISTDataModule, data, skip=DATA_SOURCE, objects=False)
+    found += class_problems(where, MNISTDataModule, data, objects=False)
     if found:
         raise CheckpointError(
             f"{path} is not a checkpoint this project can load: {found[0]}"

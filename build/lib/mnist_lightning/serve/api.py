@@ -19,10 +19,9 @@ import torch
 from PIL import Image
 
 from mnist_lightning.data import IMAGE_SIZE
-from mnist_lightning.data.datamodule import to_model_input
 from mnist_lightning.doors.checkpoints import Trained
 from mnist_lightning.doors.requests import DIGIT
-from mnist_lightning.predict import answer
+from mnist_lightning.predict import answer, probabilities
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +68,8 @@ class DigitAPI(ls.LitAPI):
 
     def predict(self, digits: torch.Tensor):
         batch = digits if digits.dim() == 4 else digits[None]
-        with torch.inference_mode():
-            x = to_model_input(batch.to(self.device), self.normalize)
-            probabilities = self.model(x).softmax(dim=1).cpu()
-        answers = list(zip(probabilities, batch.cpu(), strict=True))
+        answer_of = probabilities(self.model, batch.to(self.device), self.normalize).cpu()
+        answers = list(zip(answer_of, batch.cpu(), strict=True))
         return answers if digits.dim() == 4 else answers[0]
 
     def unbatch(self, output):
