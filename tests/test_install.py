@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,8 +16,17 @@ def test_a_command_runs_from_the_wheel_outside_the_checkout(
     trained_run, fixture_data_dir, tmp_path
 ):
     wheels, site, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "work"
+    source = tmp_path / "source"  # (setuptools builds in the source tree: not in the checkout)
+    source.mkdir()
+    for part in ("pyproject.toml", "README.md", "mnist_lightning", "hydra_plugins"):
+        if (ROOT / part).is_dir():
+            shutil.copytree(
+                ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            shutil.copy(ROOT / part, source / part)
     build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
-    subprocess.run([*build, "--wheel-dir", str(wheels), str(ROOT)], check=True, timeout=300)
+    subprocess.run([*build, "--wheel-dir", str(wheels), str(source)], check=True, timeout=300)
     (wheel,) = wheels.glob("mnist_lightning-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "mnist_lightning/conf/train.yaml" in names

@@ -1,1 +1,0 @@
-"""A training run: its folder, callbacks, checkpoints, trackers and figures."""
