@@ -68,13 +68,13 @@ class DigitAPI(ls.LitAPI):
 
     def predict(self, digits: torch.Tensor):
         batch = digits if digits.dim() == 4 else digits[None]
-        answer_of = probabilities(self.model, batch.to(self.device), self.normalize).cpu()
-        answers = list(zip(answer_of, batch.cpu(), strict=True))
+        found = probabilities(self.model, batch.to(self.device), self.normalize).cpu()
+        answers = list(zip(found, batch.cpu(), strict=True))
         return answers if digits.dim() == 4 else answers[0]
 
     def unbatch(self, output):
         return output  # predict already answers per digit
 
     def encode_response(self, output) -> dict[str, Any]:
-        probabilities, digit = output
-        return {**answer(probabilities), "preprocessed": png_base64(digit)}
+        ten, digit = output  # the ten probabilities, the 28x28 the model saw
+        return {**answer(ten), "preprocessed": png_base64(digit)}
