@@ -25,6 +25,9 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Optional, Union
 
 import annotated_types
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pydantic import (
     AfterValidator,
@@ -268,10 +271,6 @@ def _epochs(value: int | None) -> int | None:
 
 
 def _library_ranges() -> dict[type, dict[str, Any]]:
-    import torch
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
     metric = Optional[METRIC]  # noqa: UP045
     learning_rate = {"lr": Annotated[float, Field(gt=0)]}
     optimizers = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop)
@@ -313,18 +312,9 @@ def _library_ranges() -> dict[type, dict[str, Any]]:
     }
 
 
-class _Ranges(dict):
-    """RANGES, made when first asked for: only the train command's check needs Lightning's."""
-
-    def get(self, cls: type, default: Any = None) -> Any:
-        if not self:
-            self.update(_library_ranges())
-        return super().get(cls, default)
-
-
 # Ranges of library classes that their constructors leave to later (the fit fails after the
 # run's files are written, or a value is taken that means nothing).
-RANGES: dict[type, dict[str, Any]] = _Ranges()
+RANGES: dict[type, dict[str, Any]] = _library_ranges()
 
 
 # --- errors as one line per setting -------------------------------------------------------
