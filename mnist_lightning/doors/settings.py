@@ -169,7 +169,7 @@ def plain_settings(cls: type, skip: tuple[str, ...] = ()) -> Any:
     checked against `class_settings(cls)`."""
 
     def check(value: dict[str, Any]) -> dict[str, Any]:
-        TypeAdapter(class_settings(cls, skip)).validate_python(value)
+        class_settings(cls, skip).model_validate(value)
         return value
 
     return Annotated[dict[str, Any], AfterValidator(check), SettingsOf(cls, skip)]
@@ -321,10 +321,13 @@ RANGES: dict[type, dict[str, Any]] = _library_ranges()
 
 
 def _shown(value: Any) -> str:
-    if isinstance(value, str):
-        return value if len(value) <= 80 else value[:77] + "..."
-    text = json.dumps(plain_container(value), default=repr) if value is not None else "null"
-    text = str(value) if isinstance(value, bool | int | float) else text
+    """A value as a problem's line shows it: as typed, null, or JSON; at most 80 characters."""
+    if value is None:
+        text = "null"
+    elif isinstance(value, str | bool | int | float):
+        text = str(value)
+    else:
+        text = json.dumps(plain_container(value), default=repr)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -347,10 +350,7 @@ def _bounds(metadata: list[Any]) -> str:
 
 def describe(annotation: Any) -> str:
     """What a setting of this type may be, in words."""
-    metadata: list[Any] = []
-    while typing.get_origin(annotation) is Annotated:
-        annotation, *extra = typing.get_args(annotation)
-        metadata += extra
+    annotation, metadata = _unwrap(annotation)
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     named = next((m for m in metadata if isinstance(m, NamedSettings)), None)
     if named is not None:
@@ -396,19 +396,22 @@ PLURALS = (
 )
 
 
-def _base(annotation: Any) -> Any:
+def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
+    """The type under `Annotated[...]` (at any depth), and what the layers carry."""
+    metadata: list[Any] = []
     while typing.get_origin(annotation) is Annotated:
-        annotation = typing.get_args(annotation)[0]
-    return annotation
+        annotation, *extra = typing.get_args(annotation)
+        metadata += extra
+    return annotation, metadata
+
+
+def _base(annotation: Any) -> Any:
+    return _unwrap(annotation)[0]
 
 
 def _member(annotation: Any, value: Any) -> Any:
     """The part of `annotation` that `value` is checked against (a union's member by name)."""
-    metadata: list[Any] = []
-    base = annotation
-    while typing.get_origin(base) is Annotated:
-        base, *extra = typing.get_args(base)
-        metadata += extra
+    base, metadata = _unwrap(annotation)
     named = next((m for m in metadata if isinstance(m, NamedSettings)), None)
     if named is not None:
         return named.member(value) or annotation
@@ -425,12 +428,9 @@ def _member(annotation: Any, value: Any) -> Any:
 
 def _metadata(annotation: Any) -> list[Any]:
     """What `Annotated` carries, at any depth of Optional and Annotated."""
-    found = []
-    for part in (annotation, *typing.get_args(_base(annotation))):
-        while typing.get_origin(part) is Annotated:
-            part, *extra = typing.get_args(part)
-            found += extra
-    return found
+    return [
+        m for part in (annotation, *typing.get_args(_base(annotation))) for m in _unwrap(part)[1]
+    ]
 
 
 def _is_model(annotation: Any) -> bool:

@@ -207,21 +207,22 @@ class RunFolder:
         recomposed, *_ = hydra_part(
             compose_train([*choices, *command, f"paths.output_dir={hydra_quoted(str(self.path))}"])
         )
-        problems = []
         with open_dict(recomposed):
             for path, value in _leaves(record.settings):
                 problem = _setting_problem(recomposed, path)
+                if problem is None:
+                    parent = (
+                        OmegaConf.select(recomposed, ".".join(path[:-1])) if path[:-1] else None
+                    )
+                    try:
+                        (recomposed if parent is None else parent)[path[-1]] = value
+                    except OmegaConfBaseException as error:
+                        problem = first_line(error)
                 if problem:
-                    problems.append(f"settings.{'.'.join(path)}: {problem}")
-                    continue
-                parent = OmegaConf.select(recomposed, ".".join(path[:-1])) if path[:-1] else None
-                target = recomposed if parent is None else parent
-                try:
-                    target[path[-1]] = value
-                except OmegaConfBaseException as error:
-                    problems.append(f"settings.{'.'.join(path)}: {first_line(error)}")
-        if problems:
-            raise FileRefused(f"{self.record_file}: {problems[0]}; refusing to resume from it.")
+                    raise FileRefused(
+                        f"{self.record_file}: settings.{'.'.join(path)}: {problem}; refusing to "
+                        "resume from it."
+                    )
         OmegaConf.set_struct(recomposed, False)  # as a merged config: the run adds its own keys
         return recomposed
 
@@ -236,9 +237,9 @@ class RunFolder:
             return
         choices, overrides = self.choices, self.overrides
         recorded = {group: choices.get(group) for group in RECORDED_GROUPS}
-        if "logger" not in choices and given(overrides).get("logger"):  # logger=[tensorboard,csv]
-            listed = given(overrides)["logger"].strip("[]").split(",")
-            recorded["logger"] = [name.strip() for name in listed if name.strip()]
+        if "logger" not in choices and (listed := given(overrides).get("logger")):
+            names = listed.strip("[]").split(",")  # a list of loggers: logger=[tensorboard,csv]
+            recorded["logger"] = [name.strip() for name in names if name.strip()]
         record = RunRecord(
             format=RECORD_FORMAT,
             choices=recorded,
