@@ -162,12 +162,12 @@ def compose(overrides: list[str], output_dir: Path):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from mnist_lightning.config import CONFIG_DIR
+    from mnist_lightning.config import CONFIG_DIR, hydra_quoted
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         return hydra_compose(
             "train",
-            overrides=[*overrides, f"paths.output_dir={output_dir}"],
+            overrides=[*overrides, f"paths.output_dir={hydra_quoted(str(output_dir))}"],
             return_hydra_config=True,  # its choices and overrides are the run's record
         )
 

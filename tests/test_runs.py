@@ -271,3 +271,24 @@ def test_a_killed_sweep_run_again_keeps_finished_jobs_and_runs_the_rest(fixture_
         "model.activation=tanh",
     ]
     assert all(row["status"] == "ok" and row["epochs"] == "2" for row in rows.values())
+
+
+def test_a_run_with_a_logger_list_and_parts_removed_resumes_naming_them_again(
+    fixture_data_dir, tmp_path
+):
+    """In a folder whose name holds Hydra's special characters, quoted as the README says."""
+    from mnist_lightning.config import hydra_quoted
+
+    run_dir = tmp_path / "my run (1)[a],b=c#d~e{f}'g"
+    removed = "~callbacks.gradient_monitor"
+    finished_run(fixture_data_dir, run_dir, "logger=[csv,tensorboard]", removed)
+    unfinished(run_dir, 3)
+    resume = f"resume={hydra_quoted(str(run_dir))}"
+    with pytest.raises(ConfigError) as error:
+        train(compose([resume], run_dir))
+    assert str(error.value).endswith(f"resume={run_dir} {removed}")  # the command to type
+    cfg = compose([resume, removed], run_dir)
+    assert "gradient_monitor" not in cfg.callbacks
+    metrics = train(cfg)
+    assert metrics["epochs"] == 3
+    assert (run_dir / "metrics.csv").is_file() and list(run_dir.glob("events.out.tfevents.*"))
