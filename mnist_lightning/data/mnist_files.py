@@ -1,15 +1,13 @@
 """The four MNIST files: find them, decompress them, download them, check them, read them.
 
-MNIST comes as IDX files (a big-endian header, then raw uint8): 60,000 training and 10,000
-test images of 28x28 pixels with their labels 0-9. torchvision's `MNIST` reads them into
-tensors; everything here makes sure that what it reads is whole and is MNIST: every file, local
-or downloaded from any mirror, is checked the same way, by its number of items and the MD5 of
-the uncompressed file.
+torchvision does the work (its mirrors, `download_url`, `extract_archive`, `calculate_md5`, its
+`MNIST` reader). What it lacks is added here: a timeout for a silent mirror, a check of each IDX
+header before anything is read, the MD5 of the *uncompressed* file (so a local or re-compressed
+copy is checked like a download), nothing half-written left behind, and one line for any failure.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import math
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import torch
 from torchvision.datasets import MNIST
-from torchvision.datasets.utils import calculate_md5, download_url
+from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
 
 from mnist_lightning.config import project_root
 from mnist_lightning.data import IMAGE_SIZE, NUM_CLASSES
@@ -31,31 +29,20 @@ from mnist_lightning.errors import MNISTDataError
 
 log = logging.getLogger(__name__)
 
-# name -> (IDX magic number, number of dimensions); images are N x 28 x 28 uint8, labels N uint8.
-RAW_FILES = {
-    "train-images-idx3-ubyte": (0x00000803, 3),
-    "train-labels-idx1-ubyte": (0x00000801, 1),
-    "t10k-images-idx3-ubyte": (0x00000803, 3),
-    "t10k-labels-idx1-ubyte": (0x00000801, 1),
-}
-# The official files: the MD5 of each uncompressed file and the number of items it holds.
+# The official files: the MD5 of each uncompressed file (torchvision knows only the .gz's) and the
+# number of items it holds.
 OFFICIAL_FILES = {
     "train-images-idx3-ubyte": {"md5": "6bbc9ace898e44ae57da46a324031adb", "items": 60_000},
     "train-labels-idx1-ubyte": {"md5": "a25bea736e30d166cdddb491f175f624", "items": 60_000},
     "t10k-images-idx3-ubyte": {"md5": "2646ac647ad5339dbf082846283269ea", "items": 10_000},
     "t10k-labels-idx1-ubyte": {"md5": "27ae3e4e09519cfbb04c329615203637", "items": 10_000},
 }
+RAW_FILES = tuple(OFFICIAL_FILES)
 # The test suite's small stand-in files, accepted beside the official ones when this variable
 # names them (a JSON object: file name -> {"md5", "items"}). Only the tests set it: nothing a
 # config, a run folder or a checkpoint holds can add to the files accepted as MNIST.
 TEST_FILES_VARIABLE = "MNIST_LIGHTNING_TEST_FILES"
-# Where `<name>.gz` can be downloaded from, the working ones first (torchvision's list).
-MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "http://yann.lecun.com/exdb/mnist/",
-)
-# The official images are 60,000 + 10,000; a header claiming far more is lying.
-MAX_IDX_ITEMS = 10_000_000
+MAX_IDX_ITEMS = 10_000_000  # the official files hold 60,000 + 10,000; a header claiming more lies
 DOWNLOAD_TIMEOUT_S = 60
 
 
@@ -74,12 +61,21 @@ def _fix_hint(raw_dir: Path) -> str:
     )
 
 
+def _unusable(path: Path, problem: str) -> MNISTDataError:
+    return MNISTDataError(
+        f"MNIST file {path} is {problem}. Delete it and run again to download a fresh copy, or "
+        "replace it with a good copy of the official file."
+    )
+
+
 def read_idx_header(path: Path) -> tuple[int, ...]:
     """Check one of the four files' IDX header against the file's size; return its dimensions.
 
-    Reads only the header, so a lying header can never make us allocate what it claims.
+    Reads only the header, so a lying header can never make us allocate what it claims
+    (torchvision's reader trusts it).
     """
-    expected_magic, ndim = RAW_FILES[path.name]
+    images = "images" in path.name
+    expected_magic, ndim = (0x803, 3) if images else (0x801, 1)
     size = path.stat().st_size
     with path.open("rb") as f:
         header = f.read(4 + 4 * ndim)
@@ -94,7 +90,7 @@ def read_idx_header(path: Path) -> tuple[int, ...]:
     else:
         dims = struct.unpack(f">{ndim}I", header[4:])
         promised = 4 + 4 * ndim + math.prod(dims)
-        if ndim == 3 and dims[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        if images and dims[1:] != (IMAGE_SIZE, IMAGE_SIZE):
             problem = f"images are {dims[1]}x{dims[2]}, expected 28x28"
         elif dims[0] == 0 or dims[0] > MAX_IDX_ITEMS:
             problem = f"the header claims {dims[0]:,} items"
@@ -104,10 +100,7 @@ def read_idx_header(path: Path) -> tuple[int, ...]:
             )
         else:
             return dims
-    raise MNISTDataError(
-        f"MNIST file {path} is unusable: {problem}. Delete it and run again to download a fresh "
-        "copy, or replace it with a good copy of the official file."
-    )
+    raise _unusable(path, f"unusable: {problem}")
 
 
 def _writable(folder: Path) -> bool:
@@ -119,17 +112,13 @@ def _writable(folder: Path) -> bool:
 
 
 def _decompress(gz_path: Path, target: Path) -> None:
-    partial = target.with_name(target.name + ".part")
-    try:
-        with gzip.open(gz_path, "rb") as src, partial.open("wb") as dst:
-            shutil.copyfileobj(src, dst)
-    except (OSError, EOFError) as err:
-        partial.unlink(missing_ok=True)
-        raise MNISTDataError(
-            f"MNIST file {gz_path} is not a readable gzip file ({err}). Delete it and run again "
-            "to download a fresh copy, or replace it with a good copy of the official file."
-        ) from None
-    partial.replace(target)  # atomic: a crash never leaves a half-written IDX file behind
+    """torchvision's gunzip, into a scratch folder beside `target`, then moved into place: a crash
+    never leaves a half-written IDX file behind."""
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".gunzip-") as scratch:
+        try:
+            os.replace(extract_archive(str(gz_path), scratch), target)  # returns the file
+        except (OSError, EOFError) as err:
+            raise _unusable(gz_path, f"not a readable gzip file ({err})") from None
 
 
 def locate_raw_files(data_dir: Path) -> Path | None:
@@ -139,24 +128,23 @@ def locate_raw_files(data_dir: Path) -> Path | None:
     read-only, so a read-only folder of `.gz` files works without any network.
     """
     raw_dir = data_dir / "MNIST" / "raw"
-    if all((raw_dir / name).is_file() for name in RAW_FILES):
+    found = {name: (raw_dir / name).is_file() for name in RAW_FILES}
+    if all(found.values()):
         return data_dir
-    if not all(
-        (raw_dir / name).is_file() or (raw_dir / f"{name}.gz").is_file() for name in RAW_FILES
-    ):
+    if not all(found[name] or (raw_dir / f"{name}.gz").is_file() for name in RAW_FILES):
         return None
     root = data_dir
     if not _writable(raw_dir):
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnist_lightning"
-        root = cache
-        log.info("%s is read-only; decompressing MNIST into %s", raw_dir, cache / "MNIST" / "raw")
+        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnist_lightning"
+        log.info("%s is read-only; decompressing MNIST into %s", raw_dir, root / "MNIST" / "raw")
     out_dir = root / "MNIST" / "raw"
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in RAW_FILES:
-        if (raw_dir / name).is_file():
-            if out_dir != raw_dir and not (out_dir / name).is_file():
-                shutil.copyfile(raw_dir / name, out_dir / name)
-        elif not (out_dir / name).is_file():
+        if (out_dir / name).is_file():
+            continue
+        if found[name]:
+            shutil.copyfile(raw_dir / name, out_dir / name)
+        else:
             _decompress(raw_dir / f"{name}.gz", out_dir / name)
     return root
 
@@ -200,22 +188,8 @@ def verify_file(path: Path) -> None:
         )
     md5 = calculate_md5(path)
     if all(md5 != entry["md5"] for entry in counted):
-        raise MNISTDataError(
-            f"MNIST file {path} is not the expected file (MD5 {md5}, expected "
-            f"{counted[0]['md5']}). Delete it and run again to download a fresh copy, or replace "
-            "it with a good copy."
-        )
+        raise _unusable(path, f"not the expected file (MD5 {md5}, expected {counted[0]['md5']})")
     _verified.add(stamp)
-
-
-def _download_problem(error: BaseException, scratch: Path) -> str:
-    """What went wrong with one mirror, short: the scratch folder's path and the advice meant for
-    local files ("Delete it and run again ...") are left out, whatever the path's length."""
-    text = str(error).strip()
-    if not text:
-        return type(error).__name__
-    first = text.splitlines()[0].replace(f"{scratch}{os.sep}", "")
-    return first.split(". ")[0][:200]
 
 
 def _download_one(name: str, raw_dir: Path, mirrors: Sequence[str]) -> str:
@@ -236,7 +210,10 @@ def _download_one(name: str, raw_dir: Path, mirrors: Sequence[str]) -> str:
                 _decompress(scratch / f"{name}.gz", scratch / name)
                 verify_file(scratch / name)
             except (OSError, RuntimeError, ValueError, EOFError, MNISTDataError) as error:
-                problems.append(f"{url}: {_download_problem(error, scratch)}")
+                # Short: the scratch path and the advice meant for local files are left out.
+                text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                text = text.replace(f"{scratch}{os.sep}", "").split(". ")[0][:200]
+                problems.append(f"{url}: {text or type(error).__name__}")
                 continue
             finally:
                 socket.setdefaulttimeout(previous_timeout)
@@ -282,20 +259,18 @@ def _data_folder(data_dir: str | Path) -> Path:
 def ensure_raw_files(
     data_dir: str | Path, download: bool = True, mirrors: Sequence[str] | None = None
 ) -> Path:
-    """Find (decompress, or download from `mirrors`, default MIRRORS) and check the four files;
-    return the root holding MNIST/raw/."""
-    mirrors = MIRRORS if mirrors is None else mirrors
+    """Find (decompress, or download from `mirrors`, default torchvision's, the working one
+    first) and check the four files; return the root holding MNIST/raw/."""
     data_dir = _data_folder(data_dir)
     try:
         root = locate_raw_files(data_dir)
         if root is None and download:
-            _download(data_dir, mirrors)
+            _download(data_dir, MNIST.mirrors if mirrors is None else mirrors)
             root = locate_raw_files(data_dir)
         if root is None:
             raise MNISTDataError(f"MNIST is missing. {_fix_hint(data_dir / 'MNIST' / 'raw')}")
-        raw_dir = root / "MNIST" / "raw"
         for name in RAW_FILES:
-            verify_file(raw_dir / name)
+            verify_file(root / "MNIST" / "raw" / name)
     except PermissionError as error:
         raise MNISTDataError(
             f"cannot read {error.filename} (permission denied); fix its permissions or point "
@@ -310,16 +285,15 @@ def load_mnist(
     """MNIST as {"train": (images, labels), "test": (...)}: images uint8 [N, 1, 28, 28], labels
     int64 [N], read through torchvision's `MNIST` after the files passed their checks."""
     root = ensure_raw_files(data_dir, download, mirrors)
-    raw_dir = root / "MNIST" / "raw"
     splits = {}
-    for split, train in (("train", True), ("test", False)):
-        dataset = MNIST(str(root), train=train, download=False)
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        dataset = MNIST(str(root), train=split == "train", download=False)
         labels = dataset.targets
         if labels.numel() and int(labels.max()) >= NUM_CLASSES:
-            name = f"{'train' if train else 't10k'}-labels-idx1-ubyte"
             raise MNISTDataError(
-                f"MNIST file {raw_dir / name} holds label {int(labels.max())}; labels must be 0-9. "
-                "Replace it with a good copy of the official file."
+                f"MNIST file {root / 'MNIST' / 'raw' / f'{prefix}-labels-idx1-ubyte'} holds label "
+                f"{int(labels.max())}; labels must be 0-9. Replace it with a good copy of the "
+                "official file."
             )
         splits[split] = (dataset.data.unsqueeze(1).contiguous(), labels)
     return splits
