@@ -192,8 +192,9 @@ def test_bad_values_end_the_command_in_one_line_each_and_exit_code_1(tmp_path):
         f"data.data_dir={data_file}: is a file; it must be a folder holding MNIST/raw/",
     ]
     assert "Traceback" not in result.stdout + result.stderr
-    # Nothing but what Hydra writes before any command runs: its record, the log.
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", "train.log"]
+    # Nothing but what Hydra writes before any command runs (its record, the log) and the lock
+    # file, which filelock keeps (unlinking it on release would be a race).
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", ".lock", "train.log"]
 
 
 def test_an_unwritable_output_folder_is_reported_before_training(tmp_path):

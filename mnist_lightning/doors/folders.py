@@ -15,10 +15,8 @@ command may write. Import-light on purpose: Hydra's launcher process uses it
 
 from __future__ import annotations
 
-import atexit
 import csv
 import errno
-import fcntl
 import io
 import json
 import os
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mnist_lightning.config import CONFIG_DIR, RUN_CONFIG
@@ -38,66 +37,54 @@ from mnist_lightning.errors import ConfigError, OutputError, UserError, first_li
 LOCK_FILE = ".lock"
 
 
+def _write_holder(fd: int) -> None:
+    """Who holds the lock, for the line that refuses another process."""
+    command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} ({command[:200]})".encode(), 0)
+
+
 class FolderLock:
-    """`with FolderLock(folder):` holds an exclusive `flock` on `<folder>/.lock`.
+    """`with FolderLock(folder):` holds filelock's exclusive lock on `<folder>/.lock`.
 
-    A flock belongs to the open file, so the operating system drops it when the process exits
-    however it exits: a crashed run never leaves a stale lock. Re-entrant within a process (the
-    Hydra callback takes it before the job starts, the job takes it again); another process that
-    wants it is refused in one line naming the holder.
+    filelock takes a `flock` (dropped by the operating system however the process ends, so a
+    crashed run never leaves a stale lock), opens the file without following a link, keeps the
+    file on release (unlinking it would let a second process lock a file a third one no longer
+    sees), and, as a singleton per folder, is re-entrant within the process: the Hydra callback
+    takes it before the job starts, the job takes it again. Added here: the holder's line in the
+    file, and the one-line refusal naming it.
     """
-
-    _held: dict[Path, list[int]] = {}  # folder -> [file descriptor, depth], this process's locks
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder).resolve()
+        self.lock = FileLock(
+            self.folder / LOCK_FILE,
+            blocking=False,
+            is_singleton=True,
+            thread_local=False,
+            on_acquired=_write_holder,
+        )
 
     def __enter__(self) -> FolderLock:
-        held = FolderLock._held.get(self.folder)
-        if held is not None:
-            held[1] += 1
-            return self
         self.folder.mkdir(parents=True, exist_ok=True)
-        # O_NOFOLLOW: a link in the lock's place is refused, never written through.
-        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
+            self.lock.acquire()
+        except Timeout:
+            try:
+                holder = read_bytes(self.folder / LOCK_FILE, 4096).decode(errors="replace").strip()
+            except FileRefused:
+                holder = ""
             raise OutputError(
-                f"{self.folder} is in use by {holder}; wait for that run to end or stop it, "
-                "or choose another folder (hydra.run.dir=<folder>)."
+                f"{self.folder} is in use by {holder or 'another process'}; wait for that run to "
+                "end or stop it, or choose another folder (hydra.run.dir=<folder>)."
             ) from None
-        os.ftruncate(fd, 0)
-        command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
-        os.pwrite(
-            fd, f"process {os.getpid()} on {socket.gethostname()} ({command[:200]})".encode(), 0
-        )
-        FolderLock._held[self.folder] = [fd, 1]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        held = FolderLock._held.get(self.folder)
-        if held is None:
-            return
-        held[1] -= 1
-        if held[1] == 0:
-            del FolderLock._held[self.folder]
-            (self.folder / LOCK_FILE).unlink(missing_ok=True)
-            os.close(held[0])  # releases the lock
+        self.lock.release()
 
-    @staticmethod
-    def release_all() -> None:
-        """At exit, however the command ended (sys.exit skips the callbacks' ends): no lock file
-        is left behind."""
-        for folder, (fd, _) in list(FolderLock._held.items()):
-            (folder / LOCK_FILE).unlink(missing_ok=True)
-            os.close(fd)
-        FolderLock._held.clear()
-
-
-atexit.register(FolderLock.release_all)
+    def __reduce__(self) -> tuple:  # a launcher pickles the callback holding this: unheld there
+        return FolderLock, (self.folder,)
 
 
 def already_holds_a_run(folder: Path) -> OutputError:
