@@ -8,7 +8,6 @@ only classifies batches of digits.
 from __future__ import annotations
 
 import base64
-import gc
 import io
 import logging
 import signal
@@ -18,6 +17,7 @@ import litserve as ls
 import torch
 from PIL import Image
 
+from mnist_lightning.command import freeze_imported_objects
 from mnist_lightning.data import IMAGE_SIZE
 from mnist_lightning.doors.checkpoints import Trained
 from mnist_lightning.doors.requests import DIGIT
@@ -52,9 +52,7 @@ class DigitAPI(ls.LitAPI):
         self.model = self.trained.model.to(device).eval()
         self.device = device
         self.normalize = self.trained.data.get("normalize", True)
-        # Torch and the rest leave ~500,000 objects that a full garbage collection would walk
-        # (a pause of ~0.4 s, in the middle of answering): they live as long as the worker.
-        gc.freeze()
+        freeze_imported_objects()
 
     def decode_request(self, request: dict) -> torch.Tensor:
         # Only the gate writes these requests (RequestGate): 784 bytes, already checked.

@@ -9,7 +9,6 @@ draw on; `GET /health` answers probes. Ctrl-C or SIGTERM stops every process of 
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -20,7 +19,7 @@ import hydra
 import litserve as ls
 from omegaconf import DictConfig
 
-from mnist_lightning.command import command
+from mnist_lightning.command import command, freeze_imported_objects
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.doors.requests import Limits, RequestGate
@@ -140,9 +139,7 @@ def main(cfg: DictConfig) -> None:
     stop_on_signals()
     logging.getLogger("litserve.server").addFilter(ManagerGoneAtShutdown())
     logging.getLogger("uvicorn.error").addFilter(LifespanCancelledAtShutdown())
-    # The HTTP server processes start from here: as in the model's worker (api.py), no full
-    # garbage collection walks the imported objects while requests wait.
-    gc.freeze()
+    freeze_imported_objects()  # the HTTP server processes start from here
     server.run(
         host=options.host,
         port=options.port,
