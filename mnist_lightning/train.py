@@ -25,7 +25,7 @@ from mnist_lightning.doors.checkpoints import (
 from mnist_lightning.training import results, run
 from mnist_lightning.training.lr_find import find_learning_rate
 from mnist_lightning.training.run_folder import RunFolder
-from mnist_lightning.training.tracking import log_config
+from mnist_lightning.training.tracking import end_killed_attempts, log_config
 
 log = logging.getLogger("mnist_lightning.train")
 
@@ -57,6 +57,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             check_resumable(model, checkpoint, state)
             folder.log_again(trainer.loggers, kept_rows)
         log_config(trainer, cfg)  # each attempt is a tracker run of its own (MLflow, W&B)
+        if checkpoint is not None:
+            end_killed_attempts(trainer, folder.path)
 
         fit_seconds = run.fit(trainer, model, datamodule, checkpoint)
         metrics = results.final_metrics(trainer, fit_seconds)

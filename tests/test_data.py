@@ -18,6 +18,7 @@ from lightning.pytorch.plugins.precision import Precision
 from mnist_lightning.data import datamodule as data
 from mnist_lightning.data import mnist_files
 from mnist_lightning.data.datamodule import MNISTDataModule
+from mnist_lightning.data.order import ResumableLoader, TrainingOrder
 from mnist_lightning.errors import MNISTDataError
 from tests.conftest import (
     FAST,
@@ -37,6 +38,24 @@ def make_datamodule(data_dir, **kwargs) -> MNISTDataModule:
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
+
+
+def test_the_training_order_is_a_function_of_seed_and_epoch_and_resumes_from_its_state():
+    order = TrainingOrder(100, seed=5)
+    epoch0 = list(order)
+    order.set_epoch(1)
+    loader = ResumableLoader(range(100), batch_size=8, sampler=order)
+    batches = iter(loader)
+    first = [next(batches) for _ in range(3)]
+    state = loader.state_dict()
+    assert state == {"seed": 5, "epoch": 1, "position": 24}  # three batches handed out
+    rest = list(batches)
+    assert sorted(epoch0) == list(range(100)) and epoch0 != [int(i) for b in first for i in b]
+    elsewhere = ResumableLoader(range(100), batch_size=8, sampler=TrainingOrder(100, seed=0))
+    elsewhere.load_state_dict(state)  # a new process, as on resume
+    assert [b.tolist() for b in elsewhere] == [b.tolist() for b in rest]
+    elsewhere.sampler.set_epoch(0)
+    assert list(elsewhere.sampler) == epoch0  # an epoch's order is (seed, epoch) alone
 
 
 def test_split_sizes_and_official_test_set(fixture_data_dir):
@@ -97,11 +116,14 @@ def test_split_is_fixed_and_training_order_follows_the_seed(fixture_data_dir):
     # Val and train never share an image index.
     assert len(first.splits["train"]) + len(first.splits["val"]) == FIXTURE_TRAIN
 
+    # The order is drawn from the run's seed (pl.seed_everything) and the epoch, nothing else.
     torch.manual_seed(3)
-    a = next(iter(first.train_dataloader()))[1]
+    a = next(iter(make_datamodule(fixture_data_dir).train_dataloader()))[1]
     torch.manual_seed(3)
-    b = next(iter(first.train_dataloader()))[1]
-    assert torch.equal(a, b)
+    b = next(iter(make_datamodule(fixture_data_dir).train_dataloader()))[1]
+    torch.manual_seed(4)
+    c = next(iter(make_datamodule(fixture_data_dir).train_dataloader()))[1]
+    assert torch.equal(a, b) and not torch.equal(a, c)
     unshuffled = make_datamodule(fixture_data_dir, shuffle=False)
     batch_labels = next(iter(unshuffled.train_dataloader()))[1]
     assert torch.equal(batch_labels, unshuffled.splits["train"].labels[: len(batch_labels)])

@@ -128,7 +128,7 @@ def refused_command(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
 def test_a_resume_refused_after_hydra_started_keeps_hydras_record(run_folder, fixture_data_dir):
     """A record refused inside the train command, after Hydra set up the run: Hydra's own record
     of the command (.hydra/) is not rewritten (`report` credits a job with its overrides), and
-    every file of the run but its log and its lock file (the holder's line) is as it was."""
+    every file of the run but its log is as it was."""
     (run_folder / ".hydra").mkdir(exist_ok=True)
     (run_folder / ".hydra" / "overrides.yaml").write_text("- optimizer=adam\n")
     record = yaml.safe_load((run_folder / "run_config.yaml").read_text())
@@ -140,9 +140,7 @@ def test_a_resume_refused_after_hydra_started_keeps_hydras_record(run_folder, fi
     last = result.stdout.strip().splitlines()[-1]
     assert "settings.trainer.plugins: a part of the config, not a setting" in last
     after = {p: p.read_bytes() for p in run_folder.rglob("*") if p.is_file()}
-    assert {p: b for p, b in after.items() if p.name not in ("train.log", ".lock")} == {
-        p: b for p, b in files.items() if p.name != ".lock"
-    }
+    assert {p: b for p, b in after.items() if p.name != "train.log"} == files
 
 
 @pytest.mark.parametrize("case", ["a link", "an override", "another folder"])
@@ -176,7 +174,7 @@ def test_hydras_callback_refuses_before_anything_is_written(case, run_folder, tm
     line = capsys.readouterr().out.strip()
     assert line.startswith("error: ") and "\n" not in line
     assert files == {p: p.read_bytes() for p in files} and victim.read_text() == "years of work"
-    assert not (tmp_path / "elsewhere").exists()  # the lock file above is unchanged: never taken
+    assert not (tmp_path / "elsewhere").exists() and not (run_folder / ".lock").exists()
 
 
 def test_a_resume_elsewhere_and_a_sweep_folder_with_a_link_are_refused(run_folder, tmp_path):
@@ -731,3 +729,52 @@ def test_a_mutated_image_is_a_digit_or_one_line(kind, edits, cut):
         assert one_line(error) and str(error).startswith("upload")
         return
     assert digit.shape == (1, 28, 28) and digit.dtype == torch.uint8
+
+
+DATA_STATE_PATHS = st.lists(
+    st.sampled_from(
+        ["order", "seed", "epoch", "position", "bank_seed", "random", "torch_cpu", "numpy_keys"]
+        + ["numpy_position", "numpy_gauss", "python", "python_position", "python_gauss", "0"]
+        + ["x"]
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
+@settings(FUZZ, max_examples=60)
+@given(path=DATA_STATE_PATHS, value=CHECKPOINT_VALUES | st.integers(-(2**70), 2**70))
+def test_a_checkpoints_data_state_is_taken_or_refused_before_anything_changes(path, value):
+    """The DataModule's state in a checkpoint (its place in the epoch, the random generators):
+    either refused by the checkpoint door (a ValueError, one line) with the generators untouched,
+    or taken by the DataModule."""
+    import copy
+
+    from mnist_lightning.data.order import (
+        TrainingOrder,
+        check_data_state,
+        random_state,
+        set_random_state,
+    )
+
+    state = {
+        "order": {"seed": 42, "epoch": 3, "position": 64},
+        "bank_seed": 7,
+        "random": random_state(),
+    }
+    changed = mutated(copy.deepcopy(state), path, value)
+    before = torch.get_rng_state()
+    try:
+        check_data_state(changed, [changed.get("order")])
+    except ValueError as error:
+        assert one_line(error) or "validation error" in str(error)  # pydantic's: said in one
+        assert torch.equal(torch.get_rng_state(), before)
+        return
+    assert torch.equal(torch.get_rng_state(), before)  # the check put the generators back
+    if changed["order"]:  # as MNISTDataModule.load_state_dict takes it
+        TrainingOrder(10**12, seed=0).load_state_dict(changed["order"])
+    saved = random_state()
+    try:
+        set_random_state(changed["random"])
+    finally:
+        set_random_state(saved)

@@ -394,7 +394,7 @@ def test_a_one_cycle_schedule_needs_an_end(fixture_data_dir, tmp_path):
 
 def test_without_checkpointing_the_final_weights_are_tested(fixture_data_dir, tmp_path):
     off = ["+trainer.enable_checkpointing=false", "~callbacks.model_checkpoint"]
-    off += ["~callbacks.last_checkpoint", "logger=none"]
+    off += ["~callbacks.last_checkpoint", "~callbacks.graceful_interrupt", "logger=none"]
     cfg = compose([f"data.data_dir={fixture_data_dir}", *FAST, *off], tmp_path)
     metrics = train(cfg)
     assert metrics["test_checkpoint"] == "final weights" and "test/acc" in metrics

@@ -114,6 +114,7 @@ def fit_briefly(overrides, data_dir, tmp_path):
             "logger=none",
             "~callbacks.model_checkpoint",
             "~callbacks.last_checkpoint",
+            "~callbacks.graceful_interrupt",
             "+trainer.enable_checkpointing=false",
             *overrides,
         ],

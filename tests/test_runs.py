@@ -19,6 +19,7 @@ from mnist_lightning.doors.folders import FileRefused, FolderLock
 from mnist_lightning.errors import CheckpointError, ConfigError, OutputError
 from mnist_lightning.train import train
 from tests.conftest import FAST, compose, run_module, start_training
+from tests.test_exact_resume import figures, tensorboard_scalars
 from tests.test_tracking import mlflow_overrides, mlflow_runs
 
 
@@ -127,15 +128,18 @@ def test_each_attempt_of_a_resumed_run_is_an_mlflow_run_with_the_runs_config(
 ):
     """MLflow cannot take back what a killed attempt logged, so each attempt is a run of its
     own, named after the folder; each must carry the config, or the resumed one is missing from
-    every comparison by parameter."""
+    every comparison by parameter. The killed attempt is marked KILLED, not left RUNNING."""
     run_dir, store = tmp_path / "run", tmp_path / "store"
     finished_run(fixture_data_dir, run_dir, *mlflow_overrides(store))
     unfinished(run_dir, 3)
+    client, (killed,) = mlflow_runs(store)
+    client.update_run(killed.info.run_id, status="RUNNING")  # as a killed attempt leaves it
     places = [f"++{override}" for override in mlflow_overrides(store)[1:]]  # as README says
     train(compose([f"resume={run_dir}", *places], run_dir))
     _, runs = mlflow_runs(store)
     first, resumed = sorted(runs, key=lambda run: run.info.start_time)
     assert first.info.run_name == resumed.info.run_name == "run"
+    assert (first.info.status, resumed.info.status) == ("KILLED", "FINISHED")
     params, before = resumed.data.params, first.data.params
     assert set(params) == set(before)
     changed = {key for key in params if params[key] != before[key]}
@@ -206,8 +210,8 @@ def test_a_run_killed_while_testing_finishes_with_every_metric(fixture_data_dir,
 
 def test_a_run_interrupted_mid_epoch_resumes_as_if_never_stopped(fixture_data_dir, tmp_path):
     """Batches of 4: 128 steps an epoch. Ctrl-C during epoch 2, resume, and the record is that of
-    an uninterrupted run: three epochs, each timed as an epoch, every step once, no point from
-    the interrupted attempt after the step it resumed from."""
+    the uninterrupted run: three epochs, each timed as an epoch, every step once, no point from
+    the interrupted attempt after the step it resumed from, and the same figures."""
     run_dir = tmp_path / "run"
     args = [*FAST, "data.batch_size=4", "trainer.max_epochs=3", "trainer.log_every_n_steps=8"]
     process = start_training([*args, f"hydra.run.dir={run_dir}"], fixture_data_dir)
@@ -238,6 +242,12 @@ def test_a_run_interrupted_mid_epoch_resumes_as_if_never_stopped(fixture_data_di
     assert steps == list(range(7, 3 * 128, 8))  # each written step once, in order
     assert [e.step for e in events.Scalars("val/acc")] == [127, 255, 383]
     assert 0 < interrupted_at <= 3 * 128
+    # The same run as one never stopped, to the last digit; Lightning has nothing to warn about.
+    assert "not resumable" not in result.stdout + result.stderr
+    whole = tmp_path / "whole"
+    train(compose([f"data.data_dir={fixture_data_dir}", *args], whole))
+    assert figures(run_dir) == figures(whole)
+    assert tensorboard_scalars(run_dir) == tensorboard_scalars(whole)
 
 
 def test_a_killed_sweep_run_again_keeps_finished_jobs_and_runs_the_rest(fixture_data_dir, tmp_path):

@@ -489,7 +489,7 @@ TRAIN_BAD_VALUES = [
     (
         "+trainer.enable_checkpointing=false ~callbacks.last_checkpoint",
         "trainer.enable_checkpointing=false beside checkpoint callbacks: remove them too "
-        "(~callbacks.model_checkpoint);",
+        "(~callbacks.model_checkpoint ~callbacks.graceful_interrupt);",
     ),
     ("model.net.name=resnet", "model.net.name=resnet: must be one of mlp, cnn"),
     ("model/net=custom", "model.net._target_: missing; name your class"),

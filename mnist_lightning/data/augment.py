@@ -65,9 +65,14 @@ class BatchAugment(nn.Module):
             elastic_bank,
         )
         self.fields: torch.Tensor | None = None  # [bank, H, W, 2] in grid units, made on first use
+        # Drawn from the run's generator when the bank is first made, and kept in checkpoints
+        # (the DataModule's state): a resumed run makes the same bank without drawing again.
+        self.bank_seed: int | None = None
 
     def _make_fields(self, height: int, width: int, device) -> torch.Tensor:
-        generator = torch.Generator(device=device).manual_seed(torch.randint(0, 2**31, (1,)).item())
+        if self.bank_seed is None:
+            self.bank_seed = int(torch.randint(0, 2**31, (1,)).item())
+        generator = torch.Generator(device=device).manual_seed(self.bank_seed)
         noise = torch.empty(self.elastic_bank, 2, height, width, device=device).uniform_(
             -1, 1, generator=generator
         )

@@ -19,6 +19,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from mnist_lightning.data.augment import BatchAugment
 from mnist_lightning.data.mnist_files import default_data_dir, ensure_raw_files, load_mnist
+from mnist_lightning.data.order import (
+    ResumableLoader,
+    TrainingOrder,
+    random_state,
+    set_random_state,
+)
 from mnist_lightning.doors.settings import STRICT, plain_settings
 from mnist_lightning.errors import MNISTDataError
 
@@ -102,6 +108,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.splits: dict[str, InMemoryMNIST] = {}
         self.test_split = "test"  # what trainer.test() runs on; evaluate may pick "val"
         self.augment = BatchAugment(**augment) if augment else None
+        self.order: TrainingOrder | None = None  # the training images' order, made in setup()
 
     def prepare_data(self) -> None:
         # Once per node: find, decompress or download, and check the files.
@@ -111,6 +118,10 @@ class MNISTDataModule(pl.LightningDataModule):
         if not self.splits:
             self.mnist = load_mnist(self.data_dir, download=False)
             self.splits = self._split()
+            # The run's seed (pl.seed_everything): each epoch's order is drawn from it.
+            self.order = TrainingOrder(
+                len(self.splits["train"]), torch.initial_seed(), self.hparams.shuffle
+            )
         device = self.trainer.strategy.root_device if self.trainer is not None else None
         if device is not None and device.type == "cuda":
             # All of MNIST is ~55 MB as uint8: keep it on the GPU, no copy per batch.
@@ -136,14 +147,45 @@ class MNISTDataModule(pl.LightningDataModule):
         }
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
-        # A plain DataLoader with a batch size, so that Lightning can swap in a
-        # DistributedSampler under DDP, or a sequential one for overfit_batches.
+        # Each loader draws its base seed from a generator of its own, not from the run's: a
+        # loader started on resume must not shift the augmentation's draws (data/order.py).
         return DataLoader(
-            self.splits[split], batch_size=batch_size, shuffle=shuffle, collate_fn=already_batched
+            self.splits[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=already_batched,
+            generator=torch.Generator(),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size, shuffle=self.hparams.shuffle)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # Under DDP Lightning shards the data with its DistributedSampler: such a run
+            # resumes with a fresh draw of the rest of its epoch (README, "Survive faults").
+            return self._loader("train", self.hparams.batch_size, shuffle=self.hparams.shuffle)
+        return ResumableLoader(
+            self.splits["train"],
+            batch_size=self.hparams.batch_size,
+            sampler=self.order,
+            collate_fn=already_batched,
+            generator=torch.Generator(),
+        )
+
+    def state_dict(self) -> dict:
+        """Where the run stands in its data and its random draws, saved in every checkpoint; the
+        training loader's state is the same `order` (data/order.py says why it is kept twice)."""
+        return {
+            "order": self.order.state_dict() if self.order is not None else {},
+            "bank_seed": self.augment.bank_seed if self.augment is not None else None,
+            "random": random_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.order is not None and state.get("order"):
+            self.order.load_state_dict(state["order"])
+        if self.augment is not None:
+            self.augment.bank_seed, self.augment.fields = state.get("bank_seed"), None
+        if "random" in state:
+            set_random_state(state["random"])
 
     # Evaluation takes no optimizer step, so its batch size changes only the speed: the epoch
     # metrics are per-image means.

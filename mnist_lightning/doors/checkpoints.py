@@ -28,6 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mnist_lightning.data.datamodule import DATA_SOURCE, MNISTDataModule
+from mnist_lightning.data.order import check_data_state
 from mnist_lightning.doors.folders import FileRefused, read_json
 from mnist_lightning.doors.settings import class_problems
 from mnist_lightning.errors import CheckpointError, first_line
@@ -254,9 +255,10 @@ def check_checkpoint_fits(model: torch.nn.Module, path: Path, checkpoint: dict) 
 
 
 def check_resumable(model: MNISTClassifier, path: Path, checkpoint: dict) -> None:
-    """Refuse, in one line, a checkpoint whose optimizer or schedule state does not fit the run's:
-    it is loaded into a scratch copy of the optimizer, which then takes a step (a state of the
-    wrong shape fails only there), and a schedule's state must be names and numbers."""
+    """Refuse, in one line, a checkpoint whose optimizer, schedule or data state does not fit the
+    run's: it is loaded into a scratch copy of the optimizer, which then takes a step (a state of
+    the wrong shape fails only there), a schedule's state must be names and numbers, and the
+    data's state (order, random generators) must be one the DataModule takes."""
     scratch = copy.deepcopy(model.net)
     for parameter in scratch.parameters():
         parameter.grad = torch.zeros_like(parameter)
@@ -275,9 +277,14 @@ def check_resumable(model: MNISTClassifier, path: Path, checkpoint: dict) -> Non
             )
         if not all(_numbers_and_names(state) for state in schedules):
             raise ValueError("a schedule's state holds more than names and numbers")
+        if MNISTDataModule.__qualname__ in checkpoint:  # (earlier checkpoints resume inexactly)
+            fit_loop = checkpoint["loops"].get("fit_loop", {}).get("state_dict", {})
+            check_data_state(
+                checkpoint[MNISTDataModule.__qualname__], fit_loop.get("combined_loader", [])
+            )
     except Exception as error:  # noqa: BLE001 - whatever a damaged state makes fail
         raise CheckpointError(
-            f"{path}: its optimizer state does not fit this run ({type(error).__name__}: "
+            f"{path}: its optimizer or data state does not fit this run ({type(error).__name__}: "
             f"{first_line(error)[:200]}); resume from another checkpoint of the run, or start a "
             "new run."
         ) from None

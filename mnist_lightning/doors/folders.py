@@ -15,6 +15,7 @@ command may write. Import-light on purpose: Hydra's launcher process uses it
 
 from __future__ import annotations
 
+import atexit
 import csv
 import errno
 import io
@@ -48,12 +49,14 @@ class FolderLock:
     """`with FolderLock(folder):` holds filelock's exclusive lock on `<folder>/.lock`.
 
     filelock takes a `flock` (dropped by the operating system however the process ends, so a
-    crashed run never leaves a stale lock), opens the file without following a link, keeps the
-    file on release (unlinking it would let a second process lock a file a third one no longer
-    sees), and, as a singleton per folder, is re-entrant within the process: the Hydra callback
-    takes it before the job starts, the job takes it again. Added here: the holder's line in the
-    file, and the one-line refusal naming it.
+    crashed run never leaves a stale lock), opens the file without following a link, retries a
+    file that its holder unlinked meanwhile, and, as a singleton per folder, is re-entrant within
+    the process: the Hydra callback takes it before the job starts, the job takes it again.
+    Added here: the holder's line in the file, the one-line refusal naming it, and the file
+    removed by its last holder while still held (filelock counts holds privately: `_holds`).
     """
+
+    _holds: dict[Path, int] = {}  # this process's holds, by folder
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder).resolve()
@@ -78,13 +81,31 @@ class FolderLock:
                 f"{self.folder} is in use by {holder or 'another process'}; wait for that run to "
                 "end or stop it, or choose another folder (hydra.run.dir=<folder>)."
             ) from None
+        FolderLock._holds[self.folder] = FolderLock._holds.get(self.folder, 0) + 1
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.lock.release()
+        holds = FolderLock._holds.pop(self.folder, 0) - 1
+        if holds > 0:
+            FolderLock._holds[self.folder] = holds
+        elif holds == 0:  # the last hold: the file goes while it is still locked
+            (self.folder / LOCK_FILE).unlink(missing_ok=True)
+        if holds >= 0:
+            self.lock.release()
 
     def __reduce__(self) -> tuple:  # a launcher pickles the callback holding this: unheld there
         return FolderLock, (self.folder,)
+
+    @staticmethod
+    def remove_lock_files() -> None:
+        """At exit, however the command ended (sys.exit skips the callbacks' ends): no lock file
+        is left behind; the operating system drops the locks themselves."""
+        for folder in FolderLock._holds:
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+        FolderLock._holds.clear()
+
+
+atexit.register(FolderLock.remove_lock_files)
 
 
 def already_holds_a_run(folder: Path) -> OutputError:

@@ -18,6 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from mnist_lightning.config import conf_option
 from mnist_lightning.data import NUM_CLASSES
 from mnist_lightning.doors.settings import STRICT
+from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.networks import ACTIVATIONS, NETWORK_SETTINGS, build_network
 from mnist_lightning.models.optim import (
     OPTIMIZER_SETTINGS,
@@ -103,6 +104,19 @@ class MNISTClassifier(pl.LightningModule):
         logits = self(x)
         losses = F.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing)
         return losses, logits.argmax(dim=1), y
+
+    def on_train_start(self) -> None:
+        # A one-cycle schedule resumed keeps the length it was built for (its state holds it):
+        # a run resumed with more steps would step past its end.
+        for config in self.trainer.lr_scheduler_configs:
+            total = getattr(config.scheduler, "total_steps", None)
+            if total is not None and total < self.trainer.estimated_stepping_batches:
+                raise ConfigError(
+                    f"scheduler=onecycle was built for {total:,} steps and this run now has "
+                    f"{self.trainer.estimated_stepping_batches:,}: a cycle begun cannot be "
+                    "stretched. Finish the run with its own trainer.max_epochs, or start a new "
+                    "run with the epochs you want."
+                )
 
     def on_train_epoch_start(self) -> None:
         # Lightning resets them at each epoch's end too; this also drops what a checkpoint saved

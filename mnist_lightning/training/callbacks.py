@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import grad_norm
 from torchmetrics import MetricCollection
@@ -24,6 +25,7 @@ from mnist_lightning.data.datamodule import to_model_input
 from mnist_lightning.models.classifier import loggers_write_this_step
 from mnist_lightning.models.metrics import EPOCH_METRICS
 from mnist_lightning.training import figures
+from mnist_lightning.training.checkpoint_io import resumes_exactly_after
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,8 @@ class DataPreview(pl.Callback):
         figures.publish(
             figure, self.output_dir / "samples.png", tensorboard_writer(trainer), "data/samples"
         )
-        images, y = next(iter(datamodule.train_dataloader()))
+        # Not drawn from the training loader: that would move the run's place in its epoch.
+        images, y = datamodule.splits["train"][: datamodule.hparams.batch_size]
         x = to_model_input(images, datamodule.hparams.normalize)  # as the model gets it
         log.info(
             "one batch: x %s %s, y %s %s",
@@ -233,9 +236,10 @@ class GradientMonitor(pl.Callback):
                     writer.add_histogram(f"weights/{name}", values, trainer.current_epoch)
 
 
-class GracefulInterrupt(pl.Callback):
+class GracefulInterrupt(Checkpoint):
     """Ctrl-C while training: finish the step under way, save `last.ckpt` at the end of that
-    training batch, and stop; a second Ctrl-C stops at once.
+    training batch, and stop; a second Ctrl-C stops at once. A Checkpoint callback, so that
+    Lightning runs it after the others at each batch end (weight averaging has updated then).
 
     Lightning resumes mid-epoch from checkpoints saved where its own callbacks save them (the
     end of a training batch); one saved at an arbitrary moment of an interrupted step resumes
@@ -266,6 +270,8 @@ class GracefulInterrupt(pl.Callback):
         every = trainer.log_every_n_steps
         if every > 1 and trainer.global_step % every == 0:
             return  # the loggers write this step after this hook: stop after the next one
+        if not resumes_exactly_after(trainer, batch_idx):
+            return  # a later batch's end: one the run resumes from exactly
         path = self.dirpath / "last.ckpt"
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:

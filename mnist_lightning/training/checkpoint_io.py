@@ -1,6 +1,8 @@
-"""RunCheckpointIO: how Lightning writes, reads and removes a run's checkpoints.
+"""RunCheckpointIO: how Lightning writes, reads and removes a run's checkpoints; LastCheckpoint:
+the checkpoint a run resumes from.
 
-The train command always adds it to the Trainer (training/run.py), whatever the config says.
+The train command always adds RunCheckpointIO to the Trainer (training/run.py), whatever the
+config says.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mnist_lightning.atomic import write_atomically
@@ -108,3 +111,22 @@ class RunCheckpointIO(TorchCheckpointIO):
                 CHECKPOINTS,
                 ", ".join(sorted(set(dropped)))[:300],
             )
+
+
+def resumes_exactly_after(trainer, batch_idx: int) -> bool:
+    """Whether a checkpoint saved at the end of training batch `batch_idx` resumes exactly: the
+    optimizer has just stepped (a checkpoint does not hold gradients accumulated half-way), and
+    the epoch has batches left (Lightning resumes from an epoch's last batch as if the epoch had
+    ended, without its validation and epoch-end callbacks)."""
+    stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+    return stepped and batch_idx + 1 < trainer.num_training_batches
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint for `checkpoints/last.ckpt`, whose `every_n_train_steps` skips
+    a batch end from which a resumed run would not continue exactly (`resumes_exactly_after`):
+    the run resumes from the checkpoint before it instead."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if resumes_exactly_after(trainer, batch_idx):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

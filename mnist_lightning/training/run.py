@@ -16,7 +16,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -252,11 +252,11 @@ def _cycle_without_end(cfg: DictConfig) -> str | None:
 
 
 def _savers_kept(cfg: DictConfig) -> str | None:
-    """trainer.enable_checkpointing=false beside conf/'s ModelCheckpoint callbacks, which Lightning
-    refuses without saying what to do."""
+    """trainer.enable_checkpointing=false beside conf/'s checkpoint callbacks (ModelCheckpoint,
+    GracefulInterrupt), which Lightning refuses without saying what to do."""
     if cfg.trainer.get("enable_checkpointing", True) is not False:
         return None
-    found = group_configs(cfg, "callbacks", ModelCheckpoint)
+    found = group_configs(cfg, "callbacks", Checkpoint)
     callbacks = cfg.get("callbacks") or {}
     savers = [name for name, node in callbacks.items() if any(node is s for s in found)]
     if not savers:

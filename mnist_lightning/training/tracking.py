@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lightning.config import group_configs
 
+RUN_FOLDER_TAG = "run_folder"  # an MLflow run's tag: the run folder it is an attempt of
 # The files of a run folder worth keeping beside a tracker's run, when they exist.
 RUN_FILES = (
     "samples.png",
@@ -41,6 +42,26 @@ def log_config(trainer, cfg: DictConfig) -> None:
     for logger in trainer.loggers:
         if not isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(config)
+        if isinstance(logger, MLFlowLogger):  # which folder's attempt it is (end_killed_attempts)
+            folder = str(Path(cfg.paths.output_dir).resolve())
+            logger.experiment.set_tag(logger.run_id, RUN_FOLDER_TAG, folder)
+
+
+def end_killed_attempts(trainer, run_dir: Path) -> None:
+    """Mark as KILLED the MLflow runs of this folder's earlier attempts that are still RUNNING: the
+    train command holds the folder's lock, so no live process is writing them; they were killed."""
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, MLFlowLogger):
+            client = logger.experiment
+            running = client.search_runs(
+                [logger.experiment_id], filter_string="attributes.status = 'RUNNING'"
+            )
+            for attempt in running:
+                tag = attempt.data.tags.get(RUN_FOLDER_TAG)
+                if attempt.info.run_id != logger.run_id and tag == str(run_dir.resolve()):
+                    client.set_terminated(attempt.info.run_id, status="KILLED")
 
 
 def log_run_files(trainer, run_dir: Path, checkpoint: str = "") -> None:

@@ -1,0 +1,164 @@
+"""The training order, resumable: which image comes next, and the random draws that follow.
+
+A run killed and resumed draws exactly what the uninterrupted run would have drawn:
+
+- an epoch's order is a function of (seed, epoch) alone, and how far the epoch has gone is the
+  sampler's state (`TrainingOrder`);
+- the global random generators (torch's, numpy's, Python's: augmentation and dropout draw from
+  them) are captured at the same moment (`random_state`), and every DataLoader draws its own
+  base seed from a private generator, so that a loader started on resume takes nothing from them.
+
+Lightning saves the state of a training loader that has `state_dict`/`load_state_dict` in every
+checkpoint and restores it in `fit(ckpt_path=...)` (`ResumableLoader`); that is also what tells it
+that a checkpoint saved in the middle of an epoch resumes exactly. The DataModule keeps the same
+state as well, because Lightning skips the loader's restore when `trainer.estimated_stepping_batches`
+was read first, as the one-cycle schedule does (Lightning issue #20550).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch.utils.data import DataLoader, Sampler
+
+Count = Annotated[int, Field(ge=0, le=2**62)]
+
+
+class OrderState(BaseModel):
+    """A TrainingOrder's state, as a checkpoint holds it (a checkpoint is data: typed here)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    seed: Annotated[int, Field(ge=0, lt=2**64)]
+    epoch: Count
+    position: Count
+
+
+class TrainingOrder(Sampler[int]):
+    """The training images' order: a permutation drawn from (seed, epoch), or the file's order
+    without `shuffle`. `position` counts the indices of the epoch handed out so far: with the
+    loader in this process (no workers) and a sized loader (Lightning prefetches none), these are
+    exactly the images trained on."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch = self.position = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this at every epoch's start, as for a DistributedSampler."""
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def __iter__(self) -> Iterator[int]:
+        # A generator: this body runs at the epoch's first batch, after Lightning's set_epoch.
+        if self.shuffle:
+            seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(seed))
+        else:
+            order = torch.arange(self.size)
+        for index in order[self.position :].tolist():
+            self.position += 1
+            yield index
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        kept = OrderState.model_validate(state)
+        if kept.position > self.size:
+            raise ValueError(f"position {kept.position} is past the {self.size} training images")
+        self.seed, self.epoch, self.position = kept.seed, kept.epoch, kept.position
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose place in the epoch (its TrainingOrder's state) Lightning saves in every
+    checkpoint and restores on resume. A sampler Lightning put in its place (overfit_batches) has
+    no state to keep."""
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict() if isinstance(self.sampler, TrainingOrder) else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if isinstance(self.sampler, TrainingOrder) and state:
+            self.sampler.load_state_dict(state)
+
+
+class RandomState(BaseModel):
+    """The global generators' states, as a checkpoint holds them: tensors and numbers only
+    (checkpoints are read with weights_only)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", arbitrary_types_allowed=True)
+    torch_cpu: torch.Tensor
+    numpy_keys: torch.Tensor
+    numpy_position: Annotated[int, Field(ge=0, le=624)]
+    numpy_gauss: float | None
+    python: list[Annotated[int, Field(ge=0, lt=2**32)]] = Field(min_length=624, max_length=624)
+    python_position: Annotated[int, Field(ge=0, le=624)]
+    python_gauss: float | None
+
+
+def random_state() -> dict[str, Any]:
+    """torch's (CPU), numpy's and Python's global generators, now."""
+    _, keys, position, has_gauss, gauss = np.random.get_state()
+    _, python, python_gauss = random.getstate()
+    return {
+        "torch_cpu": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_position": int(position),
+        "numpy_gauss": float(gauss) if has_gauss else None,
+        "python": list(python[:-1]),
+        "python_position": int(python[-1]),
+        "python_gauss": python_gauss,
+    }
+
+
+def set_random_state(state: dict[str, Any]) -> None:
+    """Put the generators back where `random_state` found them; a state that is not one is
+    refused (ValueError) before any generator is touched."""
+    kept = RandomState.model_validate(state)
+    if kept.torch_cpu.dtype != torch.uint8 or kept.torch_cpu.shape != torch.get_rng_state().shape:
+        raise ValueError("torch_cpu is not a CPU generator's state")
+    if kept.numpy_keys.shape != (624,) or not bool(
+        ((kept.numpy_keys >= 0) & (kept.numpy_keys < 2**32)).all()
+    ):
+        raise ValueError("numpy_keys is not a Mersenne Twister's state")
+    torch.set_rng_state(kept.torch_cpu)
+    keys = kept.numpy_keys.numpy().astype(np.uint32)
+    gauss = kept.numpy_gauss
+    np.random.set_state(("MT19937", keys, kept.numpy_position, gauss is not None, gauss or 0.0))
+    random.setstate((3, (*kept.python, kept.python_position), kept.python_gauss))
+
+
+class DataState(BaseModel):
+    """The DataModule's state in a checkpoint (MNISTDataModule.state_dict)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", arbitrary_types_allowed=True)
+    order: OrderState | dict[str, Any]
+    bank_seed: Annotated[int, Field(ge=0, lt=2**31)] | None
+    random: dict[str, Any]
+
+
+def check_data_state(state: Any, loader_states: Any) -> None:
+    """Refuse (ValueError) a checkpoint's data state that the DataModule and the loader could not
+    take: the train command checks it before Lightning restores anything."""
+    kept = DataState.model_validate(state)
+    if isinstance(kept.order, dict) and kept.order:
+        raise ValueError("order is not a training order's state")
+    RandomState.model_validate(kept.random)
+    saved = random_state()
+    try:
+        set_random_state(kept.random)  # a state of the right shape may still be refused
+    finally:
+        set_random_state(saved)
+    if not isinstance(loader_states, list) or len(loader_states) > 1:
+        raise ValueError("the training loader's state is not one loader's")
+    for loader in loader_states:
+        if loader:
+            OrderState.model_validate(loader)
