@@ -9,7 +9,9 @@
    Lightning's own floor (benchmarks/lightning_loop.py: the project's model and data module
    under a bare Trainer), which shows how much of an epoch is Lightning's loop itself;
 3. contention: one epoch of the default command alone and beside a second training, with the
-   default `cpu_threads=1` and with torch's default threads (`cpu_threads=null`).
+   default `cpu_threads=1` and with torch's default threads (`cpu_threads=null`);
+4. start-up (benchmarks/startup.py): `import torch`, `train --help`, a refused bad value,
+   `predict` of one PNG, `export`, and `serve` to its first answer, medians of five.
 
 Each runs as its own process; peak memory is the child's max RSS.
 """
@@ -26,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from startup import startup_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, "-m", "mnist_lightning.train"]
@@ -187,6 +191,8 @@ def main() -> None:
     startup = statistics.median(s for _, s, _ in project_runs)
     print(f"project start-up (until training):     {startup:.1f} s")
     print(f"project peak memory:                   {peak_mb:.0f} MB (goal < 2048)")
+    print()
+    print("\n".join(startup_table(env)))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ import time
 import torch
 from torch import nn
 
-from mnist_lightning.data.datamodule import MNISTDataModule, to_model_input
+from mnist_lightning.data import to_model_input
+from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.models.networks import MLP
 
 epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 5

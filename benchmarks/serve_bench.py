@@ -228,7 +228,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from mnist_lightning.data.datamodule import to_model_input
+    from mnist_lightning.data import to_model_input
     from mnist_lightning.data.mnist_files import default_data_dir, load_mnist
     from mnist_lightning.doors.checkpoints import load_trained
 

@@ -24,10 +24,10 @@ from mnist_lightning.data import NUM_CLASSES
 from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.doors.folders import refuse_inside_a_run
-from mnist_lightning.doors.settings import EvaluateOptions, command_options
+from mnist_lightning.doors.settings import EvaluateOptions, accelerator_problem, command_options
 from mnist_lightning.errors import ConfigError
+from mnist_lightning.models.classifier import MNISTClassifier
 from mnist_lightning.training.callbacks import TestSetReport
-from mnist_lightning.training.run import accelerator_problem
 
 log = logging.getLogger("mnist_lightning.evaluate")
 
@@ -53,7 +53,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if problem := accelerator_problem("accelerator", options.accelerator):
         raise ConfigError(problem)
     output_dir = refuse_inside_a_run(cfg.paths.output_dir, "hydra.run.dir")
-    trained = load_trained(options.ckpt_path, options.net_target)
+    classes = (MNISTClassifier, MNISTDataModule)  # the whole model and data settings: tested
+    trained = load_trained(options.ckpt_path, options.net_target, classes)
     # The checkpoint's split and normalisation; where the data is, from this command.
     settings = {k: v for k, v in trained.data.items() if k not in ("augment", "shuffle")}
     datamodule = MNISTDataModule(data_dir=options.data_dir, shuffle=False, **settings)

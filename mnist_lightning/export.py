@@ -19,7 +19,7 @@ from torch import nn
 from mnist_lightning.atomic import write_atomically
 from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
-from mnist_lightning.data.datamodule import normalized
+from mnist_lightning.data import normalized
 from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.doors.folders import refuse_inside_a_run, writable
 from mnist_lightning.doors.settings import ExportOptions, command_options

@@ -23,7 +23,7 @@ from PIL import Image
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
-from mnist_lightning.data.datamodule import to_model_input
+from mnist_lightning.data import to_model_input
 from mnist_lightning.doors import images
 from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.doors.folders import refuse_inside_a_run

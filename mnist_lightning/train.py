@@ -17,21 +17,24 @@ from omegaconf import DictConfig
 
 from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
-from mnist_lightning.doors.checkpoints import (
-    check_checkpoint_fits,
-    check_resumable,
-    read_checkpoint,
-)
-from mnist_lightning.training import results, run
-from mnist_lightning.training.lr_find import find_learning_rate
-from mnist_lightning.training.run_folder import RunFolder
-from mnist_lightning.training.tracking import end_killed_attempts, log_config
 
 log = logging.getLogger("mnist_lightning.train")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as the config says; return every final metric (also in metrics.json)."""
+    # The stages are imported here, when a run starts, not with this module: `--help` needs
+    # only Hydra and the configs, not torch and Lightning (which take most of a start).
+    from mnist_lightning.doors.checkpoints import (
+        check_checkpoint_fits,
+        check_resumable,
+        read_checkpoint,
+    )
+    from mnist_lightning.training import results, run
+    from mnist_lightning.training.lr_find import find_learning_rate
+    from mnist_lightning.training.run_folder import RunFolder
+    from mnist_lightning.training.tracking import end_killed_attempts, log_config
+
     folder = RunFolder(cfg.paths.output_dir)
     with folder.locked():
         cfg, checkpoint = folder.start_or_continue(cfg)
@@ -53,8 +56,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             folder.save_record(cfg)
         else:
             log.info("resuming from %s", checkpoint)
-            check_checkpoint_fits(model, checkpoint, state)
-            check_resumable(model, checkpoint, state)
+            check_checkpoint_fits(model, checkpoint, state["state_dict"])
+            check_resumable(model, datamodule, checkpoint, state)
             folder.log_again(trainer.loggers, kept_rows)
         log_config(trainer, cfg)  # each attempt is a tracker run of its own (MLflow, W&B)
         if checkpoint is not None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from lightning.pytorch.plugins.precision import Precision
 
-from mnist_lightning.data import datamodule as data
+from mnist_lightning import data
 from mnist_lightning.data import mnist_files
 from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.data.order import ResumableLoader, TrainingOrder

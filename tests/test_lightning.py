@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mnist_lightning.data.datamodule import to_model_input
+from mnist_lightning.data import to_model_input
 from mnist_lightning.doors.checkpoints import read_checkpoint
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.classifier import MNISTClassifier

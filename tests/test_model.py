@@ -245,7 +245,7 @@ def test_epoch_losses_are_per_image_means_whatever_the_batch_sizes(fixture_data_
     """540 training images are 8 batches of 64 and one of 28; 100 validation images are
     batches of 64 and 36: a mean of batch means would weigh the small batches too much."""
 
-    from mnist_lightning.data.datamodule import to_model_input
+    from mnist_lightning.data import to_model_input
 
     recorder = StepRecorder()
     datamodule, model, trainer = fit_one_epoch(

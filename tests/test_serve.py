@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mnist_lightning.config import CONFIG_DIR
-from mnist_lightning.data.datamodule import to_model_input
+from mnist_lightning.data import to_model_input
 from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
 from tests.conftest import ROOT, compose, free_port, load_fixture, run_module
 

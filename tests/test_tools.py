@@ -16,8 +16,7 @@ from hydra import initialize_config_dir
 from PIL import Image
 
 from mnist_lightning.config import CONFIG_DIR
-from mnist_lightning.data import preprocess
-from mnist_lightning.data.datamodule import to_model_input
+from mnist_lightning.data import preprocess, to_model_input
 from mnist_lightning.doors import images
 from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
 from mnist_lightning.errors import CheckpointError

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_lightning.data.datamodule import to_model_input
-from mnist_lightning.doors.checkpoints import load_trained
+from mnist_lightning.data import to_model_input
+from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.networks import CNN
 from mnist_lightning.train import train
@@ -228,7 +228,8 @@ def test_a_short_cnn_fit_learns_and_keeps_its_network_in_the_checkpoint(cnn_run)
     assert metrics["history"]["train/loss"][-1] < metrics["history"]["train/loss"][0]
     model = load_trained(cnn_run).model
     assert isinstance(model.net, CNN)
-    assert model.hparams.net == {"name": "cnn", "channels": [24, 48, 96]}  # kept as data
+    checkpoint = read_checkpoint(resolve_checkpoint(cnn_run))
+    assert checkpoint["hyper_parameters"]["net"] == {"name": "cnn", "channels": [24, 48, 96]}
 
 
 def test_the_cnn_exports_to_onnx_with_the_same_answers(cnn_run, fixture_data_dir, tmp_path):

@@ -17,6 +17,7 @@ import torch
 from pydantic import Field, validate_call
 from torch.utils.data import DataLoader, Dataset
 
+from mnist_lightning.data import DATA_SOURCE, to_model_input
 from mnist_lightning.data.augment import BatchAugment
 from mnist_lightning.data.mnist_files import default_data_dir, ensure_raw_files, load_mnist
 from mnist_lightning.data.order import (
@@ -29,12 +30,6 @@ from mnist_lightning.doors.settings import STRICT, plain_settings
 from mnist_lightning.errors import MNISTDataError
 
 BatchSize = Annotated[int, Field(ge=1, le=1_000_000)]
-
-# Where the data is and comes from: given by each command, never kept in a checkpoint.
-DATA_SOURCE = ("data_dir", "download", "mirrors")
-
-# The training set's pixel mean and standard deviation (of values in [0, 1]).
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 class InMemoryMNIST(Dataset):
@@ -59,21 +54,6 @@ class InMemoryMNIST(Dataset):
 def already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """collate_fn for `__getitems__`, whose result is a batch already."""
     return batch
-
-
-def normalized(x: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
-    """Images in [0, 1] at the training set's zero mean and unit deviation (also inside an
-    exported model: TorchScript takes the constants as default arguments, not as globals)."""
-    return (x - mean) / std
-
-
-def to_model_input(images: torch.Tensor, normalize: bool = True, augment=None) -> torch.Tensor:
-    """uint8 [N,1,28,28] -> float32 in [0,1] (the lesson's ToTensor) -> augmented (training
-    only) -> MNIST-normalised."""
-    x = images.float().div_(255)
-    if augment is not None:
-        x = augment(x)
-    return normalized(x) if normalize else x
 
 
 class MNISTDataModule(pl.LightningDataModule):

@@ -27,13 +27,12 @@ from typing import Annotated, Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mnist_lightning.data.datamodule import DATA_SOURCE, MNISTDataModule
+from mnist_lightning.data import DATA_SOURCE
 from mnist_lightning.data.order import check_data_state
 from mnist_lightning.doors.folders import FileRefused, read_json
 from mnist_lightning.doors.settings import class_problems
 from mnist_lightning.errors import CheckpointError, first_line
-from mnist_lightning.models.classifier import MNISTClassifier
-from mnist_lightning.models.networks import custom_network_problems
+from mnist_lightning.models.networks import TrainedNetwork, custom_network_problems
 from mnist_lightning.models.optim import build_optimizer
 
 CHECKPOINTS = "checkpoints"  # a run folder's checkpoint folder
@@ -198,13 +197,25 @@ def _earlier_version(model: dict[str, Any]) -> bool:
     )
 
 
+class InferenceData:
+    """What predict, export and serve read of a checkpoint's data settings."""
+
+    def __init__(self, normalize: bool = True, **unread: Any) -> None:
+        self.normalize = normalize
+
+
 def checkpoint_settings(
-    checkpoint: dict[str, Any], path: Path, net_target: str | None = None
+    checkpoint: dict[str, Any],
+    path: Path,
+    net_target: str | None = None,
+    classes: tuple[type, type] = (TrainedNetwork, InferenceData),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The model's and the data's settings a checkpoint holds, checked against the settings'
-    types (doors/settings.py) before anything is built: names and numbers only, every name one
-    this project knows (a network of the user's own only when `net_target`, named by the
-    command, is that class)."""
+    types (doors/settings.py) of the `classes` that will take them (the command's: the whole
+    MNISTClassifier and MNISTDataModule to evaluate or resume, only what runs the network
+    otherwise) before anything is built: names and numbers only, every name one this project
+    knows (a network of the user's own only when `net_target`, named by the command, is that
+    class)."""
     model = checkpoint["hyper_parameters"]
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     if _earlier_version(model):
@@ -221,9 +232,9 @@ def checkpoint_settings(
     if isinstance(net, dict) and "_target_" in net:  # its settings are its own class's
         found += custom_network_problems(f"{where}.net", net, net_target, objects=False)
         own = ("net",)
-    found += class_problems(where, MNISTClassifier, model, skip=own, objects=False)
-    where = "datamodule_hyper_parameters"
-    found += class_problems(where, MNISTDataModule, data, objects=False)
+    model_class, data_class = classes
+    found += class_problems(where, model_class, model, skip=own, objects=False)
+    found += class_problems("datamodule_hyper_parameters", data_class, data, objects=False)
     if found:
         raise CheckpointError(
             f"{path} is not a checkpoint this project can load: {found[0]}"
@@ -232,10 +243,10 @@ def checkpoint_settings(
     return model, data
 
 
-def check_checkpoint_fits(model: torch.nn.Module, path: Path, checkpoint: dict) -> None:
-    """Refuse, in one line, a checkpoint whose weights do not fit `model` exactly: the same
-    names, shapes and kinds of number, nothing more and nothing less."""
-    saved, expected = checkpoint["state_dict"], model.state_dict()
+def check_checkpoint_fits(model: torch.nn.Module, path: Path, saved: dict) -> None:
+    """Refuse, in one line, a checkpoint whose weights (`saved`) do not fit `model` exactly: the
+    same names, shapes and kinds of number, nothing more and nothing less."""
+    expected = model.state_dict()
     redo = "Resume it with the config it was trained with, or start a new run."
     missing = [name for name in expected if name not in saved]
     if missing:
@@ -254,7 +265,9 @@ def check_checkpoint_fits(model: torch.nn.Module, path: Path, checkpoint: dict) 
             )
 
 
-def check_resumable(model: MNISTClassifier, path: Path, checkpoint: dict) -> None:
+def check_resumable(
+    model: torch.nn.Module, datamodule: object, path: Path, checkpoint: dict
+) -> None:
     """Refuse, in one line, a checkpoint whose optimizer, schedule or data state does not fit the
     run's: it is loaded into a scratch copy of the optimizer, which then takes a step (a state of
     the wrong shape fails only there), a schedule's state must be names and numbers, and the
@@ -277,11 +290,10 @@ def check_resumable(model: MNISTClassifier, path: Path, checkpoint: dict) -> Non
             )
         if not all(_numbers_and_names(state) for state in schedules):
             raise ValueError("a schedule's state holds more than names and numbers")
-        if MNISTDataModule.__qualname__ in checkpoint:  # (earlier checkpoints resume inexactly)
+        data_key = type(datamodule).__qualname__  # where Lightning keeps a DataModule's state
+        if data_key in checkpoint:  # (earlier checkpoints resume, inexactly)
             fit_loop = checkpoint["loops"].get("fit_loop", {}).get("state_dict", {})
-            check_data_state(
-                checkpoint[MNISTDataModule.__qualname__], fit_loop.get("combined_loader", [])
-            )
+            check_data_state(checkpoint[data_key], fit_loop.get("combined_loader", []))
     except Exception as error:  # noqa: BLE001 - whatever a damaged state makes fail
         raise CheckpointError(
             f"{path}: its optimizer or data state does not fit this run ({type(error).__name__}: "
@@ -326,19 +338,28 @@ class Trained:
     """A trained model, as evaluate, predict, export and serve use it."""
 
     checkpoint: Path
-    model: MNISTClassifier  # in eval mode, on the CPU
+    model: torch.nn.Module  # in eval mode, on the CPU; `.net` is the network
     data: dict[str, Any]  # the data settings it was trained with: normalisation, split, batches
 
 
-def load_trained(ckpt_path: str | Path, net_target: str | None = None) -> Trained:
-    """A `.ckpt` file or run folder's model, read once, checked, and built."""
+def load_trained(
+    ckpt_path: str | Path,
+    net_target: str | None = None,
+    classes: tuple[type, type] = (TrainedNetwork, InferenceData),
+) -> Trained:
+    """A `.ckpt` file or run folder's model, read once, checked, and built as `classes[0]`: the
+    network alone by default (its `net.` weights; the training metrics' sums beside them are
+    not read), or the command's LightningModule."""
     path = resolve_checkpoint(ckpt_path)
     checkpoint = read_checkpoint(path)
-    model_settings, data = checkpoint_settings(checkpoint, path, net_target)
+    model_settings, data = checkpoint_settings(checkpoint, path, net_target, classes)
     try:
-        model = MNISTClassifier(**model_settings)
+        model = classes[0](**model_settings)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: its network cannot be built ({error})") from None
-    check_checkpoint_fits(model, path, checkpoint)
-    model.load_state_dict(checkpoint["state_dict"])
+    weights = checkpoint["state_dict"]
+    if classes[0] is TrainedNetwork:
+        weights = {name: w for name, w in weights.items() if name.startswith("net.")}
+    check_checkpoint_fits(model, path, weights)
+    model.load_state_dict(weights)
     return Trained(path, model.eval(), data)

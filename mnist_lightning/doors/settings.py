@@ -5,7 +5,7 @@
   classes check them where they are built (`@validate_call(config=STRICT)`), so the same ranges
   hold from Python, from Hydra and from a checkpoint. `class_settings(cls)` is the same
   signature as a model, to check a whole config before anything is built; Lightning's classes
-  and torch's get the ranges they leave to the fit (`RANGES`) there.
+  and torch's get the ranges they leave to the fit (`library_ranges`) there.
 - Networks, optimizers and schedulers are unions chosen by `name` (`named_settings`).
 - A command's own options are the models at the end.
 - `problems` turns pydantic's errors into the project's one line per setting: the config path,
@@ -26,8 +26,6 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 import annotated_types
 import torch
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pydantic import (
     AfterValidator,
@@ -143,10 +141,10 @@ def class_settings(
     cls: type, skip: tuple[str, ...] = (), name: str | None = None, extra: tuple = ()
 ) -> type:
     """`cls`'s constructor parameters as a strict pydantic model (the arguments in `skip`
-    aside), with the ranges of RANGES; `name`: a member of a union chosen by name; `extra`:
+    aside), with `library_ranges`; `name`: a member of a union chosen by name; `extra`:
     (key, annotation, default) of settings that go beside the constructor's."""
     parameters, open_ended = _parameters(cls)
-    hints, ranges = _hints(cls), RANGES.get(cls, {})
+    hints, ranges = _hints(cls), library_ranges(cls)
     fields: dict[str, Any] = {}
     for key, parameter in parameters.items():
         if key in skip:
@@ -270,8 +268,8 @@ def _epochs(value: int | None) -> int | None:
     return value
 
 
-def _library_ranges() -> dict[type, dict[str, Any]]:
-    metric = Optional[METRIC]  # noqa: UP045
+@functools.cache
+def _torch_ranges() -> dict[type, dict[str, Any]]:
     learning_rate = {"lr": Annotated[float, Field(gt=0)]}
     optimizers = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop)
     optimizers += (torch.optim.Adagrad, torch.optim.Adadelta)
@@ -287,6 +285,19 @@ def _library_ranges() -> dict[type, dict[str, Any]]:
             "factor": fraction,
             "patience": Annotated[int, Field(ge=0, le=MAX_WHOLE)],
         },
+    }
+
+
+@functools.cache
+def _lightning_ranges() -> dict[type, dict[str, Any]]:
+    # Lightning is imported here, not at the top: predict, export and serve check settings too
+    # and must not wait for it to load; only train and evaluate, which import it anyway, check
+    # a class of Lightning's.
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    metric = Optional[METRIC]  # noqa: UP045
+    return {
         Trainer: {
             # Lightning's meanings: null is 1,000 epochs unless max_steps or max_time bounds the
             # run, -1 no limit (0 would train nothing).
@@ -312,9 +323,30 @@ def _library_ranges() -> dict[type, dict[str, Any]]:
     }
 
 
-# Ranges of library classes that their constructors leave to later (the fit fails after the
-# run's files are written, or a value is taken that means nothing).
-RANGES: dict[type, dict[str, Any]] = _library_ranges()
+def library_ranges(cls: type) -> dict[str, Any]:
+    """The ranges of torch's and Lightning's classes that their constructors leave to later (the
+    fit fails after the run's files are written, or a value is taken that means nothing)."""
+    if cls.__module__.startswith("torch."):
+        return _torch_ranges().get(cls, {})
+    if cls.__module__.startswith("lightning."):
+        return _lightning_ranges().get(cls, {})
+    return {}
+
+
+def accelerator_problem(where: str, accelerator: Any) -> str | None:
+    """An accelerator this machine does not have, as one line saying what to use instead (train,
+    evaluate and serve). Lightning would stop in a traceback, LitServe wait for a worker that never
+    starts."""
+    # torch's own checks (Lightning's accelerators ask the same), so serve needs no Lightning.
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    available["gpu"] = available["cuda"] or available["mps"]
+    if not isinstance(accelerator, str) or available.get(accelerator, True):
+        return None
+    device = "GPU" if accelerator == "gpu" else f"{accelerator.upper()} device"
+    return (
+        f"{where}={accelerator}: this machine has no {device} that torch can use; use "
+        f"{where}=auto (the best it has) or {where}=cpu"
+    )
 
 
 # --- errors as one line per setting -------------------------------------------------------

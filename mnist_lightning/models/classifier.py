@@ -6,7 +6,7 @@ does the backward pass, the optimizer and scheduler steps, accumulation and clip
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import lightning.pytorch as pl
 import torch
@@ -19,15 +19,18 @@ from mnist_lightning.config import conf_option
 from mnist_lightning.data import NUM_CLASSES
 from mnist_lightning.doors.settings import STRICT
 from mnist_lightning.errors import ConfigError
-from mnist_lightning.models.networks import ACTIVATIONS, NETWORK_SETTINGS, build_network
+from mnist_lightning.models.networks import (
+    NETWORK_SETTINGS,
+    Activation,
+    MaxoutPieces,
+    build_network,
+)
 from mnist_lightning.models.optim import (
     OPTIMIZER_SETTINGS,
     SCHEDULER_SETTINGS,
     build_optimizer,
     build_scheduler,
 )
-
-Activation = Literal[tuple(ACTIVATIONS)]
 
 
 def loggers_write_this_step(trainer: pl.Trainer) -> bool:
@@ -66,7 +69,7 @@ class MNISTClassifier(pl.LightningModule):
         net: NETWORK_SETTINGS.annotation() | None = None,
         optimizer: OPTIMIZER_SETTINGS.annotation() | None = None,
         scheduler: SCHEDULER_SETTINGS.annotation() | None = None,
-        maxout_pieces: Annotated[int, Field(ge=2, le=16)] = 2,
+        maxout_pieces: MaxoutPieces = 2,
         label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0,
         compile: bool = False,
     ) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from hydra.utils import get_class, instantiate
 from pydantic import Field, validate_call
 from torch import nn
 
+from mnist_lightning.config import conf_option
 from mnist_lightning.data import IMAGE_SIZE, NUM_CLASSES
 from mnist_lightning.doors.settings import (
     STRICT,
@@ -180,3 +181,28 @@ def custom_network_problems(
         return [import_problem(where, target, error)]
     options = {k: v for k, v in settings.items() if k != "_target_"}
     return class_problems(where, cls, options, objects=objects)
+
+
+Activation = Literal[tuple(ACTIVATIONS)]
+MaxoutPieces = Annotated[int, Field(ge=2, le=16)]
+
+
+class TrainedNetwork(nn.Module):
+    """The network of a trained MNISTClassifier, as its checkpoint holds it (`net.` weights),
+    for the commands that only run it (predict, export, serve): they need neither Lightning nor
+    the training metrics. It takes the classifier's settings, with the classifier's types; those
+    that only training uses (optimizer, schedule, ...) are not read."""
+
+    @validate_call(config=STRICT)
+    def __init__(
+        self,
+        activation: Activation = "sigmoid",
+        net: NETWORK_SETTINGS.annotation() | None = None,
+        maxout_pieces: MaxoutPieces = 2,
+        **training_only: Any,
+    ) -> None:
+        super().__init__()
+        self.net = build_network(net or conf_option("model/net", "mlp"), activation, maxout_pieces)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

@@ -20,8 +20,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from mnist_lightning.data import NUM_CLASSES
-from mnist_lightning.data.datamodule import to_model_input
+from mnist_lightning.data import NUM_CLASSES, to_model_input
 from mnist_lightning.models.classifier import loggers_write_this_step
 from mnist_lightning.models.metrics import EPOCH_METRICS
 from mnist_lightning.training import figures

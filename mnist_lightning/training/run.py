@@ -15,7 +15,6 @@ import lightning.pytorch as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 from lightning.pytorch.callbacks import Checkpoint, EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -27,6 +26,7 @@ from mnist_lightning.doors.checkpoints import CHECKPOINTS, read_checkpoint
 from mnist_lightning.doors.settings import (
     TrainOptions,
     TrainShape,
+    accelerator_problem,
     class_problems,
     class_settings,
     import_problem,
@@ -177,21 +177,6 @@ def _problems(cfg: DictConfig) -> list[str]:
     if data_dir and Path(str(data_dir)).expanduser().is_file():
         found.append(f"data.data_dir={data_dir}: is a file; it must be a folder holding MNIST/raw/")
     return found
-
-
-def accelerator_problem(where: str, accelerator: Any) -> str | None:
-    """An accelerator this machine does not have, as one line saying what to use instead (train,
-    evaluate and serve). Lightning would stop in a traceback, LitServe wait for a worker that never
-    starts."""
-    available = {"cuda": CUDAAccelerator.is_available(), "mps": MPSAccelerator.is_available()}
-    available["gpu"] = available["cuda"] or available["mps"]
-    if not isinstance(accelerator, str) or available.get(accelerator, True):
-        return None
-    device = "GPU" if accelerator == "gpu" else f"{accelerator.upper()} device"
-    return (
-        f"{where}={accelerator}: this machine has no {device} that torch can use; use "
-        f"{where}=auto (the best it has) or {where}=cpu"
-    )
 
 
 def _unvalidated_monitor(cfg: DictConfig) -> str | None:
