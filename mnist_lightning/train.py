@@ -15,7 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from mnist_lightning.command import command
+from mnist_lightning.command import command, freeze_imported_objects
 from mnist_lightning.config import CONFIG_DIR
 
 log = logging.getLogger("mnist_lightning.train")
@@ -35,6 +35,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from mnist_lightning.training.run_folder import RunFolder
     from mnist_lightning.training.tracking import end_killed_attempts, log_config
 
+    freeze_imported_objects()  # what these imports brought in, too (command.py says why)
     folder = RunFolder(cfg.paths.output_dir)
     with folder.locked():
         cfg, checkpoint = folder.start_or_continue(cfg)
