@@ -84,6 +84,15 @@ def resumed_in_process(run_dir: Path, data_dir: Path) -> None:
     train(compose([f"resume={run_dir}", f"data.data_dir={data_dir}"], run_dir))
 
 
+def same_as_never_stopped(run_dir: Path, args: list[str], data_dir: Path, logged) -> None:
+    """The finished run in `run_dir` against the same command run whole beside it: the same
+    metrics.json and the same rows of its logger (`logged`: csv_rows or tensorboard_scalars)."""
+    whole = run_dir.parent / "whole"
+    train(compose([f"data.data_dir={data_dir}", *args], whole))
+    assert figures(run_dir) == figures(whole)
+    assert logged(run_dir) == logged(whole)
+
+
 def test_killed_twice_mid_epoch_with_elastic_maxout_smoothing_and_accumulation(
     fixture_data_dir, tmp_path
 ):
@@ -107,10 +116,7 @@ def test_killed_twice_mid_epoch_with_elastic_maxout_smoothing_and_accumulation(
     second = kill_when_saved([f"resume={run_dir}"], fixture_data_dir, signal.SIGKILL)
     assert first < second < 5 * 4  # killed after more steps, before the end
     resumed_in_process(run_dir, fixture_data_dir)
-    whole = tmp_path / "whole"
-    train(compose([f"data.data_dir={fixture_data_dir}", *args], whole))
-    assert figures(run_dir) == figures(whole)
-    assert csv_rows(run_dir) == csv_rows(whole)
+    same_as_never_stopped(run_dir, args, fixture_data_dir, csv_rows)
 
 
 def test_ctrl_c_during_validation_with_ema_onecycle_cnn_and_val_checks(fixture_data_dir, tmp_path):
@@ -131,10 +137,7 @@ def test_ctrl_c_during_validation_with_ema_onecycle_cnn_and_val_checks(fixture_d
     run_dir = tmp_path / "interrupted"
     kill_when_saved([*args, f"hydra.run.dir={run_dir}"], fixture_data_dir, signal.SIGINT, 0.05)
     resumed_in_process(run_dir, fixture_data_dir)
-    whole = tmp_path / "whole"
-    train(compose([f"data.data_dir={fixture_data_dir}", *args], whole))
-    assert figures(run_dir) == figures(whole)
-    assert tensorboard_scalars(run_dir) == tensorboard_scalars(whole)
+    same_as_never_stopped(run_dir, args, fixture_data_dir, tensorboard_scalars)
 
 
 def test_a_onecycle_run_resumed_with_more_epochs_is_one_line(fixture_data_dir, tmp_path):

@@ -19,7 +19,7 @@ from mnist_lightning.doors.folders import FileRefused, FolderLock
 from mnist_lightning.errors import CheckpointError, ConfigError, OutputError
 from mnist_lightning.train import train
 from tests.conftest import FAST, compose, run_module, start_training
-from tests.test_exact_resume import figures, tensorboard_scalars
+from tests.test_exact_resume import same_as_never_stopped, tensorboard_scalars
 from tests.test_tracking import mlflow_overrides, mlflow_runs
 
 
@@ -244,10 +244,7 @@ def test_a_run_interrupted_mid_epoch_resumes_as_if_never_stopped(fixture_data_di
     assert 0 < interrupted_at <= 3 * 128
     # The same run as one never stopped, to the last digit; Lightning has nothing to warn about.
     assert "not resumable" not in result.stdout + result.stderr
-    whole = tmp_path / "whole"
-    train(compose([f"data.data_dir={fixture_data_dir}", *args], whole))
-    assert figures(run_dir) == figures(whole)
-    assert tensorboard_scalars(run_dir) == tensorboard_scalars(whole)
+    same_as_never_stopped(run_dir, args, fixture_data_dir, tensorboard_scalars)
 
 
 def test_a_killed_sweep_run_again_keeps_finished_jobs_and_runs_the_rest(fixture_data_dir, tmp_path):

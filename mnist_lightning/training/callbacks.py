@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import grad_norm
 from torchmetrics import MetricCollection
@@ -24,7 +22,6 @@ from mnist_lightning.data import NUM_CLASSES, to_model_input
 from mnist_lightning.models.classifier import loggers_write_this_step
 from mnist_lightning.models.metrics import EPOCH_METRICS
 from mnist_lightning.training import figures
-from mnist_lightning.training.checkpoint_io import resumes_exactly_after
 
 log = logging.getLogger(__name__)
 
@@ -233,69 +230,6 @@ class GradientMonitor(pl.Callback):
                 values = values[values.isfinite()]  # a diverged run's NaNs have no histogram
                 if values.numel():
                     writer.add_histogram(f"weights/{name}", values, trainer.current_epoch)
-
-
-class GracefulInterrupt(Checkpoint):
-    """Ctrl-C while training: finish the step under way, save `last.ckpt` at the end of that
-    training batch, and stop; a second Ctrl-C stops at once. A Checkpoint callback, so that
-    Lightning runs it after the others at each batch end (weight averaging has updated then).
-
-    Lightning resumes mid-epoch from checkpoints saved where its own callbacks save them (the
-    end of a training batch); one saved at an arbitrary moment of an interrupted step resumes
-    with its step count off by one. A step whose values the loggers write after this hook is
-    finished first, so that the resumed run's logs have no gap.
-    """
-
-    def __init__(self, dirpath: str) -> None:
-        self.dirpath = Path(dirpath)
-        self.requested = False
-        self.previous_handler = None
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.requested = False
-        try:
-            self.previous_handler = signal.signal(signal.SIGINT, self._request)
-        except ValueError:  # not the main thread: Ctrl-C keeps its default meaning
-            self.previous_handler = None
-
-    def _request(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if not self.requested:
-            return
-        every = trainer.log_every_n_steps
-        if every > 1 and trainer.global_step % every == 0:
-            return  # the loggers write this step after this hook: stop after the next one
-        if not resumes_exactly_after(trainer, batch_idx):
-            return  # a later batch's end: one the run resumes from exactly
-        path = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path)
-        if trainer.is_global_zero:
-            log.warning(
-                "interrupted in epoch %d at step %d; saved %s",
-                trainer.current_epoch + 1,
-                trainer.global_step,
-                path,
-            )
-        raise KeyboardInterrupt
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore()
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._restore()
-        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
-            log.warning(
-                "resume with: python -m mnist_lightning.train resume=%s", trainer.default_root_dir
-            )
-
-    def _restore(self) -> None:
-        if self.previous_handler is not None:
-            signal.signal(signal.SIGINT, self.previous_handler)
-            self.previous_handler = None
 
 
 class TestSetReport(pl.Callback):

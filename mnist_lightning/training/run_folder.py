@@ -339,12 +339,11 @@ def _setting_problem(cfg: DictConfig, path: tuple[str, ...]) -> str | None:
     cls = _settings_class(parent_path, parent)
     if not isinstance(parent, DictConfig) or (parent_path and cls is None):
         return "not a setting of the run's config"
-    if key in PARTS:
+    kept = key in parent
+    current = OmegaConf.select(parent, key, throw_on_resolution_failure=False) if kept else None
+    if key in PARTS or isinstance(current, DictConfig) or is_object_config(current):
         return "a part of the config, not a setting; a record cannot replace it"
-    if key in parent:
-        current = OmegaConf.select(parent, key, throw_on_resolution_failure=False)
-        if isinstance(current, DictConfig) or is_object_config(current):
-            return "a part of the config, not a setting; a record cannot replace it"
+    if kept:
         return None
     if cls is None or not takes_plain_value(cls, key):
         return "not a setting of the run's config"
