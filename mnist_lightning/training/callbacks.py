@@ -48,6 +48,17 @@ class RestoreWatch(pl.Callback):
         self.restored = True
 
 
+class LogsWithCheckpoints(pl.Callback):
+    """The loggers write out what they hold before each checkpoint is saved: a run killed after
+    the checkpoint resumes from it, and the logs must already hold every row up to it (the CSV
+    logger buffers rows, TensorBoard flushes every two minutes). The train command adds it to
+    every Trainer."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+
+
 class DataPreview(pl.Callback):
     """The lesson's look at the data when the fit starts: the first 9 training images titled with
     their labels (samples.png and TensorBoard), and the shape of one batch as the model gets it

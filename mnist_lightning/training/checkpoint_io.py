@@ -117,11 +117,15 @@ class RunCheckpointIO(TorchCheckpointIO):
 
 def resumes_exactly_after(trainer, batch_idx: int) -> bool:
     """Whether a checkpoint saved at the end of training batch `batch_idx` resumes exactly: the
-    optimizer has just stepped (a checkpoint does not hold gradients accumulated half-way), and
-    the epoch has batches left (Lightning resumes from an epoch's last batch as if the epoch had
-    ended, without its validation and epoch-end callbacks)."""
+    optimizer has just stepped (a checkpoint does not hold gradients accumulated half-way); the
+    epoch has batches left (Lightning resumes from an epoch's last batch as if the epoch had
+    ended, without its validation and epoch-end callbacks); and the loggers do not write this
+    step after the hook (a run killed right after the checkpoint would never write that row;
+    with `log_every_n_steps=1` every step is such a step, and that is accepted)."""
     stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-    return stepped and batch_idx + 1 < trainer.num_training_batches
+    every = trainer.log_every_n_steps
+    logged_after = every > 1 and trainer.global_step % every == 0
+    return stepped and batch_idx + 1 < trainer.num_training_batches and not logged_after
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -141,8 +145,8 @@ class GracefulInterrupt(Checkpoint):
 
     Lightning resumes mid-epoch from checkpoints saved where its own callbacks save them (the
     end of a training batch); one saved at an arbitrary moment of an interrupted step resumes
-    with its step count off by one. A step whose values the loggers write after this hook is
-    finished first, so that the resumed run's logs have no gap.
+    with its step count off by one. It saves at the first batch end the run resumes from
+    exactly (`resumes_exactly_after`).
     """
 
     def __init__(self, dirpath: str) -> None:
@@ -165,9 +169,6 @@ class GracefulInterrupt(Checkpoint):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if not self.requested:
             return
-        every = trainer.log_every_n_steps
-        if every > 1 and trainer.global_step % every == 0:
-            return  # the loggers write this step after this hook: stop after the next one
         if not resumes_exactly_after(trainer, batch_idx):
             return  # a later batch's end: one the run resumes from exactly
         path = self.dirpath / "last.ckpt"

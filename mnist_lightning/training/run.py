@@ -45,7 +45,7 @@ from mnist_lightning.errors import (
 from mnist_lightning.models.classifier import MNISTClassifier
 from mnist_lightning.models.networks import custom_network_problems
 from mnist_lightning.models.optim import build_optimizer, build_scheduler
-from mnist_lightning.training.callbacks import RestoreWatch
+from mnist_lightning.training.callbacks import LogsWithCheckpoints, RestoreWatch
 from mnist_lightning.training.checkpoint_io import RunCheckpointIO
 from mnist_lightning.training.tracking import keep_offline_runs_offline
 
@@ -324,7 +324,7 @@ def build(cfg: DictConfig, overrides: list[str] = ()):
         trainer = instantiate(
             cfg.trainer,
             logger=loggers or False,
-            callbacks=[*callbacks, RestoreWatch()],
+            callbacks=[*callbacks, RestoreWatch(), LogsWithCheckpoints()],
             plugins=[*instantiate(cfg.trainer.get("plugins") or []), run_checkpoint_io(cfg)],
             _convert_="all",
         )
