@@ -3,7 +3,7 @@
 `train()` reads as the run goes: take the run folder (a new run, or one to continue), check the
 config, build the data, the model and the Trainer, fit, test the best checkpoint on the official
 test set, write the results. `main` returns `optimized_metric` (val/acc_best) to Hydra's
-sweepers. The stages live in training/: run.py (check, build, fit, test), run_folder.py (start
+sweepers. The stages live in training/: check.py, run.py (build, fit, test), run_folder.py (start
 or continue, the lock, the record), results.py (metrics.json and the trackers).
 """
 
@@ -31,6 +31,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         read_checkpoint,
     )
     from mnist_lightning.training import results, run
+    from mnist_lightning.training.check import check
     from mnist_lightning.training.lr_find import find_learning_rate
     from mnist_lightning.training.run_folder import RunFolder
     from mnist_lightning.training.tracking import end_killed_attempts, log_config
@@ -42,7 +43,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if checkpoint is not None and (done := folder.finished_metrics()):
             log.info("%s already finished; its results are in metrics.json", folder.path)
             return done
-        run.check(cfg, folder.overrides)
+        check(cfg, folder.overrides)
         run.set_up_process(cfg)
         log.info("%s\nrun dir: %s", run.describe(cfg, folder.choices), folder.path)
         kept_rows = []

@@ -659,7 +659,7 @@ def test_any_value_at_any_key_of_any_command_is_taken_or_one_line(composed, data
 
     from mnist_lightning.doors import settings as door
     from mnist_lightning.errors import ConfigError
-    from mnist_lightning.training import run
+    from mnist_lightning.training.check import check
 
     command = data.draw(st.sampled_from(sorted(composed)))
     cfg, paths = composed[command]
@@ -678,7 +678,7 @@ def test_any_value_at_any_key_of_any_command_is_taken_or_one_line(composed, data
     }
     try:
         if command == "train":
-            run.check(cfg)
+            check(cfg)
         else:
             door.command_options(options[command], cfg)
     except ConfigError as error:

@@ -19,8 +19,9 @@ from mnist_lightning.doors.checkpoints import read_checkpoint
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.classifier import MNISTClassifier
 from mnist_lightning.train import train
+from mnist_lightning.training.check import check
 from mnist_lightning.training.results import final_metrics
-from mnist_lightning.training.run import build, check
+from mnist_lightning.training.run import build
 from tests.conftest import FAST, compose, load_fixture
 
 # 512 training images in batches of 16: 32 optimizer steps an epoch.

@@ -35,7 +35,7 @@ def summary_rows(sweep_dir: Path) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment, tmp_path):
-    from mnist_lightning.training.run import check
+    from mnist_lightning.training.check import check
 
     cfg = compose_full([f"experiment={experiment}", f"paths.output_dir={tmp_path}"])
     check(cfg)
@@ -260,7 +260,7 @@ def test_report_refuses_a_folder_without_jobs(tmp_path, caplog):
 
 
 def test_the_gradient_descent_sweep_is_the_lessons_three_kinds_on_one_budget(tmp_path):
-    from mnist_lightning.training.run import check
+    from mnist_lightning.training.check import check
 
     cfg = compose_full(["sweep=gradient_descent"])
     assert cfg.hydra.sweeper.params["gradient_descent"] == "batch,stochastic,mini_batch"
