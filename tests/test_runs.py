@@ -299,3 +299,17 @@ def test_a_run_with_a_logger_list_and_parts_removed_resumes_naming_them_again(
     metrics = train(cfg)
     assert metrics["epochs"] == 3
     assert (run_dir / "metrics.csv").is_file() and list(run_dir.glob("events.out.tfevents.*"))
+
+
+def test_a_part_removed_is_named_again_a_setting_set_to_null_is_not():
+    from mnist_lightning.doors.folders import removed_parts
+
+    given = [
+        "~callbacks.data_preview",
+        "callbacks.gradient_monitor=null",
+        "logger=null",
+        "~callbacks.last_checkpoint.every_n_train_steps",
+        "callbacks.last_checkpoint.every_n_train_steps=null",  # kept by the record as null
+        "optimizer.lr=null",
+    ]
+    assert removed_parts(given) == sorted(given[:4])

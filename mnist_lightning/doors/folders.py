@@ -389,13 +389,15 @@ def typed_targets(overrides: list[str]) -> dict[str, str]:
 
 def removed_parts(overrides: list[str]) -> list[str]:
     """The parts the command line removes: `~callbacks.<name>`, `callbacks.<name>=null` (and the
-    same of loggers), as written."""
+    same of loggers), as written; also `~` of a part's setting, which the record cannot hold
+    (a setting set to null it holds)."""
     parts = ("callbacks", "logger")
     found = []
     for override in overrides:
         key, _, value = override.lstrip("+").partition("=")
-        removes = override.startswith("~") or value == "null"
-        if removes and key.lstrip("~").split(".")[0] in parts:
+        path = key.lstrip("~").split(".")
+        removes = override.startswith("~") or (value == "null" and len(path) <= 2)
+        if removes and path[0] in parts:
             found.append(override)
     return sorted(found)
 
