@@ -113,10 +113,11 @@ class MNISTClassifier(pl.LightningModule):
         # a run resumed with more steps would step past its end.
         for config in self.trainer.lr_scheduler_configs:
             total = getattr(config.scheduler, "total_steps", None)
-            if total is not None and total < self.trainer.estimated_stepping_batches:
+            steps = self.trainer.estimated_stepping_batches
+            if total is not None and total < steps:
                 raise ConfigError(
                     f"scheduler=onecycle was built for {total:,} steps and this run now has "
-                    f"{self.trainer.estimated_stepping_batches:,}: a cycle begun cannot be "
+                    f"{steps:,}: a cycle begun cannot be "
                     "stretched. Finish the run with its own trainer.max_epochs, or start a new "
                     "run with the epochs you want."
                 )

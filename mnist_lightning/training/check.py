@@ -47,9 +47,6 @@ GROUPS += ("logger", "hydra")
 OPTIONAL_EXTRAS = {"logger": "tracking"}
 
 
-# --- check ----------------------------------------------------------------------------------
-
-
 def _needs_extra(where: str, error: object, default: str | None = None) -> str | None:
     """The line for a missing optional package, when `where` (logger.mlflow) has an extra."""
     extra = OPTIONAL_EXTRAS.get(where.split(".")[0], default)

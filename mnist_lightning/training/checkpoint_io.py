@@ -167,10 +167,8 @@ class GracefulInterrupt(Checkpoint):
         self.requested = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if not self.requested:
-            return
-        if not resumes_exactly_after(trainer, batch_idx):
-            return  # a later batch's end: one the run resumes from exactly
+        if not self.requested or not resumes_exactly_after(trainer, batch_idx):
+            return  # (asked: then at a later batch end, one the run resumes from exactly)
         path = self.dirpath / "last.ckpt"
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
