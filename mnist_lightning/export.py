@@ -22,7 +22,7 @@ from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import normalized
 from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.doors.folders import refuse_inside_a_run, writable
-from mnist_lightning.doors.settings import ExportOptions, command_options
+from mnist_lightning.doors.options import ExportOptions, command_options
 from mnist_lightning.errors import UserError
 
 log = logging.getLogger("mnist_lightning.export")

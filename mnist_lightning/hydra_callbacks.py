@@ -16,15 +16,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mnist_lightning.config import group_targets, run_dir
+from mnist_lightning.doors.files import refuse_links
 from mnist_lightning.doors.folders import (
     FolderLock,
     already_holds_a_run,
-    check_resume,
     refuse_inside_a_run,
-    refuse_links,
     run_folder_of,
     writable,
 )
+from mnist_lightning.doors.record import check_resume
 from mnist_lightning.errors import UserError
 
 

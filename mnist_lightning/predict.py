@@ -27,7 +27,7 @@ from mnist_lightning.data import to_model_input
 from mnist_lightning.doors import images
 from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.doors.folders import refuse_inside_a_run
-from mnist_lightning.doors.settings import PredictOptions, command_options
+from mnist_lightning.doors.options import PredictOptions, command_options
 from mnist_lightning.errors import ImageError, UserError
 
 log = logging.getLogger("mnist_lightning.predict")

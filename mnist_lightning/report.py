@@ -23,7 +23,7 @@ from typing import Any
 
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.command import command
-from mnist_lightning.doors.folders import FileRefused, read_json, read_yaml, refuse_links
+from mnist_lightning.doors.files import FileRefused, read_json, read_yaml, refuse_links
 from mnist_lightning.doors.settings import is_number
 from mnist_lightning.errors import UserError, first_line
 from mnist_lightning.training import figures

@@ -18,14 +18,14 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mnist_lightning.doors.folders import (
+from mnist_lightning.doors.files import (
     FileRefused,
-    check_resume,
     read_csv_rows,
     read_json,
     read_yaml,
     refuse_links,
 )
+from mnist_lightning.doors.record import check_resume
 from mnist_lightning.errors import UserError
 from mnist_lightning.training.run_folder import RunFolder
 from tests.conftest import ROOT, compose
@@ -348,7 +348,8 @@ def mutated(checkpoint: dict, path: list[str], value) -> dict:
 
 @pytest.fixture
 def checkpoint_state(trained_run) -> dict:
-    from mnist_lightning.doors.checkpoints import read_checkpoint, resolve_checkpoint
+    from mnist_lightning.doors.checkpoints import read_checkpoint
+    from mnist_lightning.doors.folders import resolve_checkpoint
 
     return read_checkpoint(resolve_checkpoint(trained_run))
 
@@ -657,7 +658,7 @@ def composed(tmp_path_factory) -> Composed:
 def test_any_value_at_any_key_of_any_command_is_taken_or_one_line(composed, data, value):
     from omegaconf import OmegaConf, open_dict
 
-    from mnist_lightning.doors import settings as door
+    from mnist_lightning.doors import options as door
     from mnist_lightning.errors import ConfigError
     from mnist_lightning.training.check import check
 

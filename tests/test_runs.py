@@ -15,7 +15,8 @@ import pytest
 import torch
 import yaml
 
-from mnist_lightning.doors.folders import FileRefused, FolderLock
+from mnist_lightning.doors.files import FileRefused
+from mnist_lightning.doors.folders import FolderLock
 from mnist_lightning.errors import CheckpointError, ConfigError, OutputError
 from mnist_lightning.train import train
 from tests.conftest import FAST, compose, run_module, start_training
@@ -52,7 +53,7 @@ def held_by_another_process(folder: Path):
     """The folder's lock, held by another process for as long as the block runs."""
     script = (
         "import sys, time\n"
-        "from mnist_lightning.doors.folders import FileRefused, FolderLock\n"
+        "from mnist_lightning.doors.folders import FolderLock\n"
         "with FolderLock(sys.argv[1]):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(120)\n"
@@ -302,7 +303,7 @@ def test_a_run_with_a_logger_list_and_parts_removed_resumes_naming_them_again(
 
 
 def test_a_part_removed_is_named_again_a_setting_set_to_null_is_not():
-    from mnist_lightning.doors.folders import removed_parts
+    from mnist_lightning.doors.record import removed_parts
 
     given = [
         "~callbacks.data_preview",

@@ -30,7 +30,8 @@ from PIL import Image
 
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import to_model_input
-from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
+from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint
+from mnist_lightning.doors.folders import resolve_checkpoint
 from tests.conftest import ROOT, compose, free_port, load_fixture, run_module
 
 SCREENSHOT = ROOT / "docs" / "serve.png"  # the README's picture, remade with UPDATE_SCREENSHOT=1
@@ -318,7 +319,7 @@ def test_the_page_and_the_health_check(server):
 def test_a_bad_checkpoint_stops_the_server_before_it_starts(problem, trained_run, tmp_path):
     from omegaconf import OmegaConf
 
-    from mnist_lightning.doors.settings import ServeOptions, command_options
+    from mnist_lightning.doors.options import ServeOptions, command_options
     from mnist_lightning.errors import CheckpointError
     from mnist_lightning.serve.server import build_server
 

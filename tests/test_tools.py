@@ -18,7 +18,8 @@ from PIL import Image
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import preprocess, to_model_input
 from mnist_lightning.doors import images
-from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
+from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint
+from mnist_lightning.doors.folders import resolve_checkpoint
 from mnist_lightning.errors import CheckpointError
 from tests.conftest import load_fixture, onnx_session, run_module
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from mnist_lightning.data import to_model_input
-from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint, resolve_checkpoint
+from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint
+from mnist_lightning.doors.folders import resolve_checkpoint
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.networks import CNN
 from mnist_lightning.train import train

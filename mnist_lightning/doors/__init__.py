@@ -1,11 +1,17 @@
-"""The doors: every way outside data comes in, one module each.
+"""The doors: every way outside data comes in, each through one module (the two largest, the
+command line and the folders, through three small ones, one concept each).
 
 What a user types (the command line, the environment) is trusted; every file read back is data.
 Each door types what it reads, bounds its size and depth, refuses links, and turns any failure,
 whatever its exception, into one line (a UserError) or, for a request, a 4xx:
 
-- settings.py     the command line and every setting, typed once (pydantic, strict)
-- folders.py      run and sweep folders, and the files read back from them
+- settings.py     the command line and every setting, typed once (pydantic, strict); with
+  problems.py     pydantic's errors as one line per setting, and
+  options.py      each command's own options
+- folders.py      run and sweep folders: the lock, where a command may write, which checkpoint a
+                  run folder stands for; with
+  files.py        every file read back, bounded, links refused, and
+  record.py       a run's record (run_config.yaml) and the check that a resume may continue it
 - checkpoints.py  checkpoints, read as data and checked against the settings before any build
 - images.py       image files and uploads, decoded within a budget
 - requests.py     HTTP requests to the server (the request gate)

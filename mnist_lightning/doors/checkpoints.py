@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import copy
 import pickle
-import re
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Annotated, Any
 
 import torch
@@ -29,14 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mnist_lightning.data import DATA_SOURCE
 from mnist_lightning.data.order import check_data_state
-from mnist_lightning.doors.folders import FileRefused, read_json
-from mnist_lightning.doors.settings import class_problems
+from mnist_lightning.doors.folders import resolve_checkpoint
+from mnist_lightning.doors.problems import class_problems
 from mnist_lightning.errors import CheckpointError, first_line
 from mnist_lightning.models.networks import TrainedNetwork, custom_network_problems
 from mnist_lightning.models.optim import build_optimizer
 
-CHECKPOINTS = "checkpoints"  # a run folder's checkpoint folder
-LAST = "last.ckpt"
 # ModelCheckpoint's state: the paths it remembers, re-anchored to the run folder on resume.
 REMEMBERED_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
 # What a checkpoint may take once loaded (this project's are a few MB; a network of your own
@@ -138,52 +135,6 @@ def read_checkpoint(path: str | Path, for_lightning: bool = False) -> dict[str, 
         _handed_over.update(stamp=_stamp(path), checkpoint=checkpoint)
     return checkpoint
 
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A `.ckpt` file as given, or a run folder's tested checkpoint: the one its metrics.json
-    names (a file name, looked up in the folder's checkpoints/), else its only best checkpoint,
-    else its last.ckpt."""
-    path = Path(path).expanduser()
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise CheckpointError(
-            f"checkpoint {path} does not exist; pass a .ckpt file or a run folder (outputs/runs/<time>)"
-        )
-    folder = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
-    tested = tested_checkpoint_name(path)
-    if tested and (folder / tested).is_file():
-        return folder / tested
-    best = sorted(p for p in folder.glob("*.ckpt") if p.name != LAST)
-    if len(best) == 1:
-        return best[0]
-    if (folder / LAST).is_file() and not best:
-        return folder / LAST
-    if best:
-        raise CheckpointError(
-            f"{path} holds {len(best)} checkpoints and no metrics.json naming the tested one; "
-            "pass one .ckpt file"
-        )
-    raise CheckpointError(
-        f"{path} holds no checkpoint (*.ckpt); pass a .ckpt file or a run folder of a finished run"
-    )
-
-
-def tested_checkpoint_name(run_dir: Path) -> str | None:
-    """The file name of the checkpoint a finished run tested, from its metrics.json (data: only
-    a plain file name is taken, never a path)."""
-    try:
-        metrics = read_json(run_dir / "metrics.json")
-    except FileRefused:
-        return None
-    name = metrics.get("test_checkpoint") if isinstance(metrics, dict) else None
-    if not isinstance(name, str):
-        return None
-    name = PurePath(name).name  # earlier versions wrote the whole path
-    return name if re.fullmatch(r"[\w.=\-]+\.ckpt", name) else None
-
-
-# --- what a checkpoint holds, checked ---------------------------------------------------------
 
 # How checkpoints written before the typed settings named their classes (by import path).
 EARLIER_NAMES = ("mnist_lightning.", "torch.optim.")

@@ -18,13 +18,8 @@ from torch import nn
 
 from mnist_lightning.config import conf_option
 from mnist_lightning.data import IMAGE_SIZE, NUM_CLASSES
-from mnist_lightning.doors.settings import (
-    STRICT,
-    NamedSettings,
-    class_problems,
-    import_problem,
-    plain_container,
-)
+from mnist_lightning.doors.problems import class_problems, import_problem
+from mnist_lightning.doors.settings import STRICT, NamedSettings, plain_container
 
 
 class Maxout(nn.Module):

@@ -19,17 +19,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from mnist_lightning.config import group_configs
 from mnist_lightning.data.augment import BatchAugment
 from mnist_lightning.data.datamodule import MNISTDataModule
-from mnist_lightning.doors.settings import (
-    TrainOptions,
-    TrainShape,
-    accelerator_problem,
-    class_problems,
-    class_settings,
-    import_problem,
-    plain_container,
-    problems,
-    settings_values,
-)
+from mnist_lightning.doors.options import TrainOptions, TrainShape, accelerator_problem
+from mnist_lightning.doors.problems import class_problems, import_problem, problems, settings_values
+from mnist_lightning.doors.settings import class_settings, plain_container
 from mnist_lightning.errors import (
     ConfigError,
     UserError,

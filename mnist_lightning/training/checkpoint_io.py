@@ -19,12 +19,8 @@ from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mnist_lightning.atomic import write_atomically
-from mnist_lightning.doors.checkpoints import (
-    CHECKPOINTS,
-    REMEMBERED_PATHS,
-    handed_over,
-    read_checkpoint,
-)
+from mnist_lightning.doors.checkpoints import REMEMBERED_PATHS, handed_over, read_checkpoint
+from mnist_lightning.doors.folders import CHECKPOINTS
 
 log = logging.getLogger(__name__)
 

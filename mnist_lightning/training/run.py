@@ -16,10 +16,9 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from omegaconf import DictConfig
 
 from mnist_lightning.config import group_targets
-from mnist_lightning.doors.checkpoints import CHECKPOINTS, read_checkpoint
-from mnist_lightning.doors.settings import (
-    plain_container,
-)
+from mnist_lightning.doors.checkpoints import read_checkpoint
+from mnist_lightning.doors.folders import CHECKPOINTS
+from mnist_lightning.doors.settings import plain_container
 from mnist_lightning.errors import (
     CheckpointError,
     TrainingDiverged,

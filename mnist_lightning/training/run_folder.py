@@ -27,29 +27,28 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from mnist_lightning.atomic import write_text_atomically
-from mnist_lightning.config import CONFIG_DIR, group_configs, hydra_quoted, run_dir
+from mnist_lightning.config import CONFIG_DIR, RUN_CONFIG, group_configs, hydra_quoted, run_dir
 from mnist_lightning.data.augment import BatchAugment
-from mnist_lightning.doors.checkpoints import CHECKPOINTS, LAST
+from mnist_lightning.doors.files import FileRefused, read_csv_rows, read_json, refuse_links
 from mnist_lightning.doors.folders import (
+    CHECKPOINTS,
+    LAST,
+    FolderLock,
+    already_holds_a_run,
+    run_folder_of,
+)
+from mnist_lightning.doors.record import (
     NOT_SETTINGS,
     PARTS,
     PLACES,
     RECORD_FORMAT,
     RECORDED_GROUPS,
-    RUN_CONFIG,
-    FileRefused,
-    FolderLock,
     RunRecord,
-    already_holds_a_run,
     check_resume,
     choice_override,
     given,
-    read_csv_rows,
-    read_json,
     read_record,
-    refuse_links,
     removed_parts,
-    run_folder_of,
     typed_targets,
 )
 from mnist_lightning.doors.settings import is_object_config, plain_container, takes_plain_value

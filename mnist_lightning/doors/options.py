@@ -1,0 +1,140 @@
+"""The command-line door's last part: each command's own options (conf/<command>.yaml), typed
+(the groups of the train config are typed as their classes' settings, doors/settings.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from mnist_lightning.doors.problems import check
+from mnist_lightning.doors.settings import METRIC, SEED, STRICT, plain_container
+
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+
+
+class Options(BaseModel):
+    model_config = STRICT
+
+
+class TrainOptions(Options):
+    """conf/train.yaml's own settings (each group is checked as its class's settings)."""
+
+    seed: SEED = 42
+    cpu_threads: Optional[Annotated[int, Field(ge=1, le=1024)]] = 1  # noqa: UP045
+    lr_find: bool = False
+    gradient_flow: bool = False
+    test: bool = True
+    optimized_metric: METRIC = "val/acc_best"
+    resume: Optional[str] = None  # noqa: UP045
+    ckpt_path: Optional[str] = None  # noqa: UP045
+
+
+Node = dict[str, Any]
+
+
+class ModelShape(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    net: Node
+
+
+class TrainShape(BaseModel):
+    """The train config's groups, as conf/ makes them: settings of a class, or parts by name."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    data: Node
+    augment: Optional[Node] = None  # noqa: UP045
+    model: ModelShape
+    optimizer: Node
+    scheduler: Optional[Node] = None  # noqa: UP045
+    trainer: Node
+    callbacks: Optional[dict[str, Optional[Node]]] = None  # noqa: UP045
+    logger: Optional[dict[str, Optional[Node]]] = None  # noqa: UP045
+
+
+class EvaluateOptions(Options):
+    ckpt_path: str
+    split: Literal["test", "val"] = "test"
+    data_dir: Optional[str] = None  # noqa: UP045
+    accelerator: Accelerator = "auto"
+    max_misclassified: Annotated[int, Field(ge=0, le=1_000)] = 36
+    net_target: Optional[str] = None  # noqa: UP045
+
+
+def _files(value: Any) -> Any:
+    ok = (isinstance(value, str) and value) or (
+        isinstance(value, list) and value and all(isinstance(x, str) and x for x in value)
+    )
+    if not ok:
+        raise ValueError(
+            "must be an image file or folder, or a list of them: inputs=[a.png,photos/]"
+        )
+    return value
+
+
+class PredictOptions(Options):
+    ckpt_path: str
+    inputs: Annotated[Any, AfterValidator(_files)]
+    output: Optional[str] = None  # noqa: UP045
+    save_preprocessed: bool = False
+    top_k: Annotated[int, Field(ge=1, le=10)] = 3
+    net_target: Optional[str] = None  # noqa: UP045
+
+
+class ExportOptions(Options):
+    ckpt_path: str
+    format: Literal["onnx", "torchscript"] = "onnx"
+    output: Optional[str] = None  # noqa: UP045
+    net_target: Optional[str] = None  # noqa: UP045
+
+
+class ServeOptions(Options):
+    ckpt_path: str
+    host: Literal["127.0.0.1", "0.0.0.0", "::"] = "127.0.0.1"
+    port: Annotated[int, Field(ge=1_024, le=65_535)] = 8000  # LitServe's range
+    max_batch_size: Annotated[int, Field(ge=1, le=1_024)] = 32
+    batch_timeout: Annotated[float, Field(ge=0, le=10)] = 0.005
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    api_servers: Annotated[int, Field(ge=1, le=64)] = 1
+    accelerator: Accelerator = "auto"
+    max_upload_mb: Annotated[float, Field(gt=0, le=1_000)] = 10
+    max_side: Annotated[int, Field(ge=28, le=65_536)] = 4096
+    max_decode_mb: Annotated[float, Field(gt=0, le=1_000)] = 16
+    refusal_delay: Annotated[float, Field(ge=0, le=10)] = 0.05
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"
+    net_target: Optional[str] = None  # noqa: UP045
+
+
+def command_options(model: type[Options], cfg: DictConfig, groups: Sequence[str] = ()) -> Any:
+    """A command's options, checked against `model`, as an instance of it. `groups` are the
+    config's other top-level nodes (checked as their own classes' settings)."""
+    skip = ("hydra", "paths", "defaults", *groups)
+    values = {}
+    for key in cfg:
+        if key in skip:
+            continue
+        if OmegaConf.is_missing(cfg, key):
+            continue
+        values[str(key)] = plain_container(cfg.get(key))
+    check("", model, values)
+    return model.model_validate(values)
+
+
+def accelerator_problem(where: str, accelerator: Any) -> str | None:
+    """An accelerator this machine does not have, as one line saying what to use instead (train,
+    evaluate and serve). Lightning would stop in a traceback, LitServe wait for a worker that never
+    starts."""
+    # torch's own checks (Lightning's accelerators ask the same), so serve needs no Lightning.
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    available["gpu"] = available["cuda"] or available["mps"]
+    if not isinstance(accelerator, str) or available.get(accelerator, True):
+        return None
+    device = "GPU" if accelerator == "gpu" else f"{accelerator.upper()} device"
+    return (
+        f"{where}={accelerator}: this machine has no {device} that torch can use; use "
+        f"{where}=auto (the best it has) or {where}=cpu"
+    )
