@@ -28,6 +28,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from mnist_lightning.doors.checkpoints import (
         check_checkpoint_fits,
         check_resumable,
+        fits_before_building,
         read_checkpoint,
     )
     from mnist_lightning.training import results, run
@@ -46,9 +47,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check(cfg, folder.overrides)
         run.set_up_process(cfg)
         log.info("%s\nrun dir: %s", run.describe(cfg, folder.choices), folder.path)
-        kept_rows = []
+        kept_rows, fits = [], False
         if checkpoint is not None:  # what the killed attempt logged after it goes
             state = read_checkpoint(checkpoint, for_lightning=True)  # one read, handed on
+            fits = fits_before_building(
+                lambda: run.build_model(cfg), checkpoint, state["state_dict"]
+            )
             kept_rows = folder.forget_logged_after(cfg, state.get("global_step", 0))
         datamodule, model, trainer = run.build(cfg, folder.overrides)
         datamodule.prepare_data()
@@ -58,7 +62,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             folder.save_record(cfg)
         else:
             log.info("resuming from %s", checkpoint)
-            check_checkpoint_fits(model, checkpoint, state["state_dict"])
+            if not fits:
+                check_checkpoint_fits(model, checkpoint, state["state_dict"])
             check_resumable(model, datamodule, checkpoint, state)
             folder.log_again(trainer.loggers, kept_rows)
         log_config(trainer, cfg)  # each attempt is a tracker run of its own (MLflow, W&B)

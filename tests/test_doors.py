@@ -374,6 +374,44 @@ def test_a_mutated_checkpoint_is_a_model_or_one_line(checkpoint_state, tmp_path,
         assert trained.model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("classes", ["network alone", "LightningModule"])
+def test_a_checkpoint_describing_a_huge_network_is_refused_before_it_is_built(
+    checkpoint_state, tmp_path, classes
+):
+    """A few bytes of settings can describe a network of GB (here 0.45 G parameters, 1.8 GB;
+    with Maxout of 16 pieces 29 GB): the weights' shapes refuse it before any of it is
+    allocated, for predict, export and serve (the network alone) and evaluate and resume."""
+    import copy
+
+    state = copy.deepcopy(checkpoint_state)
+    state["hyper_parameters"].update(net={"name": "cnn", "channels": [4096] * 3}, activation="relu")
+    torch.save(state, tmp_path / "huge.ckpt")
+    script = (
+        "import resource, sys\n"
+        "from mnist_lightning.doors.checkpoints import load_trained\n"
+        "from mnist_lightning.errors import CheckpointError\n"
+        "classes = ()\n"
+        "if sys.argv[2] == 'LightningModule':\n"
+        "    from mnist_lightning.data.datamodule import MNISTDataModule\n"
+        "    from mnist_lightning.models.classifier import MNISTClassifier\n"
+        "    classes = ((MNISTClassifier, MNISTDataModule),)\n"
+        "try:\n"
+        "    load_trained(sys.argv[1], None, *classes)\n"
+        "except CheckpointError as error:\n"
+        "    print(error)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "huge.ckpt"), classes],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    refusal, peak_mb = done.stdout.splitlines()
+    assert "has no net.conv1.0.weight" in refusal and one_line(refusal)
+    assert int(peak_mb) < 1500  # torch and Lightning take 0.5-0.8 GB; the network would take 1.8
+
+
 @settings(FUZZ, max_examples=40)
 @given(data=st.data())
 def test_damaged_checkpoint_bytes_are_one_line(checkpoint_state, tmp_path, data):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import pickle
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -216,6 +217,22 @@ def check_checkpoint_fits(model: torch.nn.Module, path: Path, saved: dict) -> No
             )
 
 
+def fits_before_building(build: Callable[[], torch.nn.Module], path: Path, saved: dict) -> bool:
+    """`check_checkpoint_fits` on the model `build` makes, made on the meta device (shapes and
+    kinds of number, no memory) before it is made for real: the settings a checkpoint or a run's
+    record holds could describe a network of many GB (a CNN of 4,096 channels with Maxout of 16
+    pieces: 29 GB), whose weights, bounded by MAX_CHECKPOINT_BYTES, never fit it. False when
+    the model cannot be made there (a network class of your own that computes with its
+    tensors): check it once it is built."""
+    try:
+        with torch.device("meta"):
+            model = build()
+    except Exception:  # noqa: BLE001 - the real build reports its own errors, in one line
+        return False
+    check_checkpoint_fits(model, path, saved)
+    return True
+
+
 def check_resumable(
     model: torch.nn.Module, datamodule: object, path: Path, checkpoint: dict
 ) -> None:
@@ -304,13 +321,15 @@ def load_trained(
     path = resolve_checkpoint(ckpt_path)
     checkpoint = read_checkpoint(path)
     model_settings, data = checkpoint_settings(checkpoint, path, net_target, classes)
+    weights = checkpoint["state_dict"]
+    if classes[0] is TrainedNetwork:
+        weights = {name: w for name, w in weights.items() if name.startswith("net.")}
+    fits = fits_before_building(lambda: classes[0](**model_settings), path, weights)
     try:
         model = classes[0](**model_settings)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: its network cannot be built ({error})") from None
-    weights = checkpoint["state_dict"]
-    if classes[0] is TrainedNetwork:
-        weights = {name: w for name, w in weights.items() if name.startswith("net.")}
-    check_checkpoint_fits(model, path, weights)
+    if not fits:
+        check_checkpoint_fits(model, path, weights)
     model.load_state_dict(weights)
     return Trained(path, model.eval(), data)

@@ -46,20 +46,31 @@ def set_up_process(cfg: DictConfig) -> None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
 
+PLAIN = {
+    "_recursive_": False,
+    "_convert_": "all",
+}  # settings as plain values, as checkpoints keep them
+
+
+def build_model(cfg: DictConfig, overrides: list[str] = ()) -> pl.LightningModule:
+    """The LightningModule the config describes (MNISTClassifier): its settings, the optimizer's
+    and the schedule's among them, as plain values."""
+    with building("model", overrides):
+        return instantiate(
+            cfg.model,
+            **PLAIN,
+            optimizer=plain_container(cfg.optimizer),
+            scheduler=plain_container(cfg.get("scheduler")) or None,
+        )
+
+
 def build(cfg: DictConfig, overrides: list[str] = ()):
     """The datamodule, the model, and the Trainer with its loggers and callbacks, from the
     config: the data and model get their settings as plain values (which Lightning keeps in
     checkpoints); the rest are objects Hydra instantiates from their `_target_`."""
-    plain = {"_recursive_": False, "_convert_": "all"}
     with building("data", overrides):
-        datamodule = instantiate(cfg.data, **plain, augment=plain_container(cfg.get("augment")))
-    with building("model", overrides):
-        model = instantiate(
-            cfg.model,
-            **plain,
-            optimizer=plain_container(cfg.optimizer),
-            scheduler=plain_container(cfg.get("scheduler")) or None,
-        )
+        datamodule = instantiate(cfg.data, **PLAIN, augment=plain_container(cfg.get("augment")))
+    model = build_model(cfg, overrides)
     with building("logger", overrides):
         keep_offline_runs_offline(cfg)
         loggers = [instantiate(node) for node in group_targets(cfg.get("logger"))]
