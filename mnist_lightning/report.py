@@ -29,6 +29,12 @@ from mnist_lightning.errors import UserError, first_line
 from mnist_lightning.training import figures
 
 log = logging.getLogger(__name__)
+# What the figures draw of a sweep folder (the tables list every job): a few MB of job files
+# could otherwise ask for thousands of curves, panels or legend entries (minutes of drawing,
+# or an image over matplotlib's 65,536 pixels a side).
+SHOWN_JOBS = 20  # the best 20 in summary.png, the first 20 in gradient_flow.png
+SHOWN_LAYERS = 12  # a panel's layers (this project's networks have 3 to 5 weight layers)
+LABEL_CHARS = 60
 
 COLUMNS = (
     "job",
@@ -174,11 +180,23 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _label(text: str) -> str:
+    return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 3] + "..."
+
+
+def _first_layers(norms: dict[str, list[float]]) -> dict[str, list[float]]:
+    """A job's gradient norms as gradient_flow.png draws them: the steps and SHOWN_LAYERS layers."""
+    layers = [(_label(k), v) for k, v in norms.items() if k != "step"][:SHOWN_LAYERS]
+    return {"step": norms.get("step", []), **dict(layers)}
+
+
 def summary_figure(rows: list[dict[str, Any]]):
     """Validation accuracy against the images trained on and against the seconds of training
     (at every validation: val_check_interval may make it several an epoch), and the final test
-    accuracy of each job."""
+    accuracy of each job: the best SHOWN_JOBS jobs (`rows` come best first)."""
     plt = figures.plt
+    shown = f" (best {SHOWN_JOBS} of {len(rows)})" if len(rows) > SHOWN_JOBS else ""
+    rows = rows[:SHOWN_JOBS]
     figure, (by_images, by_seconds, bars) = plt.subplots(
         1, 3, figsize=(17, 5), gridspec_kw={"width_ratios": [2, 2, 2]}
     )
@@ -189,11 +207,13 @@ def summary_figure(rows: list[dict[str, Any]]):
             continue
         for ax, x in ((by_images, "val_check/images"), (by_seconds, "val_check/seconds")):
             if len(history.get(x, [])) == len(accuracy):
-                ax.plot(history[x], accuracy, marker="o", markersize=2.5, label=row["overrides"])
+                ax.plot(
+                    history[x], accuracy, marker="o", markersize=2.5, label=_label(row["overrides"])
+                )
     images = [v for r in rows for v in r["history"].get("val_check/images", [])]
     if images and max(images) > 100 * max(min(images), 1):
         by_images.set_xscale("log")  # stochastic and batch gradient descent side by side
-    by_images.set(xlabel="images trained on", ylabel="val/acc", title="validation accuracy")
+    by_images.set(xlabel="images trained on", ylabel="val/acc", title="validation accuracy" + shown)
     by_seconds.set(xlabel="seconds of training", ylabel="val/acc", title="against time")
     for ax in (by_images, by_seconds):
         ax.grid(alpha=0.3)
@@ -201,7 +221,7 @@ def summary_figure(rows: list[dict[str, Any]]):
         by_images.legend(fontsize=7)
     done = [r for r in rows if r["status"] == "ok" and r.get("test/acc") is not None]
     bars.barh(
-        [r["overrides"] for r in done][::-1],
+        [_label(r["overrides"]) for r in done][::-1],
         [r["test/acc"] for r in done][::-1],
         color="tab:blue",
     )
@@ -240,7 +260,11 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     write_text_atomically(sweep_dir / "summary.md", header + table + "\n")
     figures.save(summary_figure(rows), sweep_dir / "summary.png")
     in_job_order = sorted(rows, key=lambda r: _job_order(sweep_dir / r["job"]))
-    flows = {r["overrides"]: r["gradient_norms"] for r in in_job_order if r.get("gradient_norms")}
+    flows = {
+        _label(r["overrides"]): _first_layers(r["gradient_norms"])
+        for r in in_job_order[:SHOWN_JOBS]
+        if r.get("gradient_norms")
+    }
     varies_activation = any("model.activation=" in row["overrides"] for row in rows)
     if flows and varies_activation:  # the lesson's vanishing gradients, side by side
         figures.save(figures.gradient_flow(flows), sweep_dir / "gradient_flow.png")

@@ -612,6 +612,89 @@ def test_report_reads_any_job_folder_as_data(tmp_path):
     assert (sweep / "summary.png").stat().st_size > 0 and (sweep / "gradient_flow.png").exists()
 
 
+def write_sweep(sweep: Path, jobs: list[tuple[list[str], str]]) -> None:
+    for name, (overrides, metrics) in enumerate(jobs):
+        (sweep / str(name) / ".hydra").mkdir(parents=True)
+        (sweep / str(name) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        (sweep / str(name) / "metrics.json").write_text(metrics)
+
+
+def test_report_draws_a_bounded_part_of_a_large_sweep(tmp_path):
+    """A sweep folder's few MB could ask for hundreds of panels (an image over matplotlib's
+    65,536 pixels a side), thousands of layers or a legend of megabytes: the figures draw the
+    best (or first) 20 jobs, 12 layers each, labels cut at 60 characters; every job is a row."""
+    import json
+
+    from PIL import Image
+
+    from mnist_lightning.report import write_summary
+
+    history = {"val_check/val/acc": [0.5, 0.9], "val_check/images": [1, 2]}
+    history["val_check/seconds"] = [1, 2]
+    metrics = {"val/acc_best": 0.9, "test/acc": 0.9, "history": history}
+    many_layers = {"step": [1, 2]} | {f"layer{i}.weight": [0.1, 0.2] for i in range(3000)}
+    jobs = [
+        (
+            [f"model.activation=a{i}", "x=" + "y" * 5000],  # a label of 5,000 characters
+            json.dumps(
+                metrics | {"gradient_norms": many_layers if i == 0 else {"step": [1], "w": [1]}}
+            ),
+        )
+        for i in range(240)  # 48 rows of panels: 13,440 pixels high
+    ]
+    sweep = tmp_path / "sweep"
+    write_sweep(sweep, jobs)
+    rows = write_summary(sweep)
+    assert len(rows) == 240 and all(row["status"] == "ok" for row in rows)
+    for figure in ("summary.png", "gradient_flow.png"):
+        width, height = Image.open(sweep / figure).size
+        assert width <= 2000 and height <= 1200, (figure, width, height)
+
+
+@settings(FUZZ, max_examples=25)
+@given(
+    jobs=st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(["model.activation=relu", "optimizer=adam", "x=$\\frac{$"])),
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    key: st.one_of(
+                        st.none(),
+                        st.booleans(),
+                        st.integers(-(2**70), 2**70),
+                        st.floats(),
+                        st.text(max_size=3),
+                        st.dictionaries(
+                            st.sampled_from(["val_check/val/acc", "val_check/images", "step", "w"]),
+                            st.lists(st.one_of(st.floats(), st.integers(), st.none()), max_size=5),
+                            max_size=4,
+                        ),
+                    )
+                    for key in ("val/acc_best", "test/acc", "fit_seconds", "epochs", "history")
+                    + ("gradient_norms",)
+                },
+            ),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_any_metrics_of_any_job_are_a_row(tmp_path, jobs):
+    """Any values (NaN and infinities too, which JSON readers accept) at the keys the report
+    reads: each job is a row, and the summary and its figures are written."""
+    import json
+
+    from mnist_lightning.report import write_summary
+
+    sweep = Path(tempfile.mkdtemp(dir=tmp_path))
+    write_sweep(sweep, [(overrides, json.dumps(metrics)) for overrides, metrics in jobs])
+    rows = write_summary(sweep)
+    assert sorted(row["job"] for row in rows) == [str(i) for i in range(len(jobs))]
+    assert all(row["status"] == "ok" or row["status"].startswith("unreadable: ") for row in rows)
+    assert (sweep / "summary.png").stat().st_size > 0
+
+
 def test_predict_reads_a_folder_whose_names_are_not_utf8(trained_run, tmp_path):
     from mnist_lightning.predict import predict
     from tests.test_tools import tool_config
