@@ -198,10 +198,17 @@ def test_a_checkpoint_of_another_network_is_refused_in_one_line(fixture_data_dir
         resume(run_dir)
 
 
-def test_a_run_killed_while_testing_finishes_with_every_metric(fixture_data_dir, tmp_path):
+@pytest.mark.parametrize("damage", ["none written", "a metric not a number", "infinite"])
+def test_a_run_killed_while_testing_finishes_with_every_metric(fixture_data_dir, tmp_path, damage):
+    """Results that are not whole (killed after the fit, before they were written; or edited:
+    a sweeper would take `val/acc_best` as the run's result) are written again."""
     run_dir = tmp_path / "run"
     whole = finished_run(fixture_data_dir, run_dir)
-    (run_dir / "metrics.json").unlink()  # killed after the fit, before the results were written
+    if damage == "none written":
+        (run_dir / "metrics.json").unlink()
+    else:
+        edited = {**whole, "val/acc_best": "0.99" if damage != "infinite" else float("inf")}
+        (run_dir / "metrics.json").write_text(json.dumps(edited))
     metrics = resume(run_dir)
     for name in ("train/loss", "train/acc", "val/acc", "val/acc_best", "test/acc"):
         assert metrics[name] == pytest.approx(whole[name]), name

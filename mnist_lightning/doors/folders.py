@@ -13,21 +13,26 @@ writes anything into a folder.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import re
 import socket
 import sys
 from pathlib import Path, PurePath
+from typing import Any
 
 from filelock import FileLock, Timeout
 
 from mnist_lightning.config import RUN_CONFIG
 from mnist_lightning.doors.files import FileRefused, read_bytes, read_json
 from mnist_lightning.errors import CheckpointError, OutputError
+from mnist_lightning.models.metrics import STAGES
 
 LOCK_FILE = ".lock"
 CHECKPOINTS = "checkpoints"  # a run folder's checkpoint folder
 LAST = "last.ckpt"
+RESULTS = "metrics.json"
+METRIC_PREFIXES = tuple(f"{stage}/" for stage in STAGES) + ("val_check/",)
 
 
 def _write_holder(fd: int) -> None:
@@ -180,14 +185,32 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
+def read_results(run_dir: Path) -> dict[str, Any] | None:
+    """A finished run's results (metrics.json), or None when there are none or they are not
+    whole: an object whose metrics (`val/acc_best`, `test/acc`, ...) are finite numbers or null,
+    as the train command writes it (a sweeper takes one of them as the run's result)."""
+    try:
+        results = read_json(run_dir / RESULTS)
+    except FileRefused:
+        return None
+    if not isinstance(results, dict):
+        return None
+    for key, value in results.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if (
+            key.startswith(METRIC_PREFIXES)
+            and value is not None
+            and not (number and math.isfinite(value))
+        ):
+            return None
+    return results
+
+
 def tested_checkpoint_name(run_dir: Path) -> str | None:
     """The file name of the checkpoint a finished run tested, from its metrics.json (data: only
     a plain file name is taken, never a path)."""
-    try:
-        metrics = read_json(run_dir / "metrics.json")
-    except FileRefused:
-        return None
-    name = metrics.get("test_checkpoint") if isinstance(metrics, dict) else None
+    results = read_results(run_dir) or {}
+    name = results.get("test_checkpoint")
     if not isinstance(name, str):
         return None
     name = PurePath(name).name  # earlier versions wrote the whole path

@@ -29,12 +29,14 @@ from omegaconf.errors import OmegaConfBaseException
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.config import CONFIG_DIR, RUN_CONFIG, group_configs, hydra_quoted, run_dir
 from mnist_lightning.data.augment import BatchAugment
-from mnist_lightning.doors.files import FileRefused, read_csv_rows, read_json, refuse_links
+from mnist_lightning.doors.files import FileRefused, read_csv_rows, refuse_links
 from mnist_lightning.doors.folders import (
     CHECKPOINTS,
     LAST,
+    RESULTS,
     FolderLock,
     already_holds_a_run,
+    read_results,
     run_folder_of,
 )
 from mnist_lightning.doors.record import (
@@ -57,8 +59,6 @@ from mnist_lightning.models.networks import NETWORKS
 from mnist_lightning.models.optim import OPTIMIZERS, SCHEDULERS
 
 log = logging.getLogger(__name__)
-
-METRICS = "metrics.json"
 
 
 def is_rank_zero() -> bool:
@@ -126,7 +126,7 @@ class RunFolder:
         self.path = Path(path).resolve()
         self.checkpoints = self.path / CHECKPOINTS
         self.record_file = self.path / RUN_CONFIG
-        self.metrics_file = self.path / METRICS
+        self.metrics_file = self.path / RESULTS
         self.choices: dict[str, Any] = {}  # what the command chose per group, and its overrides
         self.overrides: list[str] = []
 
@@ -252,14 +252,9 @@ class RunFolder:
         write_text_atomically(self.record_file, header + text)
 
     def finished_metrics(self) -> dict | None:
-        """The results of a run that already finished in this folder, or None."""
-        if not self.metrics_file.is_file():
-            return None
-        try:
-            metrics = read_json(self.metrics_file)
-        except FileRefused:
-            return None  # not whole: the run goes on and writes it again
-        return metrics if isinstance(metrics, dict) else None
+        """The results of a run that already finished in this folder, or None (also when they
+        are not whole: the run goes on from its last checkpoint and writes them again)."""
+        return read_results(self.path)
 
     # --- logs of a resumed run -----------------------------------------------------------------
 
