@@ -17,6 +17,8 @@ whatever its exception, into one line (a UserError) or, for a request, a 4xx:
 - requests.py     HTTP requests to the server (the request gate)
 - a stored Optuna study: hydra_plugins/mnist_lightning_sweepers/resumable_optuna.py
   (Hydra loads its sweeper from there)
+- a local MLflow store's experiment, where it keeps its files: training/tracking.py
+  (check_tracking_stores, beside the rest of MLflow)
 
 Nothing read through a door names code, chooses the data or a download source, replaces a part
 of the composed config, or leads to a write or delete outside its folder. Each door has a

@@ -28,7 +28,7 @@ from mnist_lightning.errors import (
 from mnist_lightning.training.callbacks import LogsWithCheckpoints, RestoreWatch
 from mnist_lightning.training.check import building
 from mnist_lightning.training.checkpoint_io import RunCheckpointIO
-from mnist_lightning.training.tracking import keep_offline_runs_offline
+from mnist_lightning.training.tracking import check_tracking_stores, keep_offline_runs_offline
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def build(cfg: DictConfig, overrides: list[str] = ()):
     model = build_model(cfg, overrides)
     with building("logger", overrides):
         keep_offline_runs_offline(cfg)
+        check_tracking_stores(cfg)
         loggers = [instantiate(node) for node in group_targets(cfg.get("logger"))]
     with building("callbacks", overrides):
         callbacks = [instantiate(node) for node in group_targets(cfg.get("callbacks"))]
