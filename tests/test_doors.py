@@ -297,6 +297,13 @@ def test_readers_bound_size_and_refuse_links(tmp_path):
     cut = tmp_path / "metrics.csv"
     cut.write_text("step,val/acc\n1,0.5\n2,0.")
     assert read_csv_rows(cut) == [{"step": "1", "val/acc": "0.5"}]
+    # 4 MB of tiny rows, or of a wide header, would be GBs as Python objects: refused.
+    tiny_rows, wide = tmp_path / "rows.csv", tmp_path / "wide.csv"
+    tiny_rows.write_text("a\n" + "1\n" * 1_000_001)
+    wide.write_text(",".join(f"c{i}" for i in range(1001)) + "\n")
+    for path, reason in ((tiny_rows, "more than 1,000,000 rows"), (wide, "1,001 columns")):
+        with pytest.raises(FileRefused, match=reason):
+            read_csv_rows(path)
 
 
 # --- checkpoints --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import errno
 import io
+import itertools
 import json
 import os
 import stat
@@ -156,6 +157,12 @@ def _check_depth(data: Any, depth: int) -> None:
         _check_depth(child, depth - 1)
 
 
+# A run's CSV log: a row per logged step and epoch, a column per metric. Tiny rows or a wide
+# header would make 64 MB of text into GBs of Python objects.
+MAX_CSV_ROWS = 1_000_000
+MAX_CSV_COLUMNS = 1_000
+
+
 def read_csv_rows(path: str | Path, limit: int = 64_000_000) -> list[dict[str, str]]:
     """A CSV log's whole rows: a last row cut short by a kill (no line end), or any row of the
     wrong length, is left out."""
@@ -165,6 +172,11 @@ def read_csv_rows(path: str | Path, limit: int = 64_000_000) -> list[dict[str, s
     try:
         reader = csv.reader(io.StringIO(text, newline=""))
         header = next(reader, [])
-        return [dict(zip(header, row, strict=True)) for row in reader if len(row) == len(header)]
+        if len(header) > MAX_CSV_COLUMNS:
+            raise ValueError(f"{len(header):,} columns; at most {MAX_CSV_COLUMNS:,}")
+        rows = list(itertools.islice(reader, MAX_CSV_ROWS + 1))
+        if len(rows) > MAX_CSV_ROWS:
+            raise ValueError(f"more than {MAX_CSV_ROWS:,} rows")
+        return [dict(zip(header, row, strict=True)) for row in rows if len(row) == len(header)]
     except Exception as error:  # noqa: BLE001 - see read_yaml
         raise FileRefused(f"{path} is not a readable CSV log ({_reason(error)})") from None

@@ -266,8 +266,12 @@ class RunFolder:
         csv_log = self.path / "metrics.csv"
         if not csv_log.is_file():
             return []
+        try:
+            logged = read_csv_rows(csv_log)
+        except FileRefused as error:
+            raise FileRefused(f"{error}; move it away to resume without its earlier rows") from None
         rows = []
-        for row in read_csv_rows(csv_log):
+        for row in logged:
             if not (row.get("step", "").isdigit() and int(row["step"]) < step):
                 continue
             values = {k: _number(v) for k, v in row.items() if v}
