@@ -383,6 +383,36 @@ def test_a_mutated_checkpoint_is_a_model_or_one_line(checkpoint_state, tmp_path,
         assert trained.model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("shape", ["nested 600 deep", "one list shared 40 times over", "a cycle"])
+def test_a_checkpoint_nested_without_bound_is_one_line(checkpoint_state, tmp_path, shape):
+    """A pickle can nest deeper than Python's stack, share one list at every level (2**40
+    values from a few bytes) or hold itself: refused before anything walks it."""
+    import copy
+
+    from mnist_lightning.doors.checkpoints import load_trained
+    from mnist_lightning.errors import CheckpointError
+
+    value: list = [0]
+    if shape == "a cycle":
+        value.append(value)
+    for _ in range(600 if shape.startswith("nested") else 40 if shape.startswith("one") else 0):
+        value = [value] if shape.startswith("nested") else [value, value]
+    state = copy.deepcopy(checkpoint_state)
+    state["hyper_parameters"]["net"] = value
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)  # for torch.save to write it
+    try:
+        torch.save(state, tmp_path / "crafted.ckpt")
+    finally:
+        sys.setrecursionlimit(limit)
+    with pytest.raises(CheckpointError) as error:
+        load_trained(tmp_path / "crafted.ckpt")
+    assert one_line(error.value)
+    assert "nested more than 32 levels deep" in str(error.value) or "1,000,000 values" in str(
+        error.value
+    )
+
+
 @pytest.mark.parametrize("classes", ["network alone", "LightningModule"])
 def test_a_checkpoint_describing_a_huge_network_is_refused_before_it_is_built(
     checkpoint_state, tmp_path, classes

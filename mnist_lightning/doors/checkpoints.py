@@ -41,6 +41,7 @@ REMEMBERED_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
 # may be larger), and how many entries its archive may hold.
 MAX_CHECKPOINT_BYTES = 2_000_000_000
 MAX_ENTRIES = 100_000
+MAX_DEPTH, MAX_VALUES = 32, 1_000_000  # of its values (a checkpoint holds ~10 deep, a few thousand)
 Count = Annotated[int, Field(ge=0, le=2**62)]
 
 
@@ -95,6 +96,25 @@ def _check_archive(path: Path) -> None:
         )
 
 
+def _check_nesting(checkpoint: Any) -> None:
+    """Refuse values nested deeper than MAX_DEPTH, or more than MAX_VALUES of them counted as a
+    tree: a pickle can nest without bound, share one list at every level (2**40 values from a
+    few bytes) or hold itself, and every later walk of it (the settings' check, pydantic, a
+    line that shows a value) would recurse out of the stack or never end. A walk of its own,
+    without recursion; tensors are values."""
+    stack, seen = [(checkpoint, 0)], 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ValueError(f"it holds more than {MAX_VALUES:,} values")
+        children = value.values() if isinstance(value, dict) else value
+        if isinstance(value, dict | list | tuple):
+            if depth >= MAX_DEPTH:
+                raise ValueError(f"its values are nested more than {MAX_DEPTH} levels deep")
+            stack.extend((child, depth + 1) for child in children)
+
+
 def read_checkpoint(path: str | Path, for_lightning: bool = False) -> dict[str, Any]:
     """The checkpoint at `path`, bounded, loaded as data and typed; any failure is one
     CheckpointError saying what to do.
@@ -112,6 +132,7 @@ def read_checkpoint(path: str | Path, for_lightning: bool = False) -> dict[str, 
     try:
         _check_archive(path)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        _check_nesting(checkpoint)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"refused to load {path}: it holds pickled Python objects, which could run code when loaded "
