@@ -621,6 +621,20 @@ def test_an_edited_study_is_resumed_or_one_line(tmp_path, capsys, edit, value):
         assert len(lines) == 1 and lines[0].startswith("error: sqlite:///")
 
 
+def test_a_study_too_large_to_load_in_seconds_is_one_line(tmp_path, capsys):
+    from hydra_plugins.mnist_lightning_sweepers.resumable_optuna import stored_study
+
+    path = tmp_path / "optuna.db"
+    study_of_this_search(path)
+    os.truncate(path, 16_000_001)  # a study of some 27,000 trials (sparse: no disk used)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        stored_study(f"sqlite:///{path}", "mnist", 5)
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith(f"error: sqlite:///{path} is not a readable Optuna study")
+    assert "16,000,001 bytes; at most 16,000,000 are read" in line
+
+
 # --- a sweep folder, and a folder of images -----------------------------------------------------
 
 
