@@ -25,7 +25,7 @@ from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.command import command
 from mnist_lightning.doors.files import FileRefused, read_json, read_yaml, refuse_links
 from mnist_lightning.doors.settings import is_number
-from mnist_lightning.errors import UserError, first_line
+from mnist_lightning.errors import UserError, first_line, one_line
 from mnist_lightning.training import figures
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,13 @@ def _job_overrides(job_dir: Path) -> list[str]:
     return overrides
 
 
-def _number(value: Any, name: str) -> float | None:
+def _number(value: Any, name: str, high: float = math.inf) -> float | None:
+    """A metric as the train command writes it: a finite number from 0 (to 1 for an accuracy)."""
     if value is None:
         return None
-    if not is_number(value) or not math.isfinite(value):
-        raise Unreadable(f"metrics.json: {name} is not a number")
+    if not is_number(value) or not 0 <= value <= high or not math.isfinite(value):
+        unit = "an accuracy (0 to 1)" if high == 1 else "a finite number, at least 0"
+        raise Unreadable(f"metrics.json: {name} is not {unit}")
     return float(value)
 
 
@@ -88,12 +90,14 @@ def _history(value: Any, gaps: bool = False) -> dict[str, list[float]]:
         return {}
 
     def ok(name: str, x: Any) -> bool:
-        return is_number(x) or (gaps and x is None and not name.startswith("val_check/"))
+        if x is None:
+            return gaps and not name.startswith("val_check/")
+        return is_number(x) and math.isfinite(x)
 
     if not isinstance(value, dict) or not all(
         isinstance(v, list) and all(ok(k, x) for x in v) for k, v in value.items()
     ):
-        raise Unreadable("metrics.json: a history is not lists of numbers by name")
+        raise Unreadable("metrics.json: a history is not lists of finite numbers by name")
     return value
 
 
@@ -115,7 +119,8 @@ def _job_row(job_dir: Path) -> dict[str, Any]:
             "epochs": epochs,
             "history": _history(metrics.get("history"), gaps=True),
             "gradient_norms": _history(metrics.get("gradient_norms")),
-            **{k: _number(metrics.get(k), k) for k in ("val/acc_best", "test/acc", "test/loss")},
+            **{k: _number(metrics.get(k), k, 1) for k in ("val/acc_best", "test/acc")},
+            "test/loss": _number(metrics.get("test/loss"), "test/loss"),
         }
     if failure_file.is_file():
         failure = _read_json(failure_file)
@@ -171,7 +176,9 @@ def _cell(value: Any, column: str) -> str:
 
 
 def _markdown(value: Any, column: str) -> str:
-    return " ".join(_cell(value, column).split()).replace("|", "\\|")  # one line, one cell
+    # One line, one cell, no control character (the table is printed: an escape sequence read
+    # from a job's files would drive the terminal).
+    return one_line(" ".join(_cell(value, column).split())).replace("|", "\\|")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -256,7 +263,7 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     )
     write_text_atomically(sweep_dir / "summary.csv", text.getvalue())
     table = markdown_table(rows)
-    header = f"Sweep {sweep_dir}\n\nCommon overrides: {' '.join(common) or '(none)'}\n\n"
+    header = f"Sweep {sweep_dir}\n\nCommon overrides: {one_line(' '.join(common)) or '(none)'}\n\n"
     write_text_atomically(sweep_dir / "summary.md", header + table + "\n")
     figures.save(summary_figure(rows), sweep_dir / "summary.png")
     in_job_order = sorted(rows, key=lambda r: _job_order(sweep_dir / r["job"]))

@@ -708,7 +708,9 @@ def test_report_draws_a_bounded_part_of_a_large_sweep(tmp_path):
 @given(
     jobs=st.lists(
         st.tuples(
-            st.lists(st.sampled_from(["model.activation=relu", "optimizer=adam", "x=$\\frac{$"])),
+            st.lists(
+                st.sampled_from(["model.activation=relu", "optimizer=adam", "x=$\\frac{$"])
+            ).map(lambda overrides: [*overrides, "+note=\x1b]0;title\x07\x1b[2J"]),  # escapes
             st.fixed_dictionaries(
                 {},
                 optional={
@@ -733,16 +735,19 @@ def test_report_draws_a_bounded_part_of_a_large_sweep(tmp_path):
         max_size=4,
     )
 )
-def test_any_metrics_of_any_job_are_a_row(tmp_path, jobs):
+def test_any_metrics_of_any_job_are_a_row(tmp_path, caplog, jobs):
     """Any values (NaN and infinities too, which JSON readers accept) at the keys the report
-    reads: each job is a row, and the summary and its figures are written."""
+    reads: each job is a row, and the summary and its figures are written; the table printed
+    holds no terminal escape read from a job's overrides."""
     import json
 
     from mnist_lightning.report import write_summary
 
     sweep = Path(tempfile.mkdtemp(dir=tmp_path))
     write_sweep(sweep, [(overrides, json.dumps(metrics)) for overrides, metrics in jobs])
-    rows = write_summary(sweep)
+    with caplog.at_level("INFO", logger="mnist_lightning.report"):
+        rows = write_summary(sweep)
+    assert "\x1b" not in caplog.text and "\\x1b" in caplog.text  # the table, printed
     assert sorted(row["job"] for row in rows) == [str(i) for i in range(len(jobs))]
     assert all(row["status"] == "ok" or row["status"].startswith("unreadable: ") for row in rows)
     assert (sweep / "summary.png").stat().st_size > 0

@@ -328,7 +328,7 @@ def test_report_reads_a_sweep_folder_as_data(tmp_path, monkeypatch):
     assert (
         rows["4"]["status"]
         == rows["7"]["status"]
-        == "unreadable: metrics.json: a history is not lists of numbers by name"
+        == "unreadable: metrics.json: a history is not lists of finite numbers by name"
     )
     assert rows["6"]["status"] == "unreadable: .hydra/overrides.yaml is not valid YAML"
     assert rows["1"]["status"].startswith("failed: no metrics.json")
