@@ -18,6 +18,7 @@ import io
 import logging
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,16 @@ def summary_figure(rows: list[dict[str, Any]]):
     return figure
 
 
+def _save_figure(draw: Callable[[], Any], path: Path) -> None:
+    """A figure of a sweep's data. Its values are checked where they are read (`_job_row`); any
+    other way they make matplotlib fail is still one line, and the tables stand."""
+    try:
+        figures.save(draw(), path)
+    except Exception as error:  # noqa: BLE001 - whatever a job's values make fail is theirs
+        figures.plt.close("all")
+        log.warning("%s not drawn (%s: %s)", path.name, type(error).__name__, first_line(error))
+
+
 def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Write summary.csv, summary.md and summary.png into the sweep folder; print the table."""
     sweep_dir = Path(sweep_dir)
@@ -265,7 +276,7 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     table = markdown_table(rows)
     header = f"Sweep {sweep_dir}\n\nCommon overrides: {one_line(' '.join(common)) or '(none)'}\n\n"
     write_text_atomically(sweep_dir / "summary.md", header + table + "\n")
-    figures.save(summary_figure(rows), sweep_dir / "summary.png")
+    _save_figure(lambda: summary_figure(rows), sweep_dir / "summary.png")
     in_job_order = sorted(rows, key=lambda r: _job_order(sweep_dir / r["job"]))
     flows = {
         _label(r["overrides"]): _first_layers(r["gradient_norms"])
@@ -274,7 +285,7 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     }
     varies_activation = any("model.activation=" in row["overrides"] for row in rows)
     if flows and varies_activation:  # the lesson's vanishing gradients, side by side
-        figures.save(figures.gradient_flow(flows), sweep_dir / "gradient_flow.png")
+        _save_figure(lambda: figures.gradient_flow(flows), sweep_dir / "gradient_flow.png")
     failed = sum(r["status"] != "ok" for r in rows)
     log.info("%s%s\n%d jobs, %d failed; summary in %s", header, table, len(rows), failed, sweep_dir)
     return rows

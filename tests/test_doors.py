@@ -704,6 +704,21 @@ def test_report_draws_a_bounded_part_of_a_large_sweep(tmp_path):
         assert width <= 2000 and height <= 1200, (figure, width, height)
 
 
+def test_a_figure_its_values_break_is_one_line_and_the_tables_stand(tmp_path, caplog, monkeypatch):
+    import mnist_lightning.report as report
+
+    def broken(rows):
+        raise RuntimeError("FT_Render_Glyph failed with error 0x62: raster overflow\nmore")
+
+    monkeypatch.setattr(report, "summary_figure", broken)
+    write_sweep(tmp_path, [(["optimizer=adam"], '{"val/acc_best": 0.9, "test/acc": 0.9}')])
+    with caplog.at_level("WARNING", logger="mnist_lightning.report"):
+        assert report.write_summary(tmp_path)[0]["status"] == "ok"
+    assert "summary.png not drawn (RuntimeError: FT_Render_Glyph failed" in caplog.text
+    assert "more" not in caplog.text and not (tmp_path / "summary.png").exists()
+    assert "optimizer=adam" in (tmp_path / "summary.md").read_text()
+
+
 @settings(FUZZ, max_examples=25)
 @given(
     jobs=st.lists(
