@@ -383,6 +383,39 @@ def test_a_mutated_checkpoint_is_a_model_or_one_line(checkpoint_state, tmp_path,
         assert trained.model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("sparse", "a torch.sparse_coo tensor on cpu, not dense with its data"),
+        ("sparse_csr", "a torch.sparse_csr tensor on cpu, not dense with its data"),
+        ("meta", "a torch.strided tensor on meta, not dense with its data"),
+        ("nan", "its weight net.hidden1.weight is not finite (NaN or infinite): the run diverged"),
+    ],
+)
+def test_a_checkpoints_tensors_are_dense_and_its_weights_finite(
+    checkpoint_state, tmp_path, kind, reason
+):
+    """Tensors that torch.load takes but the model cannot (sparse, without data) failed only as
+    they were copied in, in a traceback; weights of a diverged run answered NaN."""
+    import copy
+
+    from mnist_lightning.doors.checkpoints import load_trained
+    from mnist_lightning.errors import CheckpointError
+
+    state = copy.deepcopy(checkpoint_state)
+    weight = state["state_dict"]["net.hidden1.weight"]
+    state["state_dict"]["net.hidden1.weight"] = {
+        "sparse": weight.to_sparse,
+        "sparse_csr": weight.to_sparse_csr,
+        "meta": lambda: torch.empty_like(weight, device="meta"),
+        "nan": lambda: torch.full_like(weight, float("nan")),
+    }[kind]()
+    torch.save(state, tmp_path / "crafted.ckpt")
+    with pytest.raises(CheckpointError) as error:
+        load_trained(tmp_path / "crafted.ckpt")
+    assert one_line(error.value) and reason in str(error.value)
+
+
 @pytest.mark.parametrize("shape", ["nested 600 deep", "one list shared 40 times over", "a cycle"])
 def test_a_checkpoint_nested_without_bound_is_one_line(checkpoint_state, tmp_path, shape):
     """A pickle can nest deeper than Python's stack, share one list at every level (2**40

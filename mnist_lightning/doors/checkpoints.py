@@ -101,13 +101,18 @@ def _check_nesting(checkpoint: Any) -> None:
     tree: a pickle can nest without bound, share one list at every level (2**40 values from a
     few bytes) or hold itself, and every later walk of it (the settings' check, pydantic, a
     line that shows a value) would recurse out of the stack or never end. A walk of its own,
-    without recursion; tensors are values."""
+    without recursion; tensors are values, dense and holding their data (a sparse or meta
+    tensor fails only where it is copied into the model)."""
     stack, seen = [(checkpoint, 0)], 0
     while stack:
         value, depth = stack.pop()
         seen += 1
         if seen > MAX_VALUES:
             raise ValueError(f"it holds more than {MAX_VALUES:,} values")
+        if isinstance(value, torch.Tensor) and (value.layout != torch.strided or value.is_meta):
+            raise ValueError(
+                f"it holds a {value.layout} tensor on {value.device}, not dense with its data"
+            )
         children = value.values() if isinstance(value, dict) else value
         if isinstance(value, dict | list | tuple):
             if depth >= MAX_DEPTH:
@@ -153,6 +158,14 @@ def read_checkpoint(path: str | Path, for_lightning: bool = False) -> dict[str, 
             f"{path} is not a Lightning checkpoint of this project ({where}: "
             f"{detail['msg'].lower()}). Pass a .ckpt file from a run's checkpoints/ folder."
         ) from None
+    weights = checkpoint["state_dict"].items()
+    if name := next(
+        (n for n, w in weights if n.startswith("net.") and not w.isfinite().all()), None
+    ):
+        raise CheckpointError(
+            f"{path}: its weight {name} is not finite (NaN or infinite): the run diverged before it "
+            "was saved. Use an earlier checkpoint of the run, or train again."
+        )
     if for_lightning:
         _handed_over.update(stamp=_stamp(path), checkpoint=checkpoint)
     return checkpoint
