@@ -27,10 +27,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # only Hydra and the configs, not torch and Lightning (which take most of a start).
     from mnist_lightning.doors.checkpoints import (
         check_checkpoint_fits,
-        check_resumable,
         fits_before_building,
         read_checkpoint,
     )
+    from mnist_lightning.doors.training_state import check_resumable
     from mnist_lightning.training import results, run
     from mnist_lightning.training.check import check
     from mnist_lightning.training.lr_find import find_learning_rate
