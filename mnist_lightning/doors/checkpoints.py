@@ -94,7 +94,7 @@ def _check_archive(path: Path) -> None:
         )
 
 
-def _check_nesting(checkpoint: Any) -> None:
+def _check_values(checkpoint: Any) -> None:
     """Refuse values nested deeper than MAX_DEPTH, or more than MAX_VALUES of them counted as a
     tree: a pickle can nest without bound, share one list at every level (2**40 values from a
     few bytes) or hold itself, and every later walk of it (the settings' check, pydantic, a
@@ -111,10 +111,10 @@ def _check_nesting(checkpoint: Any) -> None:
             raise ValueError(
                 f"it holds a {value.layout} tensor on {value.device}, not dense with its data"
             )
-        children = value.values() if isinstance(value, dict) else value
         if isinstance(value, dict | list | tuple):
             if depth >= MAX_DEPTH:
                 raise ValueError(f"its values are nested more than {MAX_DEPTH} levels deep")
+            children = value.values() if isinstance(value, dict) else value
             stack.extend((child, depth + 1) for child in children)
 
 
@@ -135,7 +135,7 @@ def read_checkpoint(path: str | Path, for_lightning: bool = False) -> dict[str, 
     try:
         _check_archive(path)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        _check_nesting(checkpoint)
+        _check_values(checkpoint)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"refused to load {path}: it holds pickled Python objects, which could run code when loaded "
