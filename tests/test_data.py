@@ -290,6 +290,32 @@ def test_a_corrupt_gz_file_is_named(fresh_data_dir):
     assert not (raw / "t10k-labels-idx1-ubyte").exists()  # no half-written file left behind
 
 
+def test_a_gz_that_inflates_past_its_file_is_refused_as_it_inflates(fresh_data_dir, tmp_path):
+    """A .gz of 200 kB that would inflate to 200 MB (a local file, or a mirror's): gunzip stops
+    at the size of the file it should hold, and leaves nothing behind."""
+    raw = fresh_data_dir / "MNIST" / "raw"
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    labels = fixture_files()["t10k-labels-idx1-ubyte"]
+    with gzip.open(raw / "t10k-labels-idx1-ubyte.gz", "wb") as bomb:
+        bomb.write(labels)
+        for _ in range(200):
+            bomb.write(bytes(1 << 20))
+    official_size = 8 + 10_000  # the largest file it may be: the official test labels
+    with pytest.raises(
+        MNISTDataError, match=f"is a .gz that inflates past {official_size:,} bytes"
+    ):
+        load_fixture(fresh_data_dir)
+    left = {p.name for p in raw.iterdir()}
+    assert left == {*mnist_files.RAW_FILES, "t10k-labels-idx1-ubyte.gz"} - {
+        "t10k-labels-idx1-ubyte"
+    }
+    served = {**GOOD, "t10k-labels-idx1-ubyte.gz": (raw / "t10k-labels-idx1-ubyte.gz").read_bytes()}
+    with http_mirror(served) as mirror, pytest.raises(MNISTDataError, match="inflates past"):
+        mnist_files.ensure_raw_files(tmp_path, mirrors=[mirror])
+    downloaded = sorted(p.name for p in (tmp_path / "MNIST" / "raw").iterdir())
+    assert downloaded == sorted(set(mnist_files.RAW_FILES) - {"t10k-labels-idx1-ubyte"})
+
+
 def test_labels_outside_0_to_9_are_refused(fresh_data_dir, monkeypatch):
     raw = fresh_data_dir / "MNIST" / "raw"
     path = raw / "t10k-labels-idx1-ubyte"

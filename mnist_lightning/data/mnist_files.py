@@ -1,13 +1,15 @@
 """The four MNIST files: find them, decompress them, download them, check them, read them.
 
-torchvision does the work (its mirrors, `download_url`, `extract_archive`, `calculate_md5`, its
-`MNIST` reader). What it lacks is added here: a timeout for a silent mirror, a check of each IDX
-header before anything is read, the MD5 of the *uncompressed* file (so a local or re-compressed
-copy is checked like a download), nothing half-written left behind, and one line for any failure.
+torchvision does the work (its mirrors, `download_url`, `calculate_md5`, its `MNIST` reader).
+What it lacks is added here: a timeout for a silent mirror, a gunzip bounded by the file's size,
+a check of each IDX header before anything is read, the MD5 of the *uncompressed* file (so a
+local or re-compressed copy is checked like a download), nothing half-written left behind, and
+one line for any failure.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 from torchvision.datasets import MNIST
-from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
+from torchvision.datasets.utils import calculate_md5, download_url
 
 from mnist_lightning.config import project_root
 from mnist_lightning.data import IMAGE_SIZE, NUM_CLASSES
@@ -112,13 +114,22 @@ def _writable(folder: Path) -> bool:
 
 
 def _decompress(gz_path: Path, target: Path) -> None:
-    """torchvision's gunzip, into a scratch folder beside `target`, then moved into place: a crash
-    never leaves a half-written IDX file behind."""
+    """Gunzip into a scratch folder beside `target`, then move it into place (a crash never
+    leaves a half-written IDX file behind), reading no more than the largest file `target` may
+    be: torchvision's extract_archive has no bound, and a .gz of a few MB can inflate to GBs."""
+    header, per_item = (16, IMAGE_SIZE * IMAGE_SIZE) if "images" in target.name else (8, 1)
+    limit = max(header + entry["items"] * per_item for entry in accepted_files(target.name))
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".gunzip-") as scratch:
+        inflated = Path(scratch) / target.name
         try:
-            os.replace(extract_archive(str(gz_path), scratch), target)  # returns the file
+            with gzip.open(gz_path) as source, inflated.open("wb") as sink:
+                while chunk := source.read(1 << 20):
+                    if sink.tell() + len(chunk) > limit:
+                        raise _unusable(gz_path, f"a .gz that inflates past {limit:,} bytes")
+                    sink.write(chunk)
         except (OSError, EOFError) as err:
             raise _unusable(gz_path, f"not a readable gzip file ({err})") from None
+        os.replace(inflated, target)
 
 
 def locate_raw_files(data_dir: Path) -> Path | None:
