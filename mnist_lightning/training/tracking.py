@@ -49,10 +49,9 @@ def check_tracking_stores(cfg: DictConfig) -> None:
         location = experiment.artifact_location if experiment else None
         if location is None or location == node.get("artifact_location"):
             continue
-        path = Path(urlparse(location).path)
-        if urlparse(location).scheme in ("", "file") and path.resolve().is_relative_to(
-            Path(cfg.paths.output_root).resolve()
-        ):
+        place = urlparse(location)
+        inside = Path(place.path).resolve().is_relative_to(Path(cfg.paths.output_root).resolve())
+        if place.scheme in ("", "file") and inside:
             continue
         raise OutputError(
             f"logger=mlflow: the experiment {node.experiment_name} of {uri} keeps its files in "
