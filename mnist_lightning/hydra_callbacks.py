@@ -16,16 +16,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mnist_lightning.config import group_targets, run_dir
-from mnist_lightning.doors.files import refuse_links
-from mnist_lightning.doors.folders import (
+from mnist_lightning.doors.record import check_resume
+from mnist_lightning.errors import UserError
+from mnist_lightning.folders import (
     FolderLock,
     already_holds_a_run,
     refuse_inside_a_run,
     run_folder_of,
     writable,
 )
-from mnist_lightning.doors.record import check_resume
-from mnist_lightning.errors import UserError
 
 
 def _rank_zero() -> bool:
@@ -35,10 +34,10 @@ def _rank_zero() -> bool:
 
 class LockRunFolder(Callback):
     """Take the command's folder before Hydra writes anything into it (its `.hydra/` record and
-    log file): a folder that holds a link, one in use by another command, one that cannot be
+    log file): a folder in use by another command, one that cannot be
     written, or, for a new run or any other command, a folder that holds a run, is refused in
     one line, and nothing is written. `resume=` takes the run's own folder once its record and
-    the command's overrides are checked (the folder door, doors/folders.py); a sweep takes its
+    the command's overrides are checked (the folder door, folders.py); a sweep takes its
     sweep folder."""
 
     def __init__(self, command: str = "train") -> None:
@@ -58,7 +57,6 @@ class LockRunFolder(Callback):
             setting = {"sweep": "hydra.sweep.dir", "new": "hydra.run.dir"}.get(kind, "resume")
             if kind in ("new", "sweep"):
                 refuse_inside_a_run(folder, setting)
-                refuse_links(folder, setting)
             else:
                 check_resume(folder.resolve(), overrides, output_dir)
             writable(folder)

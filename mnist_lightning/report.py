@@ -24,9 +24,9 @@ from typing import Any
 
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.command import command
-from mnist_lightning.doors.files import FileRefused, read_json, read_yaml, refuse_links
 from mnist_lightning.doors.settings import is_number
 from mnist_lightning.errors import UserError, first_line, one_line
+from mnist_lightning.folders import DamagedFile, read_json, read_yaml
 from mnist_lightning.training import figures
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class Unreadable(Exception):
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = read_json(path)
-    except FileRefused as error:
+    except DamagedFile as error:
         raise Unreadable(str(error).removeprefix(f"{path.parent}/")) from None
     if not isinstance(data, dict):
         raise Unreadable(f"{path.name} is not a JSON object")
@@ -67,7 +67,7 @@ def _job_overrides(job_dir: Path) -> list[str]:
     """A job's overrides as written: plain text, nothing resolved."""
     try:
         overrides = read_yaml(job_dir / ".hydra" / "overrides.yaml")
-    except FileRefused:
+    except DamagedFile:
         raise Unreadable(".hydra/overrides.yaml is not valid YAML") from None
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         raise Unreadable(".hydra/overrides.yaml is not a list of overrides")
@@ -262,7 +262,6 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
             f"{sweep_dir} is not a folder; pass a multirun folder such as "
             "outputs/multirun/<date-time>"
         )
-    refuse_links(sweep_dir, "sweep_dir")  # its summary files are written into it
     rows, common = collect_jobs(sweep_dir)
     if not rows:
         raise UserError(f"{sweep_dir} holds no Hydra job folders (*/.hydra/overrides.yaml)")

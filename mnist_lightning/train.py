@@ -30,7 +30,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         fits_before_building,
         read_checkpoint,
     )
-    from mnist_lightning.doors.training_state import check_resumable
     from mnist_lightning.training import results, run
     from mnist_lightning.training.check import check
     from mnist_lightning.training.lr_find import find_learning_rate
@@ -64,7 +63,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log.info("resuming from %s", checkpoint)
             if not fits:
                 check_checkpoint_fits(model, checkpoint, state["state_dict"])
-            check_resumable(model, datamodule, checkpoint, state)
             folder.log_again(trainer.loggers, kept_rows)
         log_config(trainer, cfg)  # each attempt is a tracker run of its own (MLflow, W&B)
         if checkpoint is not None:

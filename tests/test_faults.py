@@ -19,8 +19,8 @@ from PIL import Image
 
 from mnist_lightning.data import mnist_files, preprocess
 from mnist_lightning.doors import images
-from mnist_lightning.doors.folders import writable
 from mnist_lightning.errors import ConfigError, MNISTDataError, TrainingDiverged, UserError
+from mnist_lightning.folders import writable
 from mnist_lightning.train import train
 from tests.conftest import FAST, compose, run_module, start_training
 from tests.test_exact_resume import figures

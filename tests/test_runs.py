@@ -15,12 +15,16 @@ import pytest
 import torch
 import yaml
 
-from mnist_lightning.doors.files import FileRefused
-from mnist_lightning.doors.folders import FolderLock
 from mnist_lightning.errors import CheckpointError, ConfigError, OutputError
+from mnist_lightning.folders import DamagedFile, FolderLock
 from mnist_lightning.train import train
 from tests.conftest import FAST, compose, run_module, start_training
-from tests.test_exact_resume import same_as_never_stopped, tensorboard_scalars
+from tests.test_exact_resume import (
+    csv_rows,
+    kill_when_saved,
+    same_as_never_stopped,
+    tensorboard_scalars,
+)
 from tests.test_tracking import mlflow_overrides, mlflow_runs
 
 
@@ -53,7 +57,7 @@ def held_by_another_process(folder: Path):
     """The folder's lock, held by another process for as long as the block runs."""
     script = (
         "import sys, time\n"
-        "from mnist_lightning.doors.folders import FolderLock\n"
+        "from mnist_lightning.folders import FolderLock\n"
         "with FolderLock(sys.argv[1]):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(120)\n"
@@ -107,6 +111,52 @@ def test_a_moved_run_folder_resumes_where_it_is_now(fixture_data_dir, tmp_path):
     )
     assert json.loads((moved / "metrics.json").read_text())["global_step"] == 24
     assert len(list((moved / "checkpoints").glob("epoch=*.ckpt"))) == 1
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("copy", ["cp -al", "cp -as"])
+def test_a_run_copied_with_links_resumes_and_leaves_the_original_as_it_was(
+    copy, fixture_data_dir, tmp_path
+):
+    """A snapshot copy shares the original's files (hard links, as rsync --link-dest and
+    rsnapshot make; or symbolic links): resuming the copy writes and deletes none of them, the
+    lock file a kill -9 left behind included."""
+    original, copied = tmp_path / "original", tmp_path / "copy"
+    train_command = ("mnist_lightning.train", *FAST, "trainer.max_epochs=2")
+    assert run_module(*train_command, f"hydra.run.dir={original}").returncode == 0
+    unfinished(original, 3)
+    (original / ".lock").write_text("process 1 on a host (killed with -9)")
+    before = snapshot(original)
+    assert "train.log" in before and "hparams.yaml" in before
+    subprocess.run([*copy.split(), str(original), str(copied)], check=True)
+    resumed = run_module("mnist_lightning.train", f"resume={copied}")
+    assert resumed.returncode == 0, resumed.stdout[-2000:]
+    assert json.loads((copied / "metrics.json").read_text())["epochs"] == 3
+    assert snapshot(original) == before and not (original / "metrics.json").exists()
+    assert len(list((copied / "checkpoints").glob("epoch=*.ckpt"))) == 1
+
+
+def test_checkpoints_on_another_disk_resume_exactly_and_are_one_runs(fixture_data_dir, tmp_path):
+    """checkpoints/ as a symbolic link to a scratch folder: the run is killed, resumed, and ends
+    as if never stopped; while one run holds that folder, another run reaching it is refused."""
+    run_dir, scratch = tmp_path / "run", tmp_path / "scratch" / "checkpoints"
+    scratch.mkdir(parents=True)
+    run_dir.mkdir()
+    (run_dir / "checkpoints").symlink_to(scratch)
+    args = [*FAST, "trainer.max_epochs=3", "callbacks.last_checkpoint.every_n_train_steps=3"]
+    kill_when_saved(
+        [*args, "logger=csv", f"hydra.run.dir={run_dir}"], fixture_data_dir, signal.SIGKILL
+    )
+    assert (scratch / "last.ckpt").is_file() and (run_dir / "checkpoints").is_symlink()
+    with held_by_another_process(scratch) as pid, pytest.raises(OutputError) as error:
+        resume(run_dir)
+    assert f"{scratch} is in use by process {pid}" in str(error.value)
+    resume(run_dir)
+    same_as_never_stopped(run_dir, [*args, "logger=csv"], fixture_data_dir, csv_rows)
+    assert (run_dir / "checkpoints").is_symlink() and list(scratch.glob("epoch=*.ckpt"))
 
 
 def test_a_run_bounded_by_max_steps_resumes_from_an_epochs_end(fixture_data_dir, tmp_path):
@@ -165,7 +215,7 @@ def test_a_crafted_run_config_cannot_name_code_to_run(fixture_data_dir, tmp_path
     }
     (run_dir / "run_config.yaml").write_text(yaml.safe_dump(record))
     with pytest.raises(
-        FileRefused, match="settings.callbacks.evil._target_: not a setting a record may hold"
+        DamagedFile, match="settings.callbacks.evil._target_: not a setting a record may hold"
     ):
         resume(run_dir)
     assert victim.read_text() == "keep me"

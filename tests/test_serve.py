@@ -31,7 +31,7 @@ from PIL import Image
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import to_model_input
 from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint
-from mnist_lightning.doors.folders import resolve_checkpoint
+from mnist_lightning.folders import resolve_checkpoint
 from tests.conftest import ROOT, compose, free_port, load_fixture, run_module
 
 SCREENSHOT = ROOT / "docs" / "serve.png"  # the README's picture, remade with UPDATE_SCREENSHOT=1

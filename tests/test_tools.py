@@ -19,8 +19,8 @@ from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import preprocess, to_model_input
 from mnist_lightning.doors import images
 from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint
-from mnist_lightning.doors.folders import resolve_checkpoint
 from mnist_lightning.errors import CheckpointError
+from mnist_lightning.folders import resolve_checkpoint
 from tests.conftest import load_fixture, onnx_session, run_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -18,8 +18,8 @@ import torch
 
 from mnist_lightning.data import to_model_input
 from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint
-from mnist_lightning.doors.folders import resolve_checkpoint
 from mnist_lightning.errors import ConfigError
+from mnist_lightning.folders import resolve_checkpoint
 from mnist_lightning.models.networks import CNN
 from mnist_lightning.train import train
 from tests.conftest import FAST, compose, load_fixture, onnx_session, train_relu_adam
@@ -193,37 +193,6 @@ def test_a_tracker_without_its_extra_is_one_line_naming_it(fixture_data_dir, tmp
     message = str(error.value)
     assert message.startswith("logger needs the 'tracking' extra") and "\n" not in message
     assert "pip install -e '.[tracking]'" in message
-
-
-def test_a_stores_experiment_that_keeps_its_files_elsewhere_chooses_nothing(
-    fixture_data_dir, tmp_path
-):
-    """The MLflow store is a file read back: an existing experiment whose files lie outside the
-    outputs folder (MLflow writes where its store says) is refused in one line before the run
-    starts, unless the command line gives that place itself."""
-    from mlflow.tracking import MlflowClient
-
-    from mnist_lightning.errors import OutputError
-
-    outputs, elsewhere = tmp_path / "outputs", tmp_path / "elsewhere"
-    outputs.mkdir()
-    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
-    experiment = client.create_experiment("mnist-lightning", f"file://{elsewhere}")
-    overrides = [f"data.data_dir={fixture_data_dir}", *FAST, "logger=mlflow"]
-    overrides.append(f"paths.output_root={outputs}")
-    with pytest.raises(OutputError) as error:
-        train(compose(overrides, outputs / "run"))
-    assert str(error.value).startswith(
-        f"logger=mlflow: the experiment mnist-lightning of sqlite:///{outputs}/mlflow.db keeps "
-        f"its files in file://{elsewhere}, outside {outputs}; to write there, give "
-        f"logger.mlflow.artifact_location=file://{elsewhere}"
-    )
-    assert "\n" not in str(error.value) and not elsewhere.exists()
-    assert client.search_runs([experiment]) == []  # no attempt began
-    train(
-        compose([*overrides, f"logger.mlflow.artifact_location=file://{elsewhere}"], outputs / "b")
-    )
-    assert list(elsewhere.glob("*/artifacts/metrics.json"))
 
 
 # --- the CNN ---------------------------------------------------------------------------------

@@ -18,12 +18,11 @@ import torch
 import yaml
 
 from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint
-from mnist_lightning.doors.files import FileRefused
-from mnist_lightning.doors.folders import resolve_checkpoint
 from mnist_lightning.doors.options import ServeOptions, command_options
 from mnist_lightning.errors import CheckpointError, ConfigError, OutputError
 from mnist_lightning.evaluate import evaluate
 from mnist_lightning.export import export_checkpoint
+from mnist_lightning.folders import DamagedFile, resolve_checkpoint
 from mnist_lightning.predict import predict
 from mnist_lightning.serve.server import build_server
 from mnist_lightning.train import train
@@ -242,7 +241,7 @@ def test_a_run_config_that_names_places_or_code_is_refused(case, fixture_data_di
     change(record, tmp_path / "elsewhere")
     (run_dir / "run_config.yaml").write_text(yaml.safe_dump(record))
     before = sorted(p.name for p in run_dir.rglob("*"))
-    with pytest.raises(FileRefused, match="refusing to resume|start a new run") as error:
+    with pytest.raises(DamagedFile, match="refusing to resume|start a new run") as error:
         resume(run_dir, fixture_data_dir)
     assert expected in str(error.value) and "\n" not in str(error.value)
     assert sorted(p.name for p in run_dir.rglob("*")) == before
@@ -322,7 +321,7 @@ def test_report_reads_a_sweep_folder_as_data(tmp_path, monkeypatch):
     rows = {r["job"]: r for r in csv.DictReader((sweep / "summary.csv").open())}
     assert rows["0"]["status"] == rows["5"]["status"] == "ok"
     assert rows["2"]["status"].startswith(
-        "unreadable: metrics.json is not readable JSON (JSONDecodeError"
+        "unreadable: metrics.json is damaged or was edited by hand (JSONDecodeError"
     )
     assert rows["3"]["status"] == "unreadable: failure.json is not a JSON object"
     assert (

@@ -134,28 +134,3 @@ def set_random_state(state: dict[str, Any]) -> None:
     gauss = kept.numpy_gauss
     np.random.set_state(("MT19937", keys, kept.numpy_position, gauss is not None, gauss or 0.0))
     random.setstate((3, (*kept.python, kept.python_position), kept.python_gauss))
-
-
-class DataState(BaseModel):
-    """The DataModule's state in a checkpoint (MNISTDataModule.state_dict)."""
-
-    model_config = ConfigDict(strict=True, extra="forbid", arbitrary_types_allowed=True)
-    order: OrderState | Annotated[dict[str, Any], Field(max_length=0)]  # {}: set up no order
-    bank_seed: Annotated[int, Field(ge=0, lt=2**31)] | None
-    random: dict[str, Any]
-
-
-def check_data_state(state: Any, loader_states: Any) -> None:
-    """Refuse (ValueError) a checkpoint's data state that the DataModule and the loader could not
-    take: the train command checks it before Lightning restores anything."""
-    kept = DataState.model_validate(state)
-    saved = random_state()
-    try:
-        set_random_state(kept.random)  # a state of the right shape may still be refused
-    finally:
-        set_random_state(saved)
-    if not isinstance(loader_states, list) or len(loader_states) > 1:
-        raise ValueError("the training loader's state is not one loader's")
-    for loader in loader_states:
-        if loader:
-            OrderState.model_validate(loader)

@@ -12,8 +12,7 @@ whatever its exception, into one line (a UserError) or, for a request, a 4xx:
                   run folder stands for; with
   files.py        every file read back, bounded, links refused, and
   record.py       a run's record (run_config.yaml) and the check that a resume may continue it
-- checkpoints.py  checkpoints, read as data and checked against the settings before any build;
-  training_state.py  with what a resume takes of one (optimizer, schedule, data order)
+- checkpoints.py  checkpoints, read as data and checked against the settings before any build
 - images.py       image files and uploads, decoded within a budget
 - requests.py     HTTP requests to the server (the request gate)
 - a stored Optuna study: hydra_plugins/mnist_lightning_sweepers/resumable_optuna.py

@@ -11,8 +11,9 @@ is built from it.
   checked against the settings' types (doors/settings.py), and its weights must fit the model
   exactly. None of it says which code to run, which data to test on, or where to write.
 
-What a resume takes of it (optimizer, schedule, data order) is checked by
-doors/training_state.py; writes go through `RunCheckpointIO` (training/checkpoint_io.py).
+A resume continues only your own runs: Lightning restores the rest of their last.ckpt
+(optimizer, schedule, data order), and any failure while it does is one line (training/run.py).
+Writes go through `RunCheckpointIO` (training/checkpoint_io.py).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mnist_lightning.data import DATA_SOURCE
-from mnist_lightning.doors.folders import resolve_checkpoint
 from mnist_lightning.doors.problems import class_problems
 from mnist_lightning.errors import CheckpointError, first_line
+from mnist_lightning.folders import resolve_checkpoint
 from mnist_lightning.models.networks import TrainedNetwork, custom_network_problems
 
 # ModelCheckpoint's state: the paths it remembers, re-anchored to the run folder on resume.

@@ -11,8 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mnist_lightning.config import CONFIG_DIR, RUN_CONFIG
-from mnist_lightning.doors.files import FileRefused, read_yaml, refuse_links
 from mnist_lightning.errors import ConfigError, UserError
+from mnist_lightning.folders import DamagedFile, read_yaml
 
 RECORD_FORMAT = 2
 # The config groups whose option a record keeps: what composing the run again needs.
@@ -148,10 +148,10 @@ def read_record(folder: str | Path) -> RunRecord:
     redo = "start a new run instead"
     try:
         loaded = read_yaml(path)
-    except FileRefused as error:
-        raise FileRefused(f"{error}; {redo}.") from None
+    except DamagedFile as error:
+        raise DamagedFile(f"{error}; {redo}.") from None
     if not isinstance(loaded, dict) or loaded.get("format") != RECORD_FORMAT:
-        raise FileRefused(
+        raise DamagedFile(
             f"{path} is not a run record of this version of the project; {redo} (checkpoints "
             "of earlier runs still load in evaluate, predict, export and serve)."
         )
@@ -173,16 +173,16 @@ def read_record(folder: str | Path) -> RunRecord:
         for key in sorted(set(record.settings) & set(NOT_SETTINGS)):
             problems.append(f"settings.{key}: not a setting a record may hold")
     if problems:
-        raise FileRefused(f"{path}: {problems[0]}; refusing to resume from it.")
+        raise DamagedFile(f"{path}: {problems[0]}; refusing to resume from it.")
     return record
 
 
 def check_resume(folder: Path, overrides: list[str], output_dir: Path | None = None) -> RunRecord:
     """Whether `resume=<folder>` with these overrides may continue the run there, before anything
-    is written: no links in the folder, a readable record, no override that would change the
+    is written: a readable record, no override that would change the
     run, and the same classes of your own and removed parts as when it started; the command's
     output folder (hydra.run.dir), if given, must be the run's. Returns the record; raises
-    FileRefused or ConfigError (one line)."""
+    DamagedFile or ConfigError (one line)."""
     if output_dir is not None and output_dir.resolve() != folder.resolve():
         raise ConfigError(
             f"resume={folder} continues the run in its own folder; drop "
@@ -203,7 +203,6 @@ def check_resume(folder: Path, overrides: list[str], output_dir: Path | None = N
             f"these overrides would change the run: {' '.join(refused)}. Drop them, or start "
             "a new run with them."
         )
-    refuse_links(folder, "resume")
     if not (folder / RUN_CONFIG).is_file():
         raise UserError(f"resume={folder}: not a run folder of this project (no {RUN_CONFIG})")
     record = read_record(folder)

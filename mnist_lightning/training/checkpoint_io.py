@@ -20,7 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mnist_lightning.atomic import write_atomically
 from mnist_lightning.doors.checkpoints import REMEMBERED_PATHS, handed_over, read_checkpoint
-from mnist_lightning.doors.folders import CHECKPOINTS
+from mnist_lightning.folders import CHECKPOINTS
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class RunCheckpointIO(TorchCheckpointIO):
             (self.checkpoints_dir, self.checkpoints_dir.parent) if self.checkpoints_dir else ()
         )
         inside = not folders or (
-            path.resolve().parent in folders and path.suffix == ".ckpt" and path.is_file()
+            path.parent.resolve() in folders and path.suffix == ".ckpt" and path.is_file()
         )
         if not inside:
             log.warning("not removing %s: it is not a checkpoint file of this run", path)

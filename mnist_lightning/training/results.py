@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from mnist_lightning.atomic import write_text_atomically
-from mnist_lightning.doors.folders import CHECKPOINTS
+from mnist_lightning.folders import CHECKPOINTS
 from mnist_lightning.models.metrics import STAGES
 from mnist_lightning.training import figures
 from mnist_lightning.training.callbacks import EpochReport, GradientMonitor, tensorboard_writer

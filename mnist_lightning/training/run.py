@@ -17,7 +17,6 @@ from omegaconf import DictConfig
 
 from mnist_lightning.config import group_targets
 from mnist_lightning.doors.checkpoints import read_checkpoint
-from mnist_lightning.doors.folders import CHECKPOINTS
 from mnist_lightning.doors.settings import plain_container
 from mnist_lightning.errors import (
     CheckpointError,
@@ -25,10 +24,11 @@ from mnist_lightning.errors import (
     UserError,
     first_line,
 )
+from mnist_lightning.folders import CHECKPOINTS
 from mnist_lightning.training.callbacks import LogsWithCheckpoints, RestoreWatch
 from mnist_lightning.training.check import building
 from mnist_lightning.training.checkpoint_io import RunCheckpointIO
-from mnist_lightning.training.tracking import check_tracking_stores, keep_offline_runs_offline
+from mnist_lightning.training.tracking import keep_offline_runs_offline
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,6 @@ def build(cfg: DictConfig, overrides: list[str] = ()):
     model = build_model(cfg, overrides)
     with building("logger", overrides):
         keep_offline_runs_offline(cfg)
-        check_tracking_stores(cfg)
         loggers = [instantiate(node) for node in group_targets(cfg.get("logger"))]
     with building("callbacks", overrides):
         callbacks = [instantiate(node) for node in group_targets(cfg.get("callbacks"))]

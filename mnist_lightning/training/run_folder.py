@@ -1,6 +1,6 @@
 """A run's folder: how a run starts in it or continues, and its record.
 
-`run_config.yaml` (doors/folders.RunRecord) holds the option chosen per config group and the run's
+`run_config.yaml` (doors/record.RunRecord) holds the option chosen per config group and the run's
 settings, as names and numbers. `resume=<run>` composes the project's own conf/ again with the
 recorded choices, then applies the recorded settings, checked like any command line: no file
 names the code to run, the data to use, or a folder to write to; places come from the folder
@@ -9,9 +9,11 @@ as it is now and from the command.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +31,6 @@ from omegaconf.errors import OmegaConfBaseException
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.config import CONFIG_DIR, RUN_CONFIG, group_configs, hydra_quoted, run_dir
 from mnist_lightning.data.augment import BatchAugment
-from mnist_lightning.doors.files import FileRefused, read_csv_rows, refuse_links
-from mnist_lightning.doors.folders import (
-    CHECKPOINTS,
-    LAST,
-    RESULTS,
-    FolderLock,
-    already_holds_a_run,
-    read_results,
-    run_folder_of,
-)
 from mnist_lightning.doors.record import (
     NOT_SETTINGS,
     PARTS,
@@ -55,6 +47,17 @@ from mnist_lightning.doors.record import (
 )
 from mnist_lightning.doors.settings import is_object_config, plain_container, takes_plain_value
 from mnist_lightning.errors import ConfigError, OutputError, UserError, first_line
+from mnist_lightning.folders import (
+    CHECKPOINTS,
+    LAST,
+    RESULTS,
+    DamagedFile,
+    FolderLock,
+    already_holds_a_run,
+    read_own,
+    read_results,
+    run_folder_of,
+)
 from mnist_lightning.models.networks import NETWORKS
 from mnist_lightning.models.optim import OPTIMIZERS, SCHEDULERS
 
@@ -130,9 +133,21 @@ class RunFolder:
         self.choices: dict[str, Any] = {}  # what the command chose per group, and its overrides
         self.overrides: list[str] = []
 
+    @contextmanager
     def locked(self):
-        """The folder's lock, held by rank zero (DDP's other processes join its run)."""
-        return FolderLock(self.path) if is_rank_zero() else nullcontext()
+        """The folder's lock, held by rank zero (DDP's other processes join its run); and, when
+        checkpoints/ links to a folder elsewhere (a scratch disk), that folder's too: two runs
+        must not write one folder of checkpoints, however they reach it."""
+        if not is_rank_zero():
+            yield
+            return
+        with FolderLock(self.path):
+            elsewhere = self.checkpoints.resolve()
+            if not self.checkpoints.is_dir() or elsewhere.is_relative_to(self.path):
+                yield
+                return
+            with FolderLock(elsewhere):
+                yield
 
     def holds_a_run(self) -> bool:
         return self.record_file.is_file()
@@ -144,7 +159,7 @@ class RunFolder:
 
         `resume=`/`ckpt_path=` continue the run with its recorded settings; a sweep run again in
         the same folder continues its killed jobs. A new run refuses a folder that holds a run,
-        or one inside a run's folder; any folder that holds a link is refused (the door).
+        or one inside a run's folder.
         """
         cfg, self.choices, self.overrides, multirun = hydra_part(cfg)
         overrides = self.overrides
@@ -162,8 +177,6 @@ class RunFolder:
                 f"{self.path} is inside the run folder {enclosing}; choose a folder of its "
                 "own (hydra.run.dir=<folder>)."
             )
-        if is_rank_zero():
-            refuse_links(self.path, "hydra.run.dir")
         if not self.holds_a_run() or not is_rank_zero():
             return cfg, None  # (DDP's other processes start once rank zero wrote the record)
         if not multirun:
@@ -218,7 +231,7 @@ class RunFolder:
                     except OmegaConfBaseException as error:
                         problem = first_line(error)
                 if problem:
-                    raise FileRefused(
+                    raise DamagedFile(
                         f"{self.record_file}: settings.{'.'.join(path)}: {problem}; refusing to "
                         "resume from it."
                     )
@@ -267,9 +280,9 @@ class RunFolder:
         if not csv_log.is_file():
             return []
         try:
-            logged = read_csv_rows(csv_log)
-        except FileRefused as error:
-            raise FileRefused(f"{error}; move it away to resume without its earlier rows") from None
+            logged = read_own(csv_log, whole_rows)
+        except DamagedFile as error:
+            raise DamagedFile(f"{error}; move it away to resume without its earlier rows") from None
         rows = []
         for row in logged:
             if not (row.get("step", "").isdigit() and int(row["step"]) < step):
@@ -290,6 +303,16 @@ class RunFolder:
                 values = {k: v for k, v in row.items() if k not in ("step",)}
                 logger.log_metrics(values, step=row["step"])
             logger.save()
+
+
+def whole_rows(text: str) -> list[dict[str, str]]:
+    """A CSV log's whole rows: a last row cut short by a kill (no line end), or any row of the
+    wrong length, is left out."""
+    if not text.endswith("\n"):
+        text = text.rpartition("\n")[0]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, [])
+    return [dict(zip(header, row, strict=True)) for row in reader if len(row) == len(header)]
 
 
 def _number(text: str) -> int | float | None:

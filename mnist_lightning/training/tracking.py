@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lightning.config import group_configs
-from mnist_lightning.errors import OutputError
 
 RUN_FOLDER_TAG = "run_folder"  # an MLflow run's tag: the run folder it is an attempt of
 # The files of a run folder worth keeping beside a tracker's run, when they exist.
@@ -31,34 +29,6 @@ def keep_offline_runs_offline(cfg: DictConfig) -> None:
     otherwise."""
     if any(node.get("offline") for node in group_configs(cfg, "logger", WandbLogger)):
         os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
-
-
-def check_tracking_stores(cfg: DictConfig) -> None:
-    """Refuse, before the run starts, an experiment of a local MLflow store (a file read back)
-    that keeps its files anywhere but the outputs folder or the `artifact_location` the config
-    gives: MLflow writes an existing experiment's files where its store says, and a config's
-    `artifact_location` counts only when the experiment is made. A tracking server (http://)
-    decides its own locations."""
-    for node in group_configs(cfg, "logger", MLFlowLogger):
-        uri = str(node.get("tracking_uri") or "")
-        if urlparse(uri).scheme not in ("", "file", "sqlite"):
-            continue
-        from mlflow import MlflowClient  # the `tracking` extra, imported by MLflow runs only
-
-        experiment = MlflowClient(uri).get_experiment_by_name(node.experiment_name)
-        location = experiment.artifact_location if experiment else None
-        if location is None or location == node.get("artifact_location"):
-            continue
-        place = urlparse(location)
-        inside = Path(place.path).resolve().is_relative_to(Path(cfg.paths.output_root).resolve())
-        if place.scheme in ("", "file") and inside:
-            continue
-        raise OutputError(
-            f"logger=mlflow: the experiment {node.experiment_name} of {uri} keeps its files in "
-            f"{location}, outside {cfg.paths.output_root}; to write there, give "
-            f"logger.mlflow.artifact_location={location}, or choose another experiment "
-            "(logger.mlflow.experiment_name=<name>)."
-        )
 
 
 def log_config(trainer, cfg: DictConfig) -> None:

@@ -1,31 +1,38 @@
-"""Run and sweep folders, the folder door's first part: what makes a folder a run's, the lock
-a command holds on the folder it writes, where a command may write, and which checkpoint a run
-folder given as `ckpt_path` stands for.
+"""Your own run and sweep folders: what makes a folder a run's, the lock a command holds on the
+folder it writes, where a command may write, which checkpoint a run folder stands for, and how
+a file this project wrote is read back.
 
-A folder that a command will write into is data until it is checked: before anything is
-written, a folder in which anything is a link is refused in one line (`refuse_links`,
-doors/files.py). The project's own writes replace files by rename (atomic.py) or create them
-exclusively, so that they never follow a link. A run's record is read by doors/record.py.
-Import-light on purpose: Hydra's launcher process uses it (hydra_callbacks.py) before Hydra
-writes anything into a folder.
+These folders are the user's, like their command line: guarded against accidents, not against
+them. Links in them are normal (checkpoints/ on a scratch disk, a `cp -al` snapshot). Two
+commands on one folder, however it is reached, meet at one lock; before a command writes into a
+folder, any file there that is shared with another folder (a hard link, or a symlink to a file)
+becomes the folder's own copy, so that writing in place (Hydra's log, Lightning's hparams.yaml)
+never changes the original; everything else is written by rename (atomic.py). A damaged or
+hand-edited file is one line that names it. Import-light on purpose: Hydra's launcher process
+uses it (hydra_callbacks.py) before Hydra writes anything into a folder.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import math
 import os
 import re
+import shutil
 import socket
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path, PurePath
 from typing import Any
 
+import yaml
 from filelock import FileLock, Timeout
 
+from mnist_lightning.atomic import write_atomically
 from mnist_lightning.config import RUN_CONFIG
-from mnist_lightning.doors.files import FileRefused, read_bytes, read_json
-from mnist_lightning.errors import CheckpointError, OutputError
+from mnist_lightning.errors import CheckpointError, OutputError, UserError, first_line
 from mnist_lightning.models.metrics import STAGES
 
 LOCK_FILE = ".lock"
@@ -33,6 +40,43 @@ CHECKPOINTS = "checkpoints"  # a run folder's checkpoint folder
 LAST = "last.ckpt"
 RESULTS = "metrics.json"
 METRIC_PREFIXES = tuple(f"{stage}/" for stage in STAGES) + ("val_check/",)
+
+
+class DamagedFile(UserError):
+    """A file of your own folder that is not as this project wrote it (damaged, or edited)."""
+
+
+def read_own(path: str | Path, parse: Callable[[str], Any]) -> Any:
+    """A file this project wrote, parsed by `parse`; any failure, whatever its exception, is one
+    DamagedFile line naming the file."""
+    try:
+        return parse(Path(path).read_text(encoding="utf-8"))
+    except Exception as error:  # noqa: BLE001 - a file that cannot be read is the file's fault
+        reason = getattr(error, "strerror", None) or f"{type(error).__name__}: {first_line(error)}"
+        raise DamagedFile(f"{path} is damaged or was edited by hand ({reason[:200]})") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    return read_own(path, yaml.safe_load)
+
+
+def read_json(path: str | Path) -> Any:
+    return read_own(path, json.loads)
+
+
+def unshare(folder: Path) -> None:
+    """Make every file in `folder` that is shared with another place (a hard link, or a symlink
+    to a file) the folder's own copy, by rename, before a command writes into it: a run folder
+    copied with `cp -al` or `cp -as` then never changes the original's files. Checkpoints are
+    left shared (they are only ever replaced by rename or removed), and so are linked folders
+    (checkpoints/ on a scratch disk): they are not walked."""
+    for root, _, names in os.walk(folder):  # (os.walk does not follow links to folders)
+        for name in names:
+            path = Path(root) / name
+            if name.endswith(".ckpt") or not path.is_file():
+                continue
+            if path.is_symlink() or path.stat().st_nlink > 1:
+                write_atomically(path, lambda copy, source=path: shutil.copyfile(source, copy))
 
 
 def _write_holder(fd: int) -> None:
@@ -49,8 +93,8 @@ class FolderLock:
     crashed run never leaves a stale lock), opens the file without following a link, retries a
     file that its holder unlinked meanwhile, and, as a singleton per folder, is re-entrant within
     the process: the Hydra callback takes it before the job starts, the job takes it again.
-    Added here: the holder's line in the file, the one-line refusal naming it, and the file
-    removed by its last holder while still held (filelock counts holds privately: `_holds`).
+    Added here: the holder's line in the file, the one-line refusal naming it, the file removed
+    by its last holder while still held, and the folder's files unshared (`unshare`) once held.
     """
 
     _holds: dict[Path, int] = {}  # this process's holds, by folder
@@ -67,18 +111,26 @@ class FolderLock:
 
     def __enter__(self) -> FolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
+        lock_file = self.folder / LOCK_FILE
+        if lock_file.is_symlink() or (lock_file.is_file() and lock_file.stat().st_nlink > 1):
+            lock_file.unlink()  # a copy's lock file is its own, not the original folder's
         try:
             self.lock.acquire()
         except Timeout:
             try:
-                holder = read_bytes(self.folder / LOCK_FILE, 4096).decode(errors="replace").strip()
-            except FileRefused:
+                holder = lock_file.read_text(errors="replace")[:500].strip()
+            except OSError:
                 holder = ""
             raise OutputError(
                 f"{self.folder} is in use by {holder or 'another process'}; wait for that run to "
                 "end or stop it, or choose another folder (hydra.run.dir=<folder>)."
             ) from None
         FolderLock._holds[self.folder] = FolderLock._holds.get(self.folder, 0) + 1
+        try:
+            unshare(self.folder)
+        except UserError:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -142,11 +194,7 @@ def writable(folder: str | Path) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write_test"
-        # Created afresh (O_EXCL never follows a link): what lies at the name is never written.
-        probe.unlink(missing_ok=True)
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
-        probe.unlink()
+        tempfile.TemporaryFile(dir=folder).close()
     except OSError as error:
         raise OutputError(
             f"cannot write the folder {folder} ({error.strerror or error}); free some space, "
@@ -191,7 +239,7 @@ def read_results(run_dir: Path) -> dict[str, Any] | None:
     as the train command writes it (a sweeper takes one of them as the run's result)."""
     try:
         results = read_json(run_dir / RESULTS)
-    except FileRefused:
+    except DamagedFile:
         return None
     if not isinstance(results, dict):
         return None
