@@ -84,6 +84,7 @@ def stop_server(process: subprocess.Popen, how: str = "ctrl-c", seconds: float =
     """Stop it as a user (Ctrl-C: SIGINT to the whole group) or a service manager (SIGTERM to
     the serve command's process) would; assert that every process of it ends within `seconds`
     and exit code 0; return what it printed."""
+    deadline = time.time() + seconds
     if how == "ctrl-c":
         os.killpg(process.pid, signal.SIGINT)
     else:
@@ -93,7 +94,6 @@ def stop_server(process: subprocess.Popen, how: str = "ctrl-c", seconds: float =
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         raise AssertionError(f"the server did not stop within {seconds} s of {how}") from None
-    deadline = time.time() + seconds
     while subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True).returncode == 0:
         if time.time() > deadline:
             os.killpg(process.pid, signal.SIGKILL)
@@ -678,13 +678,15 @@ def test_a_bad_request_never_fails_the_good_ones_batched_with_it(server, served_
     assert len(refused) > 20 and all(refused)  # the hostile clients were served all along
 
 
-def test_sigterm_stops_every_process_and_frees_the_port(served_run):
+@pytest.mark.parametrize("api_servers", [1, 6])
+def test_sigterm_stops_every_process_and_frees_the_port(served_run, api_servers):
     """What systemd, Docker and Kubernetes send to the serve command's process alone (Ctrl-C,
     to every process, is how each test's server stops: running_server): within the 10 s they
-    give it, even with clients in the middle of an upload."""
-    process, base = start_server(served_run)
+    give it, even with clients that stalled in the middle of an upload, on every HTTP server
+    (LitServe stops them one after another, each waiting up to its graceful timeout)."""
+    process, base = start_server(served_run, f"api_servers={api_servers}")
     host, port = base.removeprefix("http://").split(":")
-    uploads = [socket.create_connection((host, int(port)), timeout=10) for _ in range(4)]
+    uploads = [socket.create_connection((host, int(port)), timeout=10) for _ in range(12)]
     for upload in uploads:
         upload.sendall(
             b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -778,6 +780,32 @@ def test_only_litserves_shutdown_race_is_dropped_from_its_log():
     assert kept(record("Worker died", ConnectionResetError(104, "reset")))
     source = Path(litserve.server.__file__).read_text()
     assert f'logger.exception("{ManagerGoneAtShutdown.MESSAGE}")' in source
+
+
+def test_only_a_request_cancelled_at_shutdown_is_dropped_from_uvicorns_log():
+    """uvicorn logs the CancelledError of each request a stop cancels after its graceful timeout
+    (serve.server.RequestCancelledAtShutdown): those records alone are dropped, and uvicorn
+    still cancels them with that message (else the filter would silently stop working)."""
+    import asyncio
+    import logging
+
+    import uvicorn.server
+
+    from mnist_lightning.serve.server import RequestCancelledAtShutdown
+
+    def record(error: BaseException) -> logging.LogRecord:
+        message = "Exception in ASGI application\n"
+        exc_info = (type(error), error, None)
+        return logging.LogRecord(
+            "uvicorn.error", logging.ERROR, __file__, 1, message, None, exc_info
+        )
+
+    kept = RequestCancelledAtShutdown().filter
+    assert not kept(record(asyncio.CancelledError(RequestCancelledAtShutdown.CANCELLED)))
+    assert kept(record(asyncio.CancelledError()))
+    assert kept(record(RuntimeError(RequestCancelledAtShutdown.CANCELLED)))
+    source = Path(uvicorn.server.__file__).read_text()
+    assert f't.cancel(msg="{RequestCancelledAtShutdown.CANCELLED}")' in source
 
 
 def test_only_a_lifespan_cancelled_at_shutdown_is_dropped_from_uvicorns_log():
