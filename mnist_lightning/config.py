@@ -1,5 +1,5 @@
-"""Where the configs live (`conf/`, inside the package, so that a wheel holds them), where
-outputs and data go, and the OmegaConf resolvers that `conf/` uses."""
+"""Where the configs live (`conf/`), where outputs and data go, and the OmegaConf resolvers that
+`conf/` uses."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-CONFIG_DIR = str(PACKAGE_DIR / "conf")
+# conf/ sits at the top of the checkout (an editable install reads it there, so an edit needs no
+# reinstall); a wheel holds it inside the package (pyproject.toml's force-include).
+CONFIG_DIR = str(next(p for p in (PACKAGE_DIR / "conf", PACKAGE_DIR.parent / "conf") if p.is_dir()))
 RUN_CONFIG = "run_config.yaml"  # a run's record: the file that makes a folder a run folder
 
 

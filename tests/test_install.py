@@ -7,24 +7,31 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
+from pathlib import Path
 
 from tests.conftest import ROOT
 
 
-def test_a_command_runs_from_the_wheel_outside_the_checkout(
-    trained_run, fixture_data_dir, tmp_path
-):
-    wheels, site, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "work"
-    source = tmp_path / "source"  # (setuptools builds in the source tree: not in the checkout)
+def copy_of_the_checkout(source: Path) -> Path:
+    """What a build needs of the checkout, copied (builds and installs never touch the real one)."""
     source.mkdir()
-    for part in ("pyproject.toml", "README.md", "mnist_lightning", "hydra_plugins"):
+    for part in ("pyproject.toml", "README.md", "conf", "mnist_lightning", "hydra_plugins"):
         if (ROOT / part).is_dir():
             shutil.copytree(
                 ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__")
             )
         else:
             shutil.copy(ROOT / part, source / part)
+    return source
+
+
+def test_a_command_runs_from_the_wheel_outside_the_checkout(
+    trained_run, fixture_data_dir, tmp_path
+):
+    wheels, site, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "work"
+    source = copy_of_the_checkout(tmp_path / "source")
     build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
     subprocess.run([*build, "--wheel-dir", str(wheels), str(source)], check=True, timeout=300)
     (wheel,) = wheels.glob("mnist_lightning-*.whl")
@@ -55,3 +62,37 @@ def test_a_command_runs_from_the_wheel_outside_the_checkout(
     (evaluation,) = (work / "outputs").glob("evaluate/*/eval.json")
     assert json.loads(evaluation.read_text())["images"] == 160
     assert not (site / "outputs").exists()  # outputs go where the command runs
+
+
+def test_an_editable_install_reads_the_checkouts_conf_without_reinstalling(tmp_path):
+    """`pip install -e .` (make install): the configs are the checkout's top-level conf/, so an
+    edit of a YAML file takes effect at the next command, with nothing installed again."""
+    source, venv, work = (
+        copy_of_the_checkout(tmp_path / "source"),
+        tmp_path / "venv",
+        tmp_path / "w",
+    )
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    (site,) = (venv / "lib").glob("python*/site-packages")
+    # torch, Hydra and the build backend come from this environment, not from a download.
+    (site / "this_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python = venv / "bin" / "python"
+    install = [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*install, "-e", str(source)], check=True, timeout=300)
+    work.mkdir()
+
+    def learning_rate() -> str:
+        shown = subprocess.run(
+            [str(python), "-m", "mnist_lightning.train", "--cfg", "job", "--package", "optimizer"],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert shown.returncode == 0, shown.stdout[-2000:] + shown.stderr[-2000:]
+        return next(line for line in shown.stdout.splitlines() if line.strip().startswith("lr:"))
+
+    assert learning_rate().split() == ["lr:", "0.2"]  # the lesson's, from the copy's conf/
+    sgd = source / "conf" / "optimizer" / "sgd.yaml"
+    sgd.write_text(sgd.read_text().replace("lr: 0.2", "lr: 0.123"))
+    assert learning_rate().split() == ["lr:", "0.123"]
