@@ -12,26 +12,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+from mnist_lightning import PACKAGE_DIR, project_root
+
 # conf/ sits at the top of the checkout (an editable install reads it there, so an edit needs no
 # reinstall); a wheel holds it inside the package (pyproject.toml's force-include).
 CONFIG_DIR = str(next(p for p in (PACKAGE_DIR / "conf", PACKAGE_DIR.parent / "conf") if p.is_dir()))
 RUN_CONFIG = "run_config.yaml"  # a run's record: the file that makes a folder a run folder
-
-
-def project_root() -> Path:
-    """Where `outputs/` and `data/` go: the checkout that holds the package (beside its
-    pyproject.toml), else the folder the command runs in (the package installed from a
-    wheel)."""
-    checkout = PACKAGE_DIR.parent
-    return checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
-
-
-def conf_option(group: str, name: str) -> dict:
-    """One option of a config group as conf/ writes it (`conf_option("optimizer", "sgd")`): the
-    project's defaults where code needs them without a composed config."""
-    node = OmegaConf.load(Path(CONFIG_DIR) / group / f"{name}.yaml")
-    return {k: v for k, v in OmegaConf.to_container(node).items() if k != "defaults"}
 
 
 def hydra_quoted(text: str) -> str:

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from mnist_lightning.doors.record import check_resume
 from mnist_lightning.errors import UserError
 from mnist_lightning.folders import DamagedFile, FolderLock, read_json, read_own, read_yaml
-from mnist_lightning.training.run_folder import RunFolder, whole_rows
+from mnist_lightning.training.resume import whole_rows
+from mnist_lightning.training.run_folder import RunFolder
 from tests.conftest import ROOT, compose
 
 FUZZ = settings(

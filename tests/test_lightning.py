@@ -95,9 +95,10 @@ def test_accumulating_gradients_takes_a_quarter_of_the_optimizer_steps(fixture_d
 def test_the_step_loss_is_written_as_if_logged_at_every_batch(
     accumulate, fixture_data_dir, tmp_path, monkeypatch
 ):
-    """The model logs its step loss only when Lightning's loggers write (a self.log call costs
-    a quarter of the step): what is written must be what a self.log at every batch gives."""
-    from mnist_lightning.models import classifier
+    """The step loss is logged only when Lightning's loggers write (a self.log call costs a
+    quarter of the step; training/monitors.py): what is written must be what a self.log at
+    every batch gives."""
+    from mnist_lightning.training import monitors
 
     overrides = [
         *SMALL_BATCHES,
@@ -114,7 +115,7 @@ def test_the_step_loss_is_written_as_if_logged_at_every_batch(
         return [(int(r["step"]), float(r["train/loss_step"])) for r in rows]
 
     gated = written(tmp_path / "gated")
-    monkeypatch.setattr(classifier, "loggers_write_this_step", lambda trainer: True)
+    monkeypatch.setattr(monitors, "loggers_write_at", lambda trainer, step: True)
     assert gated == written(tmp_path / "every_batch")
     assert len(gated) == (64 // accumulate) // 3
 

@@ -30,3 +30,8 @@ def to_model_input(images: torch.Tensor, normalize: bool = True, augment=None) -
     if augment is not None:
         x = augment(x)
     return normalized(x) if normalize else x
+
+
+def already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A DataLoader's collate_fn for a dataset whose `__getitems__` returns a batch already."""
+    return batch

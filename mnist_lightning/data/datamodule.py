@@ -2,34 +2,24 @@
 
 Data flows one way: IDX files (mnist_files.py) -> uint8 tensors in memory -> one gather per
 batch -> device -> scale, augment (training only) and normalise on the device
-(`on_after_batch_transfer`) -> model. There is no per-image PIL work: torchvision's
-`MNIST(...).data` and `.targets` are already tensors.
+(`on_after_batch_transfer`) -> model, with no per-image PIL work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from pydantic import Field, validate_call
 from torch.utils.data import DataLoader, Dataset
 
-from mnist_lightning.data import DATA_SOURCE, to_model_input
+from mnist_lightning.data import DATA_SOURCE, already_batched, to_model_input
 from mnist_lightning.data.augment import BatchAugment
 from mnist_lightning.data.mnist_files import default_data_dir, ensure_raw_files, load_mnist
-from mnist_lightning.data.order import (
-    ResumableLoader,
-    TrainingOrder,
-    random_state,
-    set_random_state,
-)
-from mnist_lightning.doors.settings import STRICT, plain_settings
+from mnist_lightning.data.order import ResumableOrder
 from mnist_lightning.errors import MNISTDataError
-
-BatchSize = Annotated[int, Field(ge=1, le=1_000_000)]
 
 
 class InMemoryMNIST(Dataset):
@@ -51,32 +41,23 @@ class InMemoryMNIST(Dataset):
         return self.images.index_select(0, index), self.labels.index_select(0, index)
 
 
-def already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """collate_fn for `__getitems__`, whose result is a batch already."""
-    return batch
-
-
-class MNISTDataModule(pl.LightningDataModule):
+class MNISTDataModule(ResumableOrder, pl.LightningDataModule):
     """MNIST with a seeded train/val split of the 60,000 training images and the official test set.
 
-    `augment` holds BatchAugment's settings (conf/augment/), or None. The types and ranges beside
-    the arguments are checked here, whoever builds it (doors/settings.py). Where the files are
-    (`data_dir`, else $MNIST_DATA_DIR, else data/), whether they may be downloaded and from which
-    `mirrors` (default: torchvision's) are not hyperparameters: a checkpoint never says where
-    its data comes from.
-    """
+    `augment`: BatchAugment's settings, or None. Where the files are (`data_dir`, else
+    $MNIST_DATA_DIR, else data/), `download` and `mirrors` are not hyperparameters: a checkpoint
+    never says where its data comes from. The training order resumes exactly (data/order.py)."""
 
-    @validate_call(config=STRICT)
     def __init__(
         self,
         data_dir: str | None = None,
-        val_size: Annotated[int, Field(ge=1, le=59_999)] = 5_000,  # of the 60,000 training images
-        batch_size: BatchSize = 64,
-        eval_batch_size: BatchSize = 1000,
+        val_size: int = 5_000,  # of the 60,000 training images
+        batch_size: int = 64,
+        eval_batch_size: int = 1000,
         shuffle: bool = True,
         normalize: bool = True,
-        split_seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0,
-        augment: plain_settings(BatchAugment) | None = None,
+        split_seed: int = 0,
+        augment: Mapping[str, Any] | None = None,
         download: bool = True,
         mirrors: Sequence[str] | None = None,
     ) -> None:
@@ -88,7 +69,6 @@ class MNISTDataModule(pl.LightningDataModule):
         self.splits: dict[str, InMemoryMNIST] = {}
         self.test_split = "test"  # what trainer.test() runs on; evaluate may pick "val"
         self.augment = BatchAugment(**augment) if augment else None
-        self.order: TrainingOrder | None = None  # the training images' order, made in setup()
 
     def prepare_data(self) -> None:
         # Once per node: find, decompress or download, and check the files.
@@ -98,10 +78,6 @@ class MNISTDataModule(pl.LightningDataModule):
         if not self.splits:
             self.mnist = load_mnist(self.data_dir, download=False)
             self.splits = self._split()
-            # The run's seed (pl.seed_everything): each epoch's order is drawn from it.
-            self.order = TrainingOrder(
-                len(self.splits["train"]), torch.initial_seed(), self.hparams.shuffle
-            )
         device = self.trainer.strategy.root_device if self.trainer is not None else None
         if device is not None and device.type == "cuda":
             # All of MNIST is ~55 MB as uint8: keep it on the GPU, no copy per batch.
@@ -116,67 +92,40 @@ class MNISTDataModule(pl.LightningDataModule):
                 f"data.val_size={val_size} must be between 1 and {len(labels) - 1:,} "
                 f"(the training set has {len(labels):,} images)."
             )
-        order = torch.randperm(
-            len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed)
+        seeded = torch.Generator().manual_seed(self.hparams.split_seed)
+        val_index, train_index = torch.randperm(len(labels), generator=seeded).split(
+            [val_size, len(labels) - val_size]
         )
-        val_index, train_index = order[:val_size], order[val_size:]
         return {
             "train": InMemoryMNIST(images[train_index], labels[train_index]),
             "val": InMemoryMNIST(images[val_index], labels[val_index]),
             "test": InMemoryMNIST(*self.mnist["test"]),
         }
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
-        # Each loader draws its base seed from a generator of its own, not from the run's: a
-        # loader started on resume must not shift the augmentation's draws (data/order.py).
-        return DataLoader(
-            self.splits[split],
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=already_batched,
-            generator=torch.Generator(),
-        )
-
     def train_dataloader(self) -> DataLoader:
-        if self.trainer is not None and self.trainer.world_size > 1:
-            # Under DDP Lightning shards the data with its DistributedSampler: such a run
-            # resumes with a fresh draw of the rest of its epoch (README, "Survive faults").
-            return self._loader("train", self.hparams.batch_size, shuffle=self.hparams.shuffle)
-        return ResumableLoader(
-            self.splits["train"],
-            batch_size=self.hparams.batch_size,
-            sampler=self.order,
-            collate_fn=already_batched,
-            generator=torch.Generator(),
-        )
-
-    def state_dict(self) -> dict:
-        """Where the run stands in its data and its random draws, saved in every checkpoint; the
-        training loader's state is the same `order` (data/order.py says why it is kept twice)."""
-        return {
-            "order": self.order.state_dict() if self.order is not None else {},
-            "bank_seed": self.augment.bank_seed if self.augment is not None else None,
-            "random": random_state(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.order is not None and state.get("order"):
-            self.order.load_state_dict(state["order"])
-        if self.augment is not None:
-            self.augment.bank_seed, self.augment.fields = state.get("bank_seed"), None
-        if "random" in state:
-            set_random_state(state["random"])
+        hparams = self.hparams
+        return self.resumable_loader(self.splits["train"], hparams.batch_size, hparams.shuffle)
 
     # Evaluation takes no optimizer step, so its batch size changes only the speed: the epoch
     # metrics are per-image means.
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.hparams.eval_batch_size)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_split, self.hparams.eval_batch_size)
+        return self._loader(self.test_split)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.eval_batch_size)
+        return self._loader("test")
+
+    def _loader(self, split: str) -> DataLoader:
+        # A generator of its own: a loader draws its base seed when iterated, and from the run's
+        # generator that would shift the augmentation's draws (a resumed run's included).
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.hparams.eval_batch_size,
+            collate_fn=already_batched,
+            generator=torch.Generator(),
+        )
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         # A batch is always (images, labels): two tensors moved directly, without Lightning's

@@ -25,7 +25,7 @@ import torch
 from torchvision.datasets import MNIST
 from torchvision.datasets.utils import calculate_md5, download_url
 
-from mnist_lightning.config import project_root
+from mnist_lightning import project_root
 from mnist_lightning.data import IMAGE_SIZE, NUM_CLASSES
 from mnist_lightning.errors import MNISTDataError
 

@@ -26,6 +26,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader, Sampler
 
+from mnist_lightning.data import already_batched
+
 Count = Annotated[int, Field(ge=0, le=2**62)]
 
 
@@ -134,3 +136,50 @@ def set_random_state(state: dict[str, Any]) -> None:
     gauss = kept.numpy_gauss
     np.random.set_state(("MT19937", keys, kept.numpy_position, gauss is not None, gauss or 0.0))
     random.setstate((3, (*kept.python, kept.python_position), kept.python_gauss))
+
+
+class ResumableOrder:
+    """A LightningDataModule mixin: a training loader that a killed run resumes exactly.
+
+    `resumable_loader` follows a TrainingOrder drawn from the run's seed; `state_dict` (which
+    Lightning saves in every checkpoint) holds its place, the elastic bank's seed of the
+    DataModule's `augment`, and the random generators. Under DDP, Lightning shards the data with
+    its DistributedSampler: such a run resumes with a fresh draw of the rest of its epoch.
+    """
+
+    order: TrainingOrder | None = None
+    restored_order: dict[str, Any] | None = None  # from a checkpoint, before the loader exists
+    augment: Any = None
+
+    def resumable_loader(self, dataset, batch_size: int, shuffle: bool, **options) -> DataLoader:
+        """The training loader; `options` are DataLoader's (a batch of `dataset.__getitems__` is
+        taken as it is, without collating)."""
+        options.setdefault("collate_fn", already_batched)
+        # Every loader draws its base seed from a generator of its own, not from the run's: a
+        # loader started on resume must not shift the augmentation's draws.
+        options["generator"] = torch.Generator()
+        if self.trainer is not None and self.trainer.world_size > 1:
+            return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **options)
+        if self.order is None:
+            self.order = TrainingOrder(len(dataset), torch.initial_seed(), shuffle)
+            if self.restored_order:
+                self.order.load_state_dict(self.restored_order)
+        return ResumableLoader(dataset, batch_size=batch_size, sampler=self.order, **options)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's state is the same `order`: the module docstring says why it is
+        kept twice."""
+        return {
+            "order": self.order.state_dict() if self.order is not None else {},
+            "bank_seed": self.augment.bank_seed if self.augment is not None else None,
+            "random": random_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.restored_order = state.get("order") or None
+        if self.order is not None and self.restored_order:
+            self.order.load_state_dict(self.restored_order)
+        if self.augment is not None:
+            self.augment.bank_seed, self.augment.fields = state.get("bank_seed"), None
+        if "random" in state:
+            set_random_state(state["random"])

@@ -13,7 +13,7 @@ is built from it.
 
 A resume continues only your own runs: Lightning restores the rest of their last.ckpt
 (optimizer, schedule, data order), and any failure while it does is one line (training/run.py).
-Writes go through `RunCheckpointIO` (training/checkpoint_io.py).
+Writes go through `RunCheckpointIO` (training/resume.py).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mnist_lightning.data import DATA_SOURCE
-from mnist_lightning.doors.problems import class_problems
+from mnist_lightning.doors.problems import class_problems, custom_network_problems
 from mnist_lightning.errors import CheckpointError, first_line
 from mnist_lightning.folders import resolve_checkpoint
-from mnist_lightning.models.networks import TrainedNetwork, custom_network_problems
+from mnist_lightning.models.networks import TrainedNetwork
 
 # ModelCheckpoint's state: the paths it remembers, re-anchored to the run folder on resume.
 REMEMBERED_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
@@ -59,24 +59,6 @@ class CheckpointContents(BaseModel):
     optimizer_states: list[dict[str, Any]] = []
     lr_schedulers: list[dict[str, Any]] = []
     loops: dict[str, Any] = {}
-
-
-_handed_over: dict[str, Any] = {}  # a checkpoint read for Lightning, by path, size and time
-
-
-def _stamp(path: Path) -> tuple:
-    stat = path.stat()
-    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-def handed_over(path: str | Path) -> dict[str, Any] | None:
-    """The checkpoint the train command read for Lightning's restore, if it is this file as it
-    was then (RunCheckpointIO.load_checkpoint), once."""
-    if _handed_over.get("stamp") != _stamp(Path(path)):
-        return None
-    checkpoint = _handed_over.pop("checkpoint")
-    _handed_over.clear()
-    return checkpoint
 
 
 def _check_archive(path: Path) -> None:
@@ -119,13 +101,9 @@ def _check_values(checkpoint: Any) -> None:
             stack.extend((child, depth + 1) for child in children)
 
 
-def read_checkpoint(path: str | Path, for_lightning: bool = False) -> dict[str, Any]:
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint at `path`, bounded, loaded as data and typed; any failure is one
-    CheckpointError saying what to do.
-
-    `for_lightning`: the train command checks the checkpoint it resumes from and hands the same
-    dict to Lightning's restore (RunCheckpointIO.load_checkpoint), so the file is read once.
-    """
+    CheckpointError saying what to do."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -165,8 +143,6 @@ def read_checkpoint(path: str | Path, for_lightning: bool = False) -> dict[str, 
             f"{path}: its weight {name} is not finite (NaN or infinite): the run diverged before it "
             "was saved. Use an earlier checkpoint of the run, or train again."
         )
-    if for_lightning:
-        _handed_over.update(stamp=_stamp(path), checkpoint=checkpoint)
     return checkpoint
 
 
@@ -280,15 +256,13 @@ def load_trained(
     net_target: str | None = None,
     classes: tuple[type, type] = (TrainedNetwork, InferenceData),
 ) -> Trained:
-    """A `.ckpt` file or run folder's model, read once, checked, and built as `classes[0]`: the
-    network alone by default (its `net.` weights; the training metrics' sums beside them are
-    not read), or the command's LightningModule."""
+    """A `.ckpt` file or run folder's model, read once, checked, and built as `classes[0]` (the
+    network alone by default, or the command's LightningModule) with its `net.` weights."""
     path = resolve_checkpoint(ckpt_path)
     checkpoint = read_checkpoint(path)
     model_settings, data = checkpoint_settings(checkpoint, path, net_target, classes)
-    weights = checkpoint["state_dict"]
-    if classes[0] is TrainedNetwork:
-        weights = {name: w for name, w in weights.items() if name.startswith("net.")}
+    # The network's weights: the training metrics' sums beside them are not read.
+    weights = {name: w for name, w in checkpoint["state_dict"].items() if name.startswith("net.")}
     fits = fits_before_building(lambda: classes[0](**model_settings), path, weights)
     try:
         model = classes[0](**model_settings)

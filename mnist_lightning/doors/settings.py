@@ -1,11 +1,10 @@
 """The command-line door: every setting, typed once, in pydantic (strict).
 
-- A class's settings are its constructor's parameters, typed by their annotations, with their
-  ranges beside them as pydantic constraints (`Annotated[int, Field(ge=1)]`). The project's own
-  classes check them where they are built (`@validate_call(config=STRICT)`), so the same ranges
-  hold from Python, from Hydra and from a checkpoint. `class_settings(cls)` is the same
-  signature as a model, to check a whole config before anything is built; Lightning's classes
-  and torch's get the ranges they leave to the fit (`library_ranges`) there.
+- A class's settings are its constructor's parameters, as a pydantic model
+  (`class_settings(cls)`), to check a whole config, or a checkpoint's settings, before anything
+  is built. Their types and ranges are the constructor's annotations, or, where this module
+  says more, its own: the project's classes take plain values (OWN_RANGES, at the end), and
+  Lightning's and torch's get the ranges they leave to the fit (`library_ranges`).
 - Networks, optimizers and schedulers are unions chosen by `name` (`NamedSettings`).
 
 The door's other two modules: doors/problems.py turns pydantic's errors into one line per
@@ -36,7 +35,10 @@ from pydantic import (
     create_model,
 )
 
+from mnist_lightning.data.augment import BatchAugment
 from mnist_lightning.models.metrics import LOGGED_METRICS
+from mnist_lightning.models.networks import ACTIVATIONS, NETWORKS
+from mnist_lightning.models.optim import ONECYCLE_FROM_THE_RUN, OPTIMIZERS, SCHEDULERS
 
 STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
 # Whole numbers a setting may hold: never more than a 64-bit integer (a 5,000-digit number is
@@ -319,10 +321,97 @@ def _lightning_ranges() -> dict[type, dict[str, Any]]:
 
 
 def library_ranges(cls: type) -> dict[str, Any]:
-    """The ranges of torch's and Lightning's classes that their constructors leave to later (the
-    fit fails after the run's files are written, or a value is taken that means nothing)."""
+    """The types and ranges of the project's own classes (OWN_RANGES), and those of torch's and
+    Lightning's classes that their constructors leave to later (the fit fails after the run's
+    files are written, or a value is taken that means nothing)."""
+    if cls.__module__.startswith("mnist_lightning."):
+        return OWN_RANGES.get(f"{cls.__module__}.{cls.__qualname__}", {})
     if cls.__module__.startswith("torch."):
         return _torch_ranges().get(cls, {})
     if cls.__module__.startswith("lightning."):
         return _lightning_ranges().get(cls, {})
     return {}
+
+
+# --- the project's own classes: their types and ranges --------------------------------------
+# The learner's files (the LightningModule, the DataModule, the networks, the augmentation)
+# take plain values, as Lightning's examples do; what each setting may be is said here once,
+# beside torch's and Lightning's, and checked before anything is built (check.py, the
+# checkpoint door).
+
+
+def _zoom(scale: Sequence[float]) -> Sequence[float]:
+    if not 0 < scale[0] <= scale[1]:
+        raise ValueError("must be [low, high] with 0 < low <= high")
+    return scale
+
+
+ACTIVATION = Literal[tuple(ACTIVATIONS)]
+MAXOUT_PIECES = Annotated[int, Field(ge=2, le=16)]
+BATCH_SIZE = Annotated[int, Field(ge=1, le=1_000_000)]
+ZOOM = Annotated[  # [low, high] zoom factors
+    Sequence[Annotated[float, Field(gt=0, le=10)]],
+    Field(min_length=2, max_length=2),
+    AfterValidator(_zoom),
+]
+CHANNELS = Annotated[
+    Sequence[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=3, max_length=3)
+]
+
+OWN_RANGES: dict[str, dict[str, Any]] = {
+    "mnist_lightning.models.networks.MLP": {"activation": str},
+    "mnist_lightning.models.networks.CNN": {"activation": str, "channels": CHANNELS},
+    "mnist_lightning.data.augment.BatchAugment": {
+        "degrees": Annotated[float, Field(ge=0, le=180)],
+        "translate": Annotated[float, Field(ge=0, le=1)],
+        "scale": ZOOM,
+        "shear": Annotated[float, Field(ge=0, le=89)],
+        "elastic_alpha": Annotated[float, Field(ge=0, le=1_000)],
+        "elastic_sigma": Annotated[float, Field(gt=0, le=100)],
+        "elastic_bank": Annotated[int, Field(ge=1, le=16_384)],
+    },
+}
+
+# Optimizers, schedulers and networks are chosen by name, with their own settings.
+OPTIMIZER_SETTINGS = NamedSettings("optimizer", OPTIMIZERS, skip=("params",))
+SCHEDULER_SETTINGS = NamedSettings(
+    "scheduler",
+    SCHEDULERS,
+    skip=("optimizer", "last_epoch", *ONECYCLE_FROM_THE_RUN),
+    extra=(  # Lightning's keys (its lr_scheduler dict)
+        ("interval", Literal["epoch", "step"], "epoch"),
+        ("frequency", Annotated[int, Field(ge=1, le=MAX_WHOLE)], 1),
+        ("monitor", Optional[METRIC], None),  # noqa: UP045
+    ),
+)
+# A model's `net`: one of NETWORKS by name (activation and maxout_pieces are the model's), or a
+# class of the user's own (`_target_`, model/net=custom).
+NETWORK_SETTINGS = NamedSettings(
+    "network", NETWORKS, skip=("activation", "maxout_pieces"), custom=True
+)
+NETWORK = Optional[NETWORK_SETTINGS.annotation()]  # noqa: UP045
+
+OWN_RANGES.update(
+    {
+        "mnist_lightning.models.classifier.MNISTClassifier": {
+            "activation": ACTIVATION,
+            "net": NETWORK,
+            "optimizer": Optional[OPTIMIZER_SETTINGS.annotation()],  # noqa: UP045
+            "scheduler": Optional[SCHEDULER_SETTINGS.annotation()],  # noqa: UP045
+            "maxout_pieces": MAXOUT_PIECES,
+            "label_smoothing": Annotated[float, Field(ge=0, lt=1)],
+        },
+        "mnist_lightning.models.networks.TrainedNetwork": {
+            "activation": ACTIVATION,
+            "net": NETWORK,
+            "maxout_pieces": MAXOUT_PIECES,
+        },
+        "mnist_lightning.data.datamodule.MNISTDataModule": {
+            "val_size": Annotated[int, Field(ge=1, le=59_999)],  # of the 60,000 training images
+            "batch_size": BATCH_SIZE,
+            "eval_batch_size": BATCH_SIZE,
+            "split_seed": Annotated[int, Field(ge=0, le=MAX_WHOLE)],
+            "augment": Optional[plain_settings(BatchAugment)],  # noqa: UP045
+        },
+    }
+)

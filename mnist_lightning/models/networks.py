@@ -2,24 +2,20 @@
 
 Plain torch (no Lightning). Both take the activation by name, so `model.activation` works with
 either, Maxout included; a model's `net` settings name one of NETWORKS (`{"name": "cnn",
-"channels": [...]}`).
+"channels": [...]}`; their types: doors/settings.py).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
-from hydra.utils import get_class, instantiate
-from pydantic import Field, validate_call
+from hydra.utils import instantiate
 from torch import nn
 
-from mnist_lightning.config import conf_option
 from mnist_lightning.data import IMAGE_SIZE, NUM_CLASSES
-from mnist_lightning.doors.problems import class_problems, import_problem
-from mnist_lightning.doors.settings import STRICT, NamedSettings, plain_container
 
 
 class Maxout(nn.Module):
@@ -69,7 +65,6 @@ class MLP(nn.Sequential):
     parameters, the lesson's network (269,578 with Maxout of 2 pieces: its hidden layers are
     twice as wide before the maximum brings them back to 128 and 256 units)."""
 
-    @validate_call(config=STRICT)
     def __init__(self, activation: str = "sigmoid", maxout_pieces: int = 2) -> None:
         k, act = activation_layer(activation, maxout_pieces)
         # The lesson's layer names, so logs read `hidden1.weight`, not `1.weight`.
@@ -106,13 +101,10 @@ class CNN(nn.Sequential):
     convolutions and pooling (-> 7 px), a third, global average pooling, a linear layer.
     Batch norm after each convolution. 74,578 parameters with the default widths."""
 
-    @validate_call(config=STRICT)
     def __init__(
         self,
         activation: str = "relu",
-        channels: Annotated[
-            Sequence[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=3, max_length=3)
-        ] = (24, 48, 96),
+        channels: Sequence[int] = (24, 48, 96),
         maxout_pieces: int = 2,
     ) -> None:
         act = activation_layer(activation, maxout_pieces)
@@ -135,11 +127,7 @@ class CNN(nn.Sequential):
 
 # model/net=<name> -> the network class (conf/model/net/<name>.yaml holds its settings).
 NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN}
-# A model's `net` settings: one of NETWORKS by name (activation and maxout_pieces are the
-# model's), or a class of the user's own (`_target_`, model/net=custom).
-NETWORK_SETTINGS = NamedSettings(
-    "network", NETWORKS, skip=("activation", "maxout_pieces"), custom=True
-)
+LESSON_NETWORK = {"name": "mlp"}  # a model's default (conf/model/net/mlp.yaml)
 
 
 def build_network(
@@ -155,49 +143,21 @@ def build_network(
     return NETWORKS[name](activation=activation, maxout_pieces=maxout_pieces, **options)
 
 
-def custom_network_problems(
-    where: str, settings: Any, named_target: str | None, objects: bool = True
-) -> list[str]:
-    """The problems of a network of the user's own (`_target_`): it is accepted only when it is
-    `named_target`, the class the command itself names; its settings are its constructor's
-    (`objects=False` for a file read back: doors/settings.class_problems)."""
-    settings = plain_container(settings)
-    target = settings.get("_target_")
-    if not isinstance(target, str):
-        return [f"{where}._target_={target}: must be the name of a class (package.module.Class)"]
-    if target != named_target:
-        return [
-            f"{where} is your own network class {target}; it is loaded only when the command "
-            f"names it too: net_target={target}"
-        ]
-    try:
-        cls = get_class(target)
-    except (ImportError, ValueError) as error:
-        return [import_problem(where, target, error)]
-    options = {k: v for k, v in settings.items() if k != "_target_"}
-    return class_problems(where, cls, options, objects=objects)
-
-
-Activation = Literal[tuple(ACTIVATIONS)]
-MaxoutPieces = Annotated[int, Field(ge=2, le=16)]
-
-
 class TrainedNetwork(nn.Module):
     """The network of a trained MNISTClassifier, as its checkpoint holds it (`net.` weights),
     for the commands that only run it (predict, export, serve): they need neither Lightning nor
     the training metrics. It takes the classifier's settings, with the classifier's types; those
     that only training uses (optimizer, schedule, ...) are not read."""
 
-    @validate_call(config=STRICT)
     def __init__(
         self,
-        activation: Activation = "sigmoid",
-        net: NETWORK_SETTINGS.annotation() | None = None,
-        maxout_pieces: MaxoutPieces = 2,
+        activation: str = "sigmoid",
+        net: Mapping[str, Any] | None = None,
+        maxout_pieces: int = 2,
         **training_only: Any,
     ) -> None:
         super().__init__()
-        self.net = build_network(net or conf_option("model/net", "mlp"), activation, maxout_pieces)
+        self.net = build_network(net or LESSON_NETWORK, activation, maxout_pieces)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

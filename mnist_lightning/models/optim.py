@@ -1,18 +1,16 @@
 """Optimizers and learning-rate schedules by name (conf/optimizer/, conf/scheduler/).
 
 A model's optimizer and scheduler settings are names and numbers (`{"name": "adam", "lr":
-0.001}`), so that a checkpoint holds data and never code; the names are looked up here.
+0.001}`), so that a checkpoint holds data and never code; the names are looked up here (their
+settings' types: doors/settings.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Literal, Optional
+from typing import Any
 
 import torch
-from pydantic import Field
-
-from mnist_lightning.doors.settings import MAX_WHOLE, METRIC, NamedSettings
 
 # conf/optimizer/<name>.yaml -> the torch class it configures.
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -37,19 +35,8 @@ LIGHTNING_SCHEDULER_KEYS = ("interval", "frequency", "monitor")
 ONECYCLE_FROM_THE_RUN = ("max_lr", "total_steps", "epochs", "steps_per_epoch")
 
 
-# A model's optimizer and scheduler settings: one of the tables' classes by name, with the
-# class's own arguments (OPTIMIZER_SETTINGS, SCHEDULER_SETTINGS; doors/settings.py).
-OPTIMIZER_SETTINGS = NamedSettings("optimizer", OPTIMIZERS, skip=("params",))
-SCHEDULER_SETTINGS = NamedSettings(
-    "scheduler",
-    SCHEDULERS,
-    skip=("optimizer", "last_epoch", *ONECYCLE_FROM_THE_RUN),
-    extra=(  # Lightning's keys (its lr_scheduler dict)
-        ("interval", Literal["epoch", "step"], "epoch"),
-        ("frequency", Annotated[int, Field(ge=1, le=MAX_WHOLE)], 1),
-        ("monitor", Optional[METRIC], None),  # noqa: UP045
-    ),
-)
+# MNISTClassifier's default: the lesson's plain SGD (conf/optimizer/sgd.yaml).
+LESSON_OPTIMIZER = {"name": "sgd", "lr": 0.2, "momentum": 0.0, "weight_decay": 0.0, "fused": True}
 
 
 def build_optimizer(

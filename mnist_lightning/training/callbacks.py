@@ -9,7 +9,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import grad_norm
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -19,7 +18,6 @@ from torchmetrics.classification import (
 )
 
 from mnist_lightning.data import NUM_CLASSES, to_model_input
-from mnist_lightning.models.classifier import loggers_write_this_step
 from mnist_lightning.models.metrics import EPOCH_METRICS
 from mnist_lightning.training import figures
 
@@ -32,31 +30,6 @@ def tensorboard_writer(trainer: pl.Trainer):
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
-
-
-class RestoreWatch(pl.Callback):
-    """Whether a fit got past restoring its checkpoint: a failure before that is the
-    checkpoint's (run.fit says so in one line). The train command adds it to every Trainer."""
-
-    def __init__(self) -> None:
-        self.restored = False
-
-    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.restored = True
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.restored = True
-
-
-class LogsWithCheckpoints(pl.Callback):
-    """The loggers write out what they hold before each checkpoint is saved: a run killed after
-    the checkpoint resumes from it, and the logs must already hold every row up to it (the CSV
-    logger buffers rows, TensorBoard flushes every two minutes). The train command adds it to
-    every Trainer."""
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
-        for logger in trainer.loggers:
-            logger.save()
 
 
 class DataPreview(pl.Callback):
@@ -176,71 +149,6 @@ class EpochReport(pl.Callback):
         self.elapsed_in_epoch = state_dict.get("elapsed_in_epoch", 0.0)
         self.elapsed_in_fit = state_dict.get("elapsed_in_fit", 0.0)
         self.images = state_dict.get("images", 0)
-
-
-KEPT_POINTS = 50  # of each layer's gradient norm over the first epoch (gradient_flow.png)
-
-
-class GradientMonitor(pl.Callback):
-    """Per-layer gradient norms at the steps the loggers write (`log_every_n_steps`) and weight
-    histograms every epoch, so that the lesson's vanishing gradients (sigmoid against ReLU)
-    can be seen as curves; the norms of each layer's weights at about 50 steps of the first
-    epoch are also kept (`first_epoch`: metrics.json's `gradient_norms`, gradient_flow.png).
-
-    The norms go straight to the loggers, as Lightning's own monitors (LearningRateMonitor,
-    DeviceStatsMonitor) write theirs: values passed to `self.log` stay in Lightning's result
-    collection for the rest of the epoch and are walked again after every step.
-    """
-
-    def __init__(self, histograms: bool = True) -> None:
-        self.histograms = histograms
-        self.first_epoch: dict[str, list[float]] = {}  # "step" and one list per layer's weight
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        # At the steps, and with the x-axis step, of Lightning's own step logging.
-        if not trainer.is_global_zero:
-            return
-        write = loggers_write_this_step(trainer) and bool(trainer.loggers)
-        keep = trainer.current_epoch == 0 and trainer.global_step % self._keep_every(trainer) == 0
-        if not (write or keep):
-            return
-        norms = grad_norm(getattr(pl_module, "net", pl_module), norm_type=2)
-        scalars = {name: float(value) for name, value in norms.items()}
-        if write:
-            for logger in trainer.loggers:
-                logger.log_metrics(scalars, step=trainer.global_step)
-        if keep:  # the weights of the layers (Linear, Conv): not PReLU's slopes, not batch norm's
-            net = getattr(pl_module, "net", pl_module)
-            layers = {name for name, p in net.named_parameters() if p.dim() >= 2}
-            self.first_epoch.setdefault("step", []).append(trainer.global_step)
-            for name, value in scalars.items():
-                layer = name.removeprefix("grad_2.0_norm/")
-                if layer in layers:
-                    self.first_epoch.setdefault(layer, []).append(round(value, 6))
-
-    @staticmethod
-    def _keep_every(trainer: pl.Trainer) -> int:
-        """About 50 points over the first epoch, however long it is."""
-        batches = trainer.num_training_batches
-        if batches == float("inf"):  # an iterable of unknown length
-            return 1
-        return max(1, int(batches) // trainer.accumulate_grad_batches // KEPT_POINTS)
-
-    def state_dict(self) -> dict:
-        return {"first_epoch": self.first_epoch}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.first_epoch = state_dict.get("first_epoch", {})
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        writer = tensorboard_writer(trainer)
-        if self.histograms and writer is not None and trainer.is_global_zero:
-            net = getattr(pl_module, "net", pl_module)
-            for name, parameter in net.named_parameters():
-                values = parameter.detach().cpu()
-                values = values[values.isfinite()]  # a diverged run's NaNs have no histogram
-                if values.numel():
-                    writer.add_histogram(f"weights/{name}", values, trainer.current_epoch)
 
 
 class TestSetReport(pl.Callback):

@@ -20,7 +20,13 @@ from mnist_lightning.config import group_configs
 from mnist_lightning.data.augment import BatchAugment
 from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.doors.options import TrainOptions, TrainShape, accelerator_problem
-from mnist_lightning.doors.problems import class_problems, import_problem, problems, settings_values
+from mnist_lightning.doors.problems import (
+    class_problems,
+    custom_network_problems,
+    import_problem,
+    problems,
+    settings_values,
+)
 from mnist_lightning.doors.settings import class_settings, plain_container
 from mnist_lightning.errors import (
     ConfigError,
@@ -29,7 +35,6 @@ from mnist_lightning.errors import (
     one_line,
 )
 from mnist_lightning.models.classifier import MNISTClassifier
-from mnist_lightning.models.networks import custom_network_problems
 from mnist_lightning.models.optim import build_optimizer, build_scheduler
 
 # The config's parts beside the train command's own options (TrainOptions).

@@ -21,15 +21,16 @@ def find_learning_rate(
     datamodule: pl.LightningDataModule,
     run_dir: Path,
 ) -> float:
-    """Run Lightning's range test (`Tuner.lr_find`), set the model's `lr` to its suggestion,
+    """Run Lightning's range test (`Tuner.lr_find`), give the model's optimizer its suggestion,
     save the loss-against-rate plot as `lr_find.png` and to TensorBoard; return the rate."""
-    finder = Tuner(trainer).lr_find(model, datamodule=datamodule, update_attr=True)
+    finder = Tuner(trainer).lr_find(model, datamodule=datamodule, update_attr=False)
     suggestion = finder.suggestion() if finder is not None else None
     if suggestion is None:
         raise UserError(
             "the learning-rate finder found no rate to suggest (the loss never fell); set "
             "optimizer.lr yourself, or try another optimizer"
         )
+    model.hparams.optimizer["lr"] = suggestion  # what configure_optimizers builds the fit with
     figure = finder.plot(suggest=True)
     figure.axes[0].set_title(f"learning-rate finder: suggested lr {suggestion:.3g}")
     figures.publish(figure, run_dir / "lr_find.png", tensorboard_writer(trainer), "lr_find/plot")

@@ -15,7 +15,8 @@ from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.folders import CHECKPOINTS
 from mnist_lightning.models.metrics import STAGES
 from mnist_lightning.training import figures
-from mnist_lightning.training.callbacks import EpochReport, GradientMonitor, tensorboard_writer
+from mnist_lightning.training.callbacks import EpochReport, tensorboard_writer
+from mnist_lightning.training.monitors import GradientMonitor
 from mnist_lightning.training.run import headline
 from mnist_lightning.training.run_folder import RunFolder
 from mnist_lightning.training.tracking import finish_runs, log_run_files

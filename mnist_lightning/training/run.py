@@ -22,13 +22,23 @@ from mnist_lightning.errors import (
     CheckpointError,
     TrainingDiverged,
     UserError,
-    first_line,
 )
 from mnist_lightning.folders import CHECKPOINTS
-from mnist_lightning.training.callbacks import LogsWithCheckpoints, RestoreWatch
 from mnist_lightning.training.check import building
-from mnist_lightning.training.checkpoint_io import RunCheckpointIO
-from mnist_lightning.training.tracking import keep_offline_runs_offline
+from mnist_lightning.training.monitors import StepLossLogger
+from mnist_lightning.training.resume import (
+    ExactResumeMetrics,
+    LogsWithCheckpoints,
+    OneCycleFits,
+    RestoreWatch,
+    Resume,
+    RunCheckpointIO,
+)
+from mnist_lightning.training.tracking import (
+    end_killed_attempts,
+    keep_offline_runs_offline,
+    log_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +90,25 @@ def build(cfg: DictConfig, overrides: list[str] = ()):
         trainer = instantiate(
             cfg.trainer,
             logger=loggers or False,
-            callbacks=[*callbacks, RestoreWatch(), LogsWithCheckpoints()],
+            callbacks=[*callbacks, *run_callbacks()],
             plugins=[*instantiate(cfg.trainer.get("plugins") or []), run_checkpoint_io(cfg)],
             _convert_="all",
         )
+    datamodule.prepare_data()  # missing or damaged data: one line before anything is written
     return datamodule, model, trainer
+
+
+def run_callbacks() -> list[pl.Callback]:
+    """What the train command adds to every Trainer, whatever the config says: exact resume's
+    pieces (training/resume.py) and the step loss."""
+    resume = [ExactResumeMetrics(), OneCycleFits(), LogsWithCheckpoints(), RestoreWatch()]
+    return [*resume, StepLossLogger()]
 
 
 def run_checkpoint_io(cfg: DictConfig) -> RunCheckpointIO:
     """The plugin through which Lightning writes, reads and removes the run's checkpoints: always
     there, whatever the config says, so that no checkpoint read back can make it write or delete
-    outside the run (training/checkpoint_io.py)."""
+    outside the run (training/resume.py)."""
     return RunCheckpointIO(Path(cfg.paths.output_dir) / CHECKPOINTS)
 
 
@@ -98,10 +116,22 @@ def run_checkpoint_io(cfg: DictConfig) -> RunCheckpointIO:
 
 
 def fit(
-    trainer: pl.Trainer, model: pl.LightningModule, datamodule, checkpoint: Path | None
+    trainer: pl.Trainer,
+    model: pl.LightningModule,
+    datamodule,
+    cfg: DictConfig,
+    resume: Resume | None,
 ) -> float:
-    """trainer.fit, from `checkpoint` when resuming; the seconds it took. A diverged loss (the
-    divergence stop, conf/callbacks/) ends in TrainingDiverged."""
+    """trainer.fit, from the checkpoint it resumes from; the seconds it took. Each attempt is a
+    tracker run of its own (MLflow, W&B), with the config; a resumed run writes its earlier CSV
+    rows again and ends its killed attempts' tracker runs first. A diverged loss (the divergence
+    stop, conf/callbacks/) ends in TrainingDiverged."""
+    checkpoint = resume.checkpoint if resume is not None else None
+    if resume is not None:
+        resume.log_again(trainer)
+    log_config(trainer, cfg)
+    if resume is not None:
+        end_killed_attempts(trainer, resume.folder)
     started = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
@@ -111,9 +141,10 @@ def fit(
         watch = next(c for c in trainer.callbacks if isinstance(c, RestoreWatch))
         if checkpoint is None or watch.restored:
             raise
+        reason = " ".join(str(error).split())[:300]  # (torch's load_state_dict: many lines)
         raise CheckpointError(
-            f"{checkpoint} cannot be restored ({type(error).__name__}: {first_line(error)[:200]});"
-            " resume from another checkpoint of the run, or start a new run."
+            f"{checkpoint} cannot be restored ({type(error).__name__}: {reason}); resume from "
+            "another checkpoint of the run, or start a new run."
         ) from None
     seconds = time.perf_counter() - started
     diverged = divergence(trainer)

@@ -9,10 +9,7 @@ as it is now and from the command.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,12 +21,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from mnist_lightning.atomic import write_text_atomically
-from mnist_lightning.config import CONFIG_DIR, RUN_CONFIG, group_configs, hydra_quoted, run_dir
+from mnist_lightning.config import CONFIG_DIR, RUN_CONFIG, hydra_quoted, run_dir
 from mnist_lightning.data.augment import BatchAugment
 from mnist_lightning.doors.record import (
     NOT_SETTINGS,
@@ -54,12 +50,12 @@ from mnist_lightning.folders import (
     DamagedFile,
     FolderLock,
     already_holds_a_run,
-    read_own,
     read_results,
     run_folder_of,
 )
 from mnist_lightning.models.networks import NETWORKS
 from mnist_lightning.models.optim import OPTIMIZERS, SCHEDULERS
+from mnist_lightning.training.resume import Resume
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +150,8 @@ class RunFolder:
 
     # --- starting or continuing ---------------------------------------------------------------
 
-    def start_or_continue(self, cfg: DictConfig) -> tuple[DictConfig, Path | None]:
-        """The config to train with, and the checkpoint to continue from (None: a new run).
+    def start_or_continue(self, cfg: DictConfig) -> tuple[DictConfig, Resume | None]:
+        """The config to train with, and where it continues from (None: a new run).
 
         `resume=`/`ckpt_path=` continue the run with its recorded settings; a sweep run again in
         the same folder continues its killed jobs. A new run refuses a folder that holds a run,
@@ -170,7 +166,8 @@ class RunFolder:
             else:
                 record = self.read_record()
             checkpoint = self._resume_point(cfg)
-            return self._recomposed(record, overrides), checkpoint
+            cfg = self._recomposed(record, overrides)
+            return cfg, Resume.of(self.path, checkpoint, cfg)
         enclosing = run_folder_of(self.path.parent)
         if enclosing is not None:
             raise OutputError(
@@ -188,7 +185,7 @@ class RunFolder:
                 "sweep in a new folder (hydra.sweep.dir=<folder>)."
             )
         last = self.checkpoints / LAST
-        return cfg, (last if last.is_file() else None)
+        return cfg, (Resume.of(self.path, last, cfg) if last.is_file() else None)
 
     def _resume_point(self, cfg: DictConfig) -> Path:
         if cfg.get("ckpt_path"):
@@ -268,59 +265,6 @@ class RunFolder:
         """The results of a run that already finished in this folder, or None (also when they
         are not whole: the run goes on from its last checkpoint and writes them again)."""
         return read_results(self.path)
-
-    # --- logs of a resumed run -----------------------------------------------------------------
-
-    def forget_logged_after(self, cfg: DictConfig, step: int) -> list[dict[str, Any]]:
-        """Before a run continues from `step`: TensorBoard hides what the killed attempt wrote
-        after it (`purge_step`); the CSV log's earlier rows are returned, for `log_again`."""
-        for node in group_configs(cfg, "logger", TensorBoardLogger):
-            node.purge_step = step
-        csv_log = self.path / "metrics.csv"
-        if not csv_log.is_file():
-            return []
-        try:
-            logged = read_own(csv_log, whole_rows)
-        except DamagedFile as error:
-            raise DamagedFile(f"{error}; move it away to resume without its earlier rows") from None
-        rows = []
-        for row in logged:
-            if not (row.get("step", "").isdigit() and int(row["step"]) < step):
-                continue
-            values = {k: _number(v) for k, v in row.items() if v}
-            rows.append({k: v for k, v in values.items() if v is not None})
-        return rows
-
-    def log_again(self, loggers: list, rows: list[dict[str, Any]]) -> None:
-        """The CSV rows before the resume point, written again through the CSV logger."""
-        for logger in loggers:
-            if not isinstance(logger, CSVLogger):
-                continue
-            with warnings.catch_warnings():  # "Previous log files ... will be deleted": kept here
-                warnings.simplefilter("ignore")
-                logger.experiment  # noqa: B018 - starts the new file, as Lightning would
-            for row in rows:
-                values = {k: v for k, v in row.items() if k not in ("step",)}
-                logger.log_metrics(values, step=row["step"])
-            logger.save()
-
-
-def whole_rows(text: str) -> list[dict[str, str]]:
-    """A CSV log's whole rows: a last row cut short by a kill (no line end), or any row of the
-    wrong length, is left out."""
-    if not text.endswith("\n"):
-        text = text.rpartition("\n")[0]
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, [])
-    return [dict(zip(header, row, strict=True)) for row in reader if len(row) == len(header)]
-
-
-def _number(text: str) -> int | float | None:
-    """A CSV cell as the number it was logged as; None for one that is not a number."""
-    try:
-        return int(text) if text.lstrip("-").isdigit() else float(text)
-    except ValueError:
-        return None
 
 
 def _leaves(node: dict[str, Any], path: tuple[str, ...] = ()):

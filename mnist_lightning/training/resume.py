@@ -1,28 +1,107 @@
-"""RunCheckpointIO: how Lightning writes, reads and removes a run's checkpoints; LastCheckpoint
-and GracefulInterrupt: the checkpoints a run resumes from, taken where the resume is exact.
+"""Exact resume: what a run killed and resumed needs to end with the figures of the run never
+stopped, to the last digit (README, "Survive faults"). The train command adds these to every
+Trainer (training/run.py), whatever the config says:
 
-The train command always adds RunCheckpointIO to the Trainer (training/run.py), whatever the
-config says.
+- RunCheckpointIO: how Lightning writes, reads and removes a run's checkpoints;
+- LastCheckpoint and GracefulInterrupt: the checkpoints a run resumes from, taken where the
+  resume is exact (`resumes_exactly_after`);
+- ExactResumeMetrics, OneCycleFits, LogsWithCheckpoints, RestoreWatch: the training metrics'
+  sums, the schedule's length, the loggers' rows and a failed restore, around a checkpoint.
+
+The run's training order and random draws are the DataModule's (data/order.py); the logs a
+resumed run writes again, training/run_folder.py.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import logging
 import signal
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig
 
 from mnist_lightning.atomic import write_atomically
-from mnist_lightning.doors.checkpoints import REMEMBERED_PATHS, handed_over, read_checkpoint
-from mnist_lightning.folders import CHECKPOINTS
+from mnist_lightning.config import group_configs
+from mnist_lightning.doors.checkpoints import REMEMBERED_PATHS, read_checkpoint
+from mnist_lightning.errors import ConfigError
+from mnist_lightning.folders import CHECKPOINTS, DamagedFile, read_own
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resume:
+    """A run continued from `checkpoint` (its last.ckpt, or ckpt_path=) in its `folder`: the
+    global step it continues from, and the CSV log's rows before it, which the loggers write
+    again (TensorBoard hides what the killed attempt wrote after it: `purge_step`)."""
+
+    folder: Path
+    checkpoint: Path
+    step: int = 0
+    earlier_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, folder: Path, checkpoint: Path, cfg: DictConfig) -> Resume:
+        """The resume of `checkpoint`, with the config's TensorBoard loggers set to purge what
+        was written after its step."""
+        step = read_checkpoint(checkpoint).get("global_step", 0)
+        for node in group_configs(cfg, "logger", TensorBoardLogger):
+            node.purge_step = step
+        csv_log = folder / "metrics.csv"
+        if not csv_log.is_file():
+            return cls(folder, checkpoint, step)
+        try:
+            logged = read_own(csv_log, whole_rows)
+        except DamagedFile as error:
+            raise DamagedFile(f"{error}; move it away to resume without its earlier rows") from None
+        rows = []
+        for row in logged:
+            if row.get("step", "").isdigit() and int(row["step"]) < step:
+                values = {k: _number(v) for k, v in row.items() if v}
+                rows.append({k: v for k, v in values.items() if v is not None})
+        return cls(folder, checkpoint, step, rows)
+
+    def log_again(self, trainer: pl.Trainer) -> None:
+        """Before the fit: the CSV rows before the resume point, written again through the CSV
+        logger."""
+        for logger in trainer.loggers:
+            if not isinstance(logger, CSVLogger):
+                continue
+            with warnings.catch_warnings():  # "Previous log files ... will be deleted": kept here
+                warnings.simplefilter("ignore")
+                logger.experiment  # noqa: B018 - starts the new file, as Lightning would
+            for row in self.earlier_rows:
+                values = {k: v for k, v in row.items() if k not in ("step",)}
+                logger.log_metrics(values, step=row["step"])
+            logger.save()
+
+
+def whole_rows(text: str) -> list[dict[str, str]]:
+    """A CSV log's whole rows: a last row cut short by a kill (no line end), or any row of the
+    wrong length, is left out."""
+    if not text.endswith("\n"):
+        text = text.rpartition("\n")[0]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, [])
+    return [dict(zip(header, row, strict=True)) for row in reader if len(row) == len(header)]
+
+
+def _number(text: str) -> int | float | None:
+    """A CSV cell as the number it was logged as; None for one that is not a number."""
+    try:
+        return int(text) if text.lstrip("-").isdigit() else float(text)
+    except ValueError:
+        return None
 
 
 class RunCheckpointIO(TorchCheckpointIO):
@@ -50,7 +129,7 @@ class RunCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         path = Path(path)
-        checkpoint = handed_over(path) or read_checkpoint(path)
+        checkpoint = read_checkpoint(path)
         if self.checkpoints_dir is not None:
             self.keep_inside(checkpoint, path)
         return checkpoint
@@ -190,3 +269,61 @@ class GracefulInterrupt(Checkpoint):
         if self.previous_handler is not None:
             signal.signal(signal.SIGINT, self.previous_handler)
             self.previous_handler = None
+
+
+class ExactResumeMetrics(pl.Callback):
+    """The model's training metrics (their sums so far) and its best validation accuracy go into
+    every checkpoint, so that a run resumed, even mid-epoch, reports what an uninterrupted one
+    would. Set in `setup`, before Lightning restores a checkpoint."""
+
+    METRICS = ("train_loss", "train_acc", "val_acc_best")
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for name in self.METRICS:
+            getattr(pl_module, name).persistent(True)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning resets them at each epoch's end too; this also drops what a checkpoint saved
+        # at an epoch's end carried over (a mid-epoch resume skips this hook and keeps its sums).
+        pl_module.train_loss.reset()
+        pl_module.train_acc.reset()
+
+
+class OneCycleFits(pl.Callback):
+    """A one-cycle schedule resumed keeps the length it was built for (its state holds it): a run
+    resumed with more steps would step past its end, so it is refused in one line."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for config in trainer.lr_scheduler_configs:
+            total = getattr(config.scheduler, "total_steps", None)
+            steps = trainer.estimated_stepping_batches
+            if total is not None and total < steps:
+                raise ConfigError(
+                    f"scheduler=onecycle was built for {total:,} steps and this run now has "
+                    f"{steps:,}: a cycle begun cannot be stretched. Finish the run with its own "
+                    "trainer.max_epochs, or start a new run with the epochs you want."
+                )
+
+
+class LogsWithCheckpoints(pl.Callback):
+    """The loggers write out what they hold before each checkpoint is saved: a run killed after
+    the checkpoint resumes from it, and the logs must already hold every row up to it (the CSV
+    logger buffers rows, TensorBoard flushes every two minutes)."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+
+
+class RestoreWatch(pl.Callback):
+    """Whether a fit got past restoring its checkpoint: a failure before that is the
+    checkpoint's (run.fit says so in one line)."""
+
+    def __init__(self) -> None:
+        self.restored = False
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.restored = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.restored = True
