@@ -16,11 +16,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mnist_lightning.config import group_targets, run_dir
-from mnist_lightning.doors.record import check_resume
 from mnist_lightning.errors import UserError
 from mnist_lightning.folders import (
     FolderLock,
     already_holds_a_run,
+    check_resume,
     refuse_inside_a_run,
     run_folder_of,
     writable,

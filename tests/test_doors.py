@@ -17,10 +17,17 @@ import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 
-from mnist_lightning.doors.record import check_resume
 from mnist_lightning.errors import UserError
-from mnist_lightning.folders import DamagedFile, FolderLock, read_json, read_own, read_yaml
+from mnist_lightning.folders import (
+    DamagedFile,
+    FolderLock,
+    check_resume,
+    read_json,
+    read_own,
+    read_yaml,
+)
 from mnist_lightning.training.resume import whole_rows
 from mnist_lightning.training.run_folder import RunFolder
 from tests.conftest import ROOT, compose
@@ -120,19 +127,19 @@ def refused_command(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
 
 
 def test_a_resume_refused_after_hydra_started_keeps_hydras_record(run_folder, fixture_data_dir):
-    """A record refused inside the train command, after Hydra set up the run: Hydra's own record
-    of the command (.hydra/) is not rewritten (`report` credits a job with its overrides), and
-    every file of the run but its log is as it was."""
+    """A hand-edited record refused inside the train command, after Hydra set up the run: Hydra's
+    own record of the command (.hydra/) is not rewritten (`report` credits a job with its
+    overrides), and every file of the run but its log is as it was."""
     (run_folder / ".hydra").mkdir(exist_ok=True)
     (run_folder / ".hydra" / "overrides.yaml").write_text("- optimizer=adam\n")
     record = yaml.safe_load((run_folder / "run_config.yaml").read_text())
-    record["settings"]["trainer"]["plugins"] = []
+    record["config"]["data"]["batch_size"] = 0  # a hand edit
     (run_folder / "run_config.yaml").write_text(yaml.safe_dump(record))
     files = {p: p.read_bytes() for p in run_folder.rglob("*") if p.is_file()}
     result = refused_command(f"resume={run_folder}", data_dir=fixture_data_dir)
     assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
     last = result.stdout.strip().splitlines()[-1]
-    assert "settings.trainer.plugins: a part of the config, not a setting" in last
+    assert "data.batch_size=0: must be a whole number between 1 and 1,000,000" in last
     after = {p: p.read_bytes() for p in run_folder.rglob("*") if p.is_file()}
     assert {p: b for p, b in after.items() if p.name != "train.log"} == files
 
@@ -181,70 +188,39 @@ def test_a_resume_elsewhere_is_refused(run_folder, tmp_path):
 
 # --- the record of a run ---------------------------------------------------------------------
 
-SETTINGS_KEYS = st.sampled_from(
-    ["trainer", "callbacks", "model", "data", "optimizer", "logger", "plugins", "net", "x"]
-    + ["last_checkpoint", "model_checkpoint", "max_epochs", "dirpath", "_target_", "seed"]
+RECORD_EDITS = st.sampled_from(
+    ["format", "overrides", "choices", "config", "config.data", "config.trainer.max_epochs"]
+    + ["config.data.batch_size", "config.optimizer", "config.optimizer.name", "config.x"]
 )
-VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats()
-    | st.sampled_from(["relu", "/etc/passwd", "${oc.env:HOME}", "../x", "local:///tmp", ""])
-    | st.text(max_size=8),
-    lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.dictionaries(SETTINGS_KEYS, inner, max_size=3)
-        | st.just({"_target_": "os.makedirs", "name": "/tmp/evil"})
-    ),
-    max_leaves=6,
-)
-
-
-def parts_of(cfg, folder: Path) -> dict:
-    """What a record may never change: the config's parts and its places (the run folder's own
-    path written as <run>)."""
-    from omegaconf import OmegaConf
-
-    text = yaml.safe_dump(OmegaConf.to_container(cfg, resolve=True))
-    config = yaml.safe_load(text.replace(str(folder), "<run>"))
-    callbacks = config.get("callbacks") or {}
-    return {
-        "callbacks": {k: (v or {}).get("_target_") for k, v in callbacks.items()},
-        "callback places": {k: (v or {}).get("dirpath") for k, v in callbacks.items()},
-        "logger": config.get("logger"),
-        "plugins": config["trainer"].get("plugins"),
-        "paths": config["paths"],
-        "data places": [config["data"].get(k) for k in ("data_dir", "download", "mirrors")],
-        "net target": config["model"]["net"].get("_target_"),
-    }
-
-
-@pytest.fixture
-def recomposed_parts(run_folder) -> dict:
-    """The parts of the run's config, recomposed from its unchanged record."""
-    cfg, _ = RunFolder(run_folder).start_or_continue(compose([f"resume={run_folder}"], run_folder))
-    return parts_of(cfg, run_folder)
 
 
 @settings(FUZZ, max_examples=15)
-@given(path=st.lists(SETTINGS_KEYS, min_size=1, max_size=4), value=VALUES)
-def test_nothing_in_a_record_replaces_a_part_of_the_config(
-    run_folder, recomposed_parts, path, value
-):
+@given(where=RECORD_EDITS, value=st.none() | st.integers() | st.text(max_size=8) | st.just([]))
+def test_a_hand_edited_record_resumes_or_is_one_line(run_folder, where, value):
+    """run_config.yaml is yours to edit: any value anywhere is taken as the config it is, or
+    refused in one line before anything is written."""
     folder = fresh_copy(run_folder)
     record = yaml.safe_load((folder / "run_config.yaml").read_text())
-    node = record["settings"]
-    for key in path[:-1]:
-        node = node.setdefault(key, {}) if isinstance(node.get(key), dict | None) else {}
-    node[path[-1]] = value
+    *parents, key = where.split(".")
+    node = record
+    for part in parents:
+        node = node[part]
+    node[key] = value
     (folder / "run_config.yaml").write_text(yaml.safe_dump(record))
+    before = outside_state(folder)
     try:
         cfg, _ = RunFolder(folder).start_or_continue(compose([f"resume={folder}"], folder))
+        from mnist_lightning.training.check import check
+
+        check(cfg, [f"resume={folder}"])
     except UserError as error:
         assert one_line(error)
+        assert outside_state(folder) == before
         return
-    assert parts_of(cfg, folder) == recomposed_parts
+    assert OmegaConf.select(cfg, where.removeprefix("config.")) == value or where in (
+        "overrides",
+        "choices",
+    )
 
 
 # --- files read back --------------------------------------------------------------------------
@@ -295,6 +271,24 @@ TENSORS = st.builds(
     lambda shape, kind: torch.zeros(shape, dtype=kind),
     st.lists(st.integers(0, 4), max_size=3),
     st.sampled_from([torch.float32, torch.int64, torch.bool, torch.float16]),
+)
+SETTINGS_KEYS = st.sampled_from(
+    ["trainer", "callbacks", "model", "data", "optimizer", "logger", "plugins", "net", "x"]
+    + ["last_checkpoint", "model_checkpoint", "max_epochs", "dirpath", "_target_", "seed"]
+)
+VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.sampled_from(["relu", "/etc/passwd", "${oc.env:HOME}", "../x", "local:///tmp", ""])
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(SETTINGS_KEYS, inner, max_size=3)
+        | st.just({"_target_": "os.makedirs", "name": "/tmp/evil"})
+    ),
+    max_leaves=6,
 )
 CHECKPOINT_VALUES = VALUES | TENSORS | st.just("__delete__")
 
@@ -511,7 +505,7 @@ def test_a_resume_from_a_mutated_checkpoint_continues_or_is_one_line(
 
     folder = fresh_copy(run_folder)
     record = yaml.safe_load((folder / "run_config.yaml").read_text())
-    record["settings"]["trainer"]["max_epochs"] = 7  # one more epoch than the run had
+    record["config"]["trainer"]["max_epochs"] = 7  # one more epoch than the run had
     (folder / "run_config.yaml").write_text(yaml.safe_dump(record))
     last = folder / "checkpoints" / "last.ckpt"
     torch.save(mutated(copy.deepcopy(torch.load(last, weights_only=True)), path, value), last)
@@ -540,7 +534,7 @@ def test_a_resume_from_a_damaged_checkpoint_is_one_line(case, run_folder, fixtur
     last = run_folder / "checkpoints" / "last.ckpt"
     torch.save(mutated(torch.load(last, weights_only=True), path, value), last)
     record = yaml.safe_load((run_folder / "run_config.yaml").read_text())
-    record["settings"]["trainer"]["max_epochs"] = 7
+    record["config"]["trainer"]["max_epochs"] = 7
     (run_folder / "run_config.yaml").write_text(yaml.safe_dump(record))
     with pytest.raises(CheckpointError) as error:
         train(compose([f"resume={run_folder}", f"data.data_dir={fixture_data_dir}"], run_folder))

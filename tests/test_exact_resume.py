@@ -145,7 +145,7 @@ def test_a_onecycle_run_resumed_with_more_epochs_is_one_line(fixture_data_dir, t
     overrides = [*FAST, "trainer.max_epochs=2", "scheduler=onecycle", "logger=none"]
     train(compose([f"data.data_dir={fixture_data_dir}", *overrides], run_dir))
     record = yaml.safe_load((run_dir / "run_config.yaml").read_text())
-    record["settings"]["trainer"]["max_epochs"] = 4  # as a user who edits the record would
+    record["config"]["trainer"]["max_epochs"] = 4  # as a user who edits the record would
     (run_dir / "run_config.yaml").write_text(yaml.safe_dump(record))
     (run_dir / "metrics.json").unlink()
     with pytest.raises(ConfigError, match="built for 16 steps and this run now has 32") as error:

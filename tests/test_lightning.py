@@ -235,7 +235,7 @@ def test_lr_find_suggests_a_rate_and_the_fit_trains_with_it(fixture_data_dir, tm
     saved = (run_dir / "run_config.yaml").read_text()
     import yaml
 
-    lr = yaml.safe_load(saved)["settings"]["optimizer"]["lr"]
+    lr = yaml.safe_load(saved)["config"]["optimizer"]["lr"]
     assert lr != pytest.approx(1e-3)  # the suggestion replaced adam's configured rate
     checkpoint = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert checkpoint["hyper_parameters"]["optimizer"]["lr"] == pytest.approx(lr)

@@ -193,13 +193,6 @@ def admits_plain(annotation: Any) -> bool:
     return False
 
 
-def takes_plain_value(cls: type, key: str) -> bool:
-    """Whether `cls`'s constructor takes `key` as a name or a number (or a list of them): a
-    setting that a value read back from a file may set."""
-    parameters, _ = _parameters(cls)
-    return key in parameters and admits_plain(_hints(cls).get(key, Any))
-
-
 class CustomClass(BaseModel):
     """A class of the user's own (`_target_`), with its settings: only a command line names one
     (a file read back that does is refused where it is read)."""

@@ -11,7 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from omegaconf import DictConfig
 
@@ -160,9 +160,7 @@ def divergence(trainer: pl.Trainer) -> str | None:
         if isinstance(callback, EarlyStopping) and callback.stopping_reason in diverged:
             optimizer = trainer.optimizers[0]
             value = float(trainer.callback_metrics.get(callback.monitor, float("nan")))
-            best = (
-                trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            )
+            best = best_checkpoint(trainer)
             kept = (
                 f"The best checkpoint so far is kept: {best}" if best else "No checkpoint was kept."
             )
@@ -174,10 +172,18 @@ def divergence(trainer: pl.Trainer) -> str | None:
     return None
 
 
+def best_checkpoint(trainer: pl.Trainer) -> str:
+    """The best checkpoint's path so far, of the first ModelCheckpoint that monitors a metric
+    (whatever order the config lists the callbacks in), or ""."""
+    savers = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    monitoring = [c for c in savers if c.monitor] or savers
+    return monitoring[0].best_model_path if monitoring else ""
+
+
 def test_best_checkpoint(trainer: pl.Trainer, model: pl.LightningModule, datamodule) -> str:
     """The official test set, once, on the best checkpoint by val/acc (or the final weights);
     returns the checkpoint's file name (or "final weights")."""
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best = best_checkpoint(trainer)
     if best:
         # Only the weights, read as data (weights_only): restoring the whole checkpoint would
         # also rewind callbacks, and weight averaging would swap its average back out.

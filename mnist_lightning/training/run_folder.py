@@ -1,10 +1,10 @@
 """A run's folder: how a run starts in it or continues, and its record.
 
-`run_config.yaml` (doors/record.RunRecord) holds the option chosen per config group and the run's
-settings, as names and numbers. `resume=<run>` composes the project's own conf/ again with the
-recorded choices, then applies the recorded settings, checked like any command line: no file
-names the code to run, the data to use, or a folder to write to; places come from the folder
-as it is now and from the command.
+`run_config.yaml` holds the run's own config as it was composed (`config`, its interpolations
+unresolved), the option chosen per config group and the command's overrides. `resume=<run>`
+continues with that config: `${paths.output_dir}` and the like resolve again for the folder as
+it is now, and where the data and the trackers are comes from the command that resumes. A run
+folder is yours, like your configs: resume only your own (folders.py, docs/trust.md).
 """
 
 from __future__ import annotations
@@ -15,49 +15,33 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_class
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
 
 from mnist_lightning.atomic import write_text_atomically
-from mnist_lightning.config import CONFIG_DIR, RUN_CONFIG, hydra_quoted, run_dir
-from mnist_lightning.data.augment import BatchAugment
-from mnist_lightning.doors.record import (
-    NOT_SETTINGS,
-    PARTS,
-    PLACES,
-    RECORD_FORMAT,
-    RECORDED_GROUPS,
-    RunRecord,
-    check_resume,
-    choice_override,
-    given,
-    read_record,
-    removed_parts,
-    typed_targets,
-)
-from mnist_lightning.doors.settings import is_object_config, plain_container, takes_plain_value
-from mnist_lightning.errors import ConfigError, OutputError, UserError, first_line
+from mnist_lightning.config import RUN_CONFIG, run_dir
+from mnist_lightning.data import DATA_SOURCE
+from mnist_lightning.errors import ConfigError, OutputError, UserError
 from mnist_lightning.folders import (
     CHECKPOINTS,
     LAST,
+    RECORD_FORMAT,
     RESULTS,
     DamagedFile,
     FolderLock,
     already_holds_a_run,
+    check_resume,
+    read_record,
     read_results,
     run_folder_of,
 )
-from mnist_lightning.models.networks import NETWORKS
-from mnist_lightning.models.optim import OPTIMIZERS, SCHEDULERS
 from mnist_lightning.training.resume import Resume
 
 log = logging.getLogger(__name__)
+# The config's nodes a record leaves out: Hydra's, the folders (paths), and the command's own.
+NOT_RECORDED = ("hydra", "paths", "resume", "ckpt_path")
 
 
 def is_rank_zero() -> bool:
@@ -80,42 +64,6 @@ def hydra_part(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any], list[str], 
     choices = OmegaConf.to_container(hydra_cfg.runtime.choices)
     overrides = [str(o) for o in hydra_cfg.overrides.task]
     return cfg, choices, overrides, hydra_cfg.mode == RunMode.MULTIRUN
-
-
-def settings_of(cfg: DictConfig) -> dict[str, Any]:
-    """The run's settings as names and numbers: the config without places, code (`_target_`,
-    the objects Hydra builds) and the command's own options."""
-
-    def keep(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {
-                k: keep(v)
-                for k, v in node.items()
-                if not k.startswith("_")
-                and k not in PLACES
-                and k not in PARTS
-                and not is_object_config(v)
-            }
-        return node
-
-    config = plain_container(cfg)
-    settings = {k: keep(v) for k, v in config.items() if k not in NOT_SETTINGS}
-    callbacks = config.get("callbacks") or {}
-    settings["callbacks"] = {  # a callback's settings; a removed one is not recorded at all
-        name: keep(node) for name, node in callbacks.items() if is_object_config(node)
-    }
-    net = config["model"].get("net")
-    if is_object_config(net):  # a network of your own: its settings (its class is typed again)
-        settings["model"]["net"] = keep(net)
-    return settings
-
-
-def compose_train(overrides: list[str]) -> DictConfig:
-    """conf/train.yaml composed with `overrides`, inside a Hydra app or outside one."""
-    if GlobalHydra.instance().is_initialized():
-        return compose("train", overrides=overrides, return_hydra_config=True)
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=True)
 
 
 class RunFolder:
@@ -153,7 +101,7 @@ class RunFolder:
     def start_or_continue(self, cfg: DictConfig) -> tuple[DictConfig, Resume | None]:
         """The config to train with, and where it continues from (None: a new run).
 
-        `resume=`/`ckpt_path=` continue the run with its recorded settings; a sweep run again in
+        `resume=`/`ckpt_path=` continue the run with its recorded config; a sweep run again in
         the same folder continues its killed jobs. A new run refuses a folder that holds a run,
         or one inside a run's folder.
         """
@@ -164,9 +112,10 @@ class RunFolder:
                 resumed = Path(run_dir(cfg.get("resume"), cfg.get("ckpt_path"), ""))
                 record = check_resume(resumed, overrides, self.path)
             else:
-                record = self.read_record()
+                record = read_record(self.path)
             checkpoint = self._resume_point(cfg)
-            cfg = self._recomposed(record, overrides)
+            self.choices = record["choices"]
+            cfg = self._resumed(record, cfg)
             return cfg, Resume.of(self.path, checkpoint, cfg)
         enclosing = run_folder_of(self.path.parent)
         if enclosing is not None:
@@ -178,10 +127,10 @@ class RunFolder:
             return cfg, None  # (DDP's other processes start once rank zero wrote the record)
         if not multirun:
             raise already_holds_a_run(self.path)
-        record = self.read_record()
-        if record.overrides != overrides:
+        record = read_record(self.path)
+        if record["overrides"] != overrides:
             raise ConfigError(
-                f"{self.path} holds another sweep job ({' '.join(record.overrides)}); run this "
+                f"{self.path} holds another sweep job ({' '.join(record['overrides'])}); run this "
                 "sweep in a new folder (hydra.sweep.dir=<folder>)."
             )
         last = self.checkpoints / LAST
@@ -201,115 +150,51 @@ class RunFolder:
             )
         return checkpoint
 
-    def _recomposed(self, record: RunRecord, overrides: list[str]) -> DictConfig:
-        """The run's config again: conf/ with the recorded choices, the command's places, classes
-        and removed parts, then the recorded settings, each a value of a setting that the
-        composed config holds or that its class takes: nothing read back replaces, adds or
-        removes a part of the config (a callback, a logger, a plugin, their lists)."""
-        command = [
-            o
-            for o in overrides
-            if o.split("=", 1)[0].lstrip("+") not in ("resume", "ckpt_path")
-            and not o.startswith("hydra.")
-        ]
-        choices = [choice_override(g, option) for g, option in record.choices.items() if option]
-        recomposed, *_ = hydra_part(
-            compose_train([*choices, *command, f"paths.output_dir={hydra_quoted(str(self.path))}"])
-        )
-        with open_dict(recomposed):
-            for path, value in _leaves(record.settings):
-                problem = _setting_problem(recomposed, path)
-                if problem is None:
-                    parent = (
-                        OmegaConf.select(recomposed, ".".join(path[:-1])) if path[:-1] else None
-                    )
-                    try:
-                        (recomposed if parent is None else parent)[path[-1]] = value
-                    except OmegaConfBaseException as error:
-                        problem = first_line(error)
-                if problem:
-                    raise DamagedFile(
-                        f"{self.record_file}: settings.{'.'.join(path)}: {problem}; refusing to "
-                        "resume from it."
-                    )
-        OmegaConf.set_struct(recomposed, False)  # as a merged config: the run adds its own keys
-        return recomposed
+    def _resumed(self, record: dict[str, Any], cfg: DictConfig) -> DictConfig:
+        """The run's recorded config, with the folders, the data's place and the trackers' as
+        the resuming command has them (`cfg`): its paths, its data_dir, download and mirrors, and
+        any `logger.` setting it gives (++logger.mlflow.tracking_uri=...)."""
+        try:
+            resumed = self._merged(record["config"], cfg)
+            OmegaConf.to_container(resumed, resolve=True)  # every interpolation resolves
+            return resumed
+        except Exception as error:  # noqa: BLE001 - whatever a hand edit breaks is the file's
+            reason = " ".join(str(error).split())[:300]  # (OmegaConf's: the key on a later line)
+            raise DamagedFile(
+                f"{self.record_file}: its config cannot be read ({type(error).__name__}: "
+                f"{reason}); mend the edit, or start a new run."
+            ) from None
 
-    # --- the record -----------------------------------------------------------------------------
-
-    def read_record(self) -> RunRecord:
-        return read_record(self.path)
+    def _merged(self, config: dict[str, Any], cfg: DictConfig) -> DictConfig:
+        resumed = OmegaConf.create(config)
+        with open_dict(resumed):
+            resumed.paths = cfg.paths
+            resumed.resume = resumed.ckpt_path = None  # as the run was started
+            for key in DATA_SOURCE:
+                resumed.data[key] = OmegaConf.select(cfg, f"data.{key}")
+            for override in self.overrides:
+                key = override.partition("=")[0].lstrip("+~")
+                if key.startswith("logger."):
+                    OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
+        return resumed
 
     def save_record(self, cfg: DictConfig) -> None:
         """Write run_config.yaml: what `resume=` continues with (rank zero's to write)."""
         if not is_rank_zero():
             return
-        choices, overrides = self.choices, self.overrides
-        recorded = {group: choices.get(group) for group in RECORDED_GROUPS}
-        if "logger" not in choices and (listed := given(overrides).get("logger")):
-            names = listed.strip("[]").split(",")  # a list of loggers: logger=[tensorboard,csv]
-            recorded["logger"] = [name.strip() for name in names if name.strip()]
-        record = RunRecord(
-            format=RECORD_FORMAT,
-            choices=recorded,
-            settings=settings_of(cfg),
-            typed_targets=typed_targets(overrides),
-            removed=removed_parts(overrides),
-            overrides=overrides,
-        )
-        text = yaml.safe_dump(record.model_dump(), sort_keys=False)
-        header = "# What this run is (resume=<this folder> continues it); read back as data.\n"
-        write_text_atomically(self.record_file, header + text)
+        config = OmegaConf.to_container(cfg, resolve=False)
+        config = {k: v for k, v in config.items() if k not in NOT_RECORDED}
+        config["data"] = {k: v for k, v in config["data"].items() if k not in DATA_SOURCE}
+        record = {
+            "format": RECORD_FORMAT,
+            "overrides": self.overrides,
+            "choices": self.choices,
+            "config": config,
+        }
+        header = "# What this run is: resume=<this folder> continues it with this config.\n"
+        write_text_atomically(self.record_file, header + yaml.safe_dump(record, sort_keys=False))
 
     def finished_metrics(self) -> dict | None:
         """The results of a run that already finished in this folder, or None (also when they
         are not whole: the run goes on from its last checkpoint and writes them again)."""
         return read_results(self.path)
-
-
-def _leaves(node: dict[str, Any], path: tuple[str, ...] = ()):
-    """(path, value) of every value in nested settings (a list is one value; an empty mapping
-    sets nothing)."""
-    for key, value in node.items():
-        if isinstance(value, dict):
-            yield from _leaves(value, (*path, key))
-        else:
-            yield (*path, key), value
-
-
-def _settings_class(parent_path: str, parent: Any) -> type | None:
-    """The class whose settings the config node at `parent_path` is: its `_target_`, or the
-    network, optimizer, scheduler or augmentation its name says; None for any other node."""
-    if not isinstance(parent, DictConfig) or not parent_path:
-        return None
-    if "_target_" in parent:  # (a class of conf/'s, or one the command line names)
-        try:
-            return get_class(parent._target_)
-        except (ImportError, ValueError):
-            return None
-    named = {"model.net": NETWORKS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS}
-    if parent_path in named:
-        return named[parent_path].get(parent.get("name"))
-    return BatchAugment if parent_path == "augment" else None
-
-
-def _setting_problem(cfg: DictConfig, path: tuple[str, ...]) -> str | None:
-    """Why a recorded value may not go at `path` of the composed config, or None. It must be a
-    setting of a settings node (the command's own options, or a class's settings): one the
-    config holds as a plain value, or one the node's class takes as a plain value; never a part
-    (a callback, a logger, a node of settings, an object config or a list of them, a parameter
-    that takes objects such as the Trainer's plugins)."""
-    parent_path, key = ".".join(path[:-1]), path[-1]
-    parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
-    cls = _settings_class(parent_path, parent)
-    if not isinstance(parent, DictConfig) or (parent_path and cls is None):
-        return "not a setting of the run's config"
-    kept = key in parent
-    current = OmegaConf.select(parent, key, throw_on_resolution_failure=False) if kept else None
-    if key in PARTS or isinstance(current, DictConfig) or is_object_config(current):
-        return "a part of the config, not a setting; a record cannot replace it"
-    if kept:
-        return None
-    if cls is None or not takes_plain_value(cls, key):
-        return "not a setting of the run's config"
-    return None
