@@ -120,7 +120,7 @@ def main() -> None:
     # Alternating pairs: this machine's speed drifts by tens of percent within minutes, and
     # a drift then hits both sides of a ratio instead of one.
     lesson_times, project_times, project_runs = [], [], []
-    floor_ratios, lightning_ratios = [], []
+    floor_ratios, lightning_ratios, textbook_ratios = [], [], []
     for pair in range(1, args.repeat + 1):
         lesson_s, lesson_mb, lesson_out = run([sys.executable, "benchmarks/lesson_loop.py"], env)
         lesson_times.append(lesson_s)
@@ -142,6 +142,8 @@ def main() -> None:
             flush=True,
         )
         lightning_epoch = epoch_median(["benchmarks/lightning_loop.py", "5", "1"], env)
+        textbook_epoch = epoch_median(["benchmarks/lightning_loop.py", "5", "1", "textbook"], env)
+        textbook_ratios.append(lightning_epoch / textbook_epoch)
         floor_after = epoch_median(["benchmarks/raw_loop.py", "5", "1"], env)
         # The floor on both sides of the project run: a drift of the machine's speed during the
         # pair moves both sides of the ratio.
@@ -156,7 +158,9 @@ def main() -> None:
         )
         print(
             f"[{pair}] lightning:   epoch median {lightning_epoch:.2f} s (the project's model and "
-            f"data under a bare Trainer): / floor {lightning_epoch / floor_epoch:.2f}",
+            f"data under a bare Trainer): / floor {lightning_epoch / floor_epoch:.2f}; "
+            f"a textbook module's {textbook_epoch:.2f} s: the project's / textbook "
+            f"{lightning_epoch / textbook_epoch:.2f} (goal <= 0.80)",
             flush=True,
         )
     if not args.no_contention:
@@ -187,6 +191,11 @@ def main() -> None:
     print(
         f"bare-Trainer epoch / floor epoch:      {statistics.median(lightning_ratios):.2f}   "
         f"(Lightning's loop alone; pairs {', '.join(f'{r:.2f}' for r in lightning_ratios)})"
+    )
+    print(
+        f"project module / textbook module epoch: {statistics.median(textbook_ratios):.2f}   "
+        f"(goal <= 0.80, both under a bare Trainer; pairs "
+        f"{', '.join(f'{r:.2f}' for r in textbook_ratios)})"
     )
     startup = statistics.median(s for _, s, _ in project_runs)
     print(f"project start-up (until training):     {startup:.1f} s")

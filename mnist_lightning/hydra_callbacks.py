@@ -20,11 +20,11 @@ from mnist_lightning.errors import UserError
 from mnist_lightning.folders import (
     FolderLock,
     already_holds_a_run,
-    check_resume,
     refuse_inside_a_run,
     run_folder_of,
     writable,
 )
+from mnist_lightning.record import check_resume
 
 
 def _rank_zero() -> bool:

@@ -199,49 +199,9 @@ def _first_layers(norms: dict[str, list[float]]) -> dict[str, list[float]]:
 
 
 def summary_figure(rows: list[dict[str, Any]]):
-    """Validation accuracy against the images trained on and against the seconds of training
-    (at every validation: val_check_interval may make it several an epoch), and the final test
-    accuracy of each job: the best SHOWN_JOBS jobs (`rows` come best first)."""
-    plt = figures.plt
+    """summary.png: the best SHOWN_JOBS jobs (`rows` come best first)."""
     shown = f" (best {SHOWN_JOBS} of {len(rows)})" if len(rows) > SHOWN_JOBS else ""
-    rows = rows[:SHOWN_JOBS]
-    figure, (by_images, by_seconds, bars) = plt.subplots(
-        1, 3, figsize=(17, 5), gridspec_kw={"width_ratios": [2, 2, 2]}
-    )
-    for row in rows:
-        history = row["history"]
-        accuracy = history.get("val_check/val/acc", [])
-        if not accuracy:
-            continue
-        for ax, x in ((by_images, "val_check/images"), (by_seconds, "val_check/seconds")):
-            if len(history.get(x, [])) == len(accuracy):
-                ax.plot(
-                    history[x], accuracy, marker="o", markersize=2.5, label=_label(row["overrides"])
-                )
-    images = [v for r in rows for v in r["history"].get("val_check/images", [])]
-    if images and max(images) > 100 * max(min(images), 1):
-        by_images.set_xscale("log")  # stochastic and batch gradient descent side by side
-    by_images.set(xlabel="images trained on", ylabel="val/acc", title="validation accuracy" + shown)
-    by_seconds.set(xlabel="seconds of training", ylabel="val/acc", title="against time")
-    for ax in (by_images, by_seconds):
-        ax.grid(alpha=0.3)
-    if by_images.lines:
-        by_images.legend(fontsize=7)
-    done = [r for r in rows if r["status"] == "ok" and r.get("test/acc") is not None]
-    bars.barh(
-        [_label(r["overrides"]) for r in done][::-1],
-        [r["test/acc"] for r in done][::-1],
-        color="tab:blue",
-    )
-    for y, row in enumerate(done[::-1]):
-        bars.text(row["test/acc"], y, f" {row['test/acc']:.4f}", va="center", fontsize=8)
-    if done:
-        low = min(r["test/acc"] for r in done)
-        bars.set_xlim(max(0.0, low - 0.05), 1.0)
-    bars.set(xlabel="test/acc", title="final test accuracy")
-    bars.tick_params(axis="y", labelsize=7)
-    figure.tight_layout()
-    return figure
+    return figures.sweep_summary(rows[:SHOWN_JOBS], _label, shown)
 
 
 def _save_figure(draw: Callable[[], Any], path: Path) -> None:

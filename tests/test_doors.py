@@ -23,11 +23,11 @@ from mnist_lightning.errors import UserError
 from mnist_lightning.folders import (
     DamagedFile,
     FolderLock,
-    check_resume,
     read_json,
     read_own,
     read_yaml,
 )
+from mnist_lightning.record import check_resume
 from mnist_lightning.training.resume import whole_rows
 from mnist_lightning.training.run_folder import RunFolder
 from tests.conftest import ROOT, compose

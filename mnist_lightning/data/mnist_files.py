@@ -10,41 +10,32 @@ one line for any failure.
 from __future__ import annotations
 
 import gzip
-import json
 import logging
-import math
 import os
 import shutil
 import socket
-import struct
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torchvision.datasets import MNIST
-from torchvision.datasets.utils import calculate_md5, download_url
+from torchvision.datasets.utils import download_url
 
 from mnist_lightning import project_root
 from mnist_lightning.data import IMAGE_SIZE, NUM_CLASSES
-from mnist_lightning.errors import MNISTDataError
+from mnist_lightning.data.idx_files import (  # noqa: F401 - RAW_FILES & co. are named here too
+    RAW_FILES,
+    TEST_FILES_VARIABLE,
+    accepted_files,
+    read_idx_header,
+    unusable,
+    verify_file,
+)
+from mnist_lightning.errors import MNISTDataError, first_line
 
 log = logging.getLogger(__name__)
 
-# The official files: the MD5 of each uncompressed file (torchvision knows only the .gz's) and the
-# number of items it holds.
-OFFICIAL_FILES = {
-    "train-images-idx3-ubyte": {"md5": "6bbc9ace898e44ae57da46a324031adb", "items": 60_000},
-    "train-labels-idx1-ubyte": {"md5": "a25bea736e30d166cdddb491f175f624", "items": 60_000},
-    "t10k-images-idx3-ubyte": {"md5": "2646ac647ad5339dbf082846283269ea", "items": 10_000},
-    "t10k-labels-idx1-ubyte": {"md5": "27ae3e4e09519cfbb04c329615203637", "items": 10_000},
-}
-RAW_FILES = tuple(OFFICIAL_FILES)
-# The test suite's small stand-in files, accepted beside the official ones when this variable
-# names them (a JSON object: file name -> {"md5", "items"}). Only the tests set it: nothing a
-# config, a run folder or a checkpoint holds can add to the files accepted as MNIST.
-TEST_FILES_VARIABLE = "MNIST_LIGHTNING_TEST_FILES"
-MAX_IDX_ITEMS = 10_000_000  # the official files hold 60,000 + 10,000; a header claiming more lies
 DOWNLOAD_TIMEOUT_S = 60
 
 
@@ -55,54 +46,11 @@ def default_data_dir() -> Path:
 
 
 def _fix_hint(raw_dir: Path) -> str:
-    files = ", ".join(f"{name}(.gz)" for name in RAW_FILES)
     return (
-        f"Put the four MNIST files ({files}) into {raw_dir}/, or point the project at a folder "
-        "that holds MNIST/raw/ with `data.data_dir=<folder>` or the MNIST_DATA_DIR environment "
-        "variable."
+        f"Put the four MNIST files ({', '.join(f'{name}(.gz)' for name in RAW_FILES)}) into "
+        f"{raw_dir}/, or point the project at a folder that holds MNIST/raw/ with "
+        "`data.data_dir=<folder>` or the MNIST_DATA_DIR environment variable."
     )
-
-
-def _unusable(path: Path, problem: str) -> MNISTDataError:
-    return MNISTDataError(
-        f"MNIST file {path} is {problem}. Delete it and run again to download a fresh copy, or "
-        "replace it with a good copy of the official file."
-    )
-
-
-def read_idx_header(path: Path) -> tuple[int, ...]:
-    """Check one of the four files' IDX header against the file's size; return its dimensions.
-
-    Reads only the header, so a lying header can never make us allocate what it claims
-    (torchvision's reader trusts it).
-    """
-    images = "images" in path.name
-    expected_magic, ndim = (0x803, 3) if images else (0x801, 1)
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        header = f.read(4 + 4 * ndim)
-    if size == 0:
-        problem = "the file is empty"
-    elif len(header) < 4:
-        problem = "the file is too short to hold an IDX header"
-    elif (magic := struct.unpack(">I", header[:4])[0]) != expected_magic:
-        problem = f"wrong magic number 0x{magic:08x} (expected 0x{expected_magic:08x})"
-    elif len(header) < 4 + 4 * ndim:
-        problem = "the file is too short to hold an IDX header"
-    else:
-        dims = struct.unpack(f">{ndim}I", header[4:])
-        promised = 4 + 4 * ndim + math.prod(dims)
-        if images and dims[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-            problem = f"images are {dims[1]}x{dims[2]}, expected 28x28"
-        elif dims[0] == 0 or dims[0] > MAX_IDX_ITEMS:
-            problem = f"the header claims {dims[0]:,} items"
-        elif size != promised:
-            problem = (
-                f"it is {size:,} bytes but its header promises {promised:,} (truncated or corrupt)"
-            )
-        else:
-            return dims
-    raise _unusable(path, f"unusable: {problem}")
 
 
 def _writable(folder: Path) -> bool:
@@ -125,10 +73,10 @@ def _decompress(gz_path: Path, target: Path) -> None:
             with gzip.open(gz_path) as source, inflated.open("wb") as sink:
                 while chunk := source.read(1 << 20):
                     if sink.tell() + len(chunk) > limit:
-                        raise _unusable(gz_path, f"a .gz that inflates past {limit:,} bytes")
+                        raise unusable(gz_path, f"a .gz that inflates past {limit:,} bytes")
                     sink.write(chunk)
         except (OSError, EOFError) as err:
-            raise _unusable(gz_path, f"not a readable gzip file ({err})") from None
+            raise unusable(gz_path, f"not a readable gzip file ({err})") from None
         os.replace(inflated, target)
 
 
@@ -160,49 +108,6 @@ def locate_raw_files(data_dir: Path) -> Path | None:
     return root
 
 
-def accepted_files(name: str) -> list[dict]:
-    """What the file `name` may be: the official file, or a stand-in the tests declared."""
-    accepted = [OFFICIAL_FILES[name]]
-    declared = os.environ.get(TEST_FILES_VARIABLE)
-    if declared:
-        try:
-            accepted.append(dict(json.loads(declared)[name]))
-        except (ValueError, KeyError, TypeError):
-            raise MNISTDataError(
-                f"{TEST_FILES_VARIABLE} must be a JSON object naming all four files with their "
-                "md5 and items; unset it to use the official MNIST."
-            ) from None
-    return accepted
-
-
-_verified: set[tuple] = set()  # files that passed, by path, size and time
-
-
-def verify_file(path: Path) -> None:
-    """Check one uncompressed file: a whole IDX file, its number of items, its MD5."""
-    stat = path.stat()
-    stamp = (str(path), stat.st_size, stat.st_mtime_ns, os.environ.get(TEST_FILES_VARIABLE))
-    if stamp in _verified:  # once per process: the datamodule checks before and after download
-        return
-    accepted = accepted_files(path.name)
-    items = read_idx_header(path)[0]
-    counted = [entry for entry in accepted if entry["items"] == items]
-    if not counted:
-        official = accepted[0]["items"]
-        swapped = {items, official} == {60_000, 10_000}
-        closest = min((entry["items"] for entry in accepted), key=lambda n: abs(n - items))
-        expected = official if swapped else closest
-        raise MNISTDataError(
-            f"MNIST file {path} holds {items:,} items where the expected file holds "
-            f"{expected:,}{' (train and test files swapped?)' if swapped else ''}. Replace it with "
-            "a good copy of the official file."
-        )
-    md5 = calculate_md5(path)
-    if all(md5 != entry["md5"] for entry in counted):
-        raise _unusable(path, f"not the expected file (MD5 {md5}, expected {counted[0]['md5']})")
-    _verified.add(stamp)
-
-
 def _download_one(name: str, raw_dir: Path, mirrors: Sequence[str]) -> str:
     """Fetch `<name>.gz` from the first mirror that serves the expected file; return the mirror.
 
@@ -222,8 +127,7 @@ def _download_one(name: str, raw_dir: Path, mirrors: Sequence[str]) -> str:
                 verify_file(scratch / name)
             except (OSError, RuntimeError, ValueError, EOFError, MNISTDataError) as error:
                 # Short: the scratch path and the advice meant for local files are left out.
-                text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                text = text.replace(f"{scratch}{os.sep}", "").split(". ")[0][:200]
+                text = first_line(error).replace(f"{scratch}{os.sep}", "").split(". ")[0][:200]
                 problems.append(f"{url}: {text or type(error).__name__}")
                 continue
             finally:

@@ -5,13 +5,15 @@ request, a 4xx (docs/trust.md):
 - checkpoints.py  checkpoints handed to evaluate, predict, export and serve: read as data
                   (weights_only), bounded, and checked against the settings before any build
 - images.py       image files and uploads, decoded within a budget
-- requests.py     HTTP requests to the server (the request gate)
-- the MNIST files, downloaded or local: data/mnist_files.py (their MD5s, a bounded gunzip)
+- requests.py     HTTP requests to the server, read by the request gate (serve/gate.py)
+- the MNIST files, downloaded or local: data/idx_files.py (their headers and MD5s) and
+                  data/mnist_files.py (a bounded gunzip, downloads with a timeout)
 
 The command line is the user's and is trusted, but typed once, so that a bad value is one line
 before any work, and a checkpoint's settings are checked against the same types:
 
 - settings.py     every setting, typed (pydantic, strict); with
+  ranges.py       each class's types and ranges,
   problems.py     pydantic's errors as one line per setting, and
   options.py      each command's own options
 

@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
+from hydra.utils import get_class
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mnist_lightning.data import DATA_SOURCE
-from mnist_lightning.doors.problems import class_problems, custom_network_problems
+from mnist_lightning.doors.problems import class_problems, import_problem
+from mnist_lightning.doors.settings import plain_container
 from mnist_lightning.errors import CheckpointError, first_line
 from mnist_lightning.folders import resolve_checkpoint
 from mnist_lightning.models.networks import TrainedNetwork
@@ -156,6 +158,29 @@ def _earlier_version(model: dict[str, Any]) -> bool:
         isinstance(part, dict) and str(part.get("_target_", "")).startswith(EARLIER_NAMES)
         for part in parts
     )
+
+
+def custom_network_problems(
+    where: str, settings: Any, named_target: str | None, objects: bool = True
+) -> list[str]:
+    """The problems of a network of the user's own (`_target_`): it is accepted only when it is
+    `named_target`, the class the command itself names; its settings are its constructor's
+    (`objects=False` for a file read back: `class_problems`)."""
+    settings = plain_container(settings)
+    target = settings.get("_target_")
+    if not isinstance(target, str):
+        return [f"{where}._target_={target}: must be the name of a class (package.module.Class)"]
+    if target != named_target:
+        return [
+            f"{where} is your own network class {target}; it is loaded only when the command "
+            f"names it too: net_target={target}"
+        ]
+    try:
+        cls = get_class(target)
+    except (ImportError, ValueError) as error:
+        return [import_problem(where, target, error)]
+    options = {k: v for k, v in settings.items() if k != "_target_"}
+    return class_problems(where, cls, options, objects=objects)
 
 
 class InferenceData:

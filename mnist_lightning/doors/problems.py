@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
 import annotated_types
-from hydra.utils import get_class
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mnist_lightning.doors.settings import (
@@ -280,26 +279,3 @@ def class_problems(
         if found:
             return found
     return problems(where, class_settings(cls, skip), values)
-
-
-def custom_network_problems(
-    where: str, settings: Any, named_target: str | None, objects: bool = True
-) -> list[str]:
-    """The problems of a network of the user's own (`_target_`): it is accepted only when it is
-    `named_target`, the class the command itself names; its settings are its constructor's
-    (`objects=False` for a file read back: `class_problems`)."""
-    settings = plain_container(settings)
-    target = settings.get("_target_")
-    if not isinstance(target, str):
-        return [f"{where}._target_={target}: must be the name of a class (package.module.Class)"]
-    if target != named_target:
-        return [
-            f"{where} is your own network class {target}; it is loaded only when the command "
-            f"names it too: net_target={target}"
-        ]
-    try:
-        cls = get_class(target)
-    except (ImportError, ValueError) as error:
-        return [import_problem(where, target, error)]
-    options = {k: v for k, v in settings.items() if k != "_target_"}
-    return class_problems(where, cls, options, objects=objects)

@@ -25,9 +25,10 @@ from mnist_lightning.command import command, freeze_imported_objects
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.doors.options import ServeOptions, accelerator_problem, command_options
-from mnist_lightning.doors.requests import Limits, RequestGate
+from mnist_lightning.doors.requests import Limits
 from mnist_lightning.errors import ConfigError, UserError
 from mnist_lightning.serve.api import DigitAPI
+from mnist_lightning.serve.gate import RequestGate
 
 log = logging.getLogger("mnist_lightning.serve")
 GRACEFUL_STOP_SECONDS = 3

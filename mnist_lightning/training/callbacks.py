@@ -1,4 +1,6 @@
-"""Callbacks of our own; everything else comes from Lightning (see conf/callbacks/)."""
+"""Callbacks of our own; everything else comes from Lightning (see conf/callbacks/). The lesson's
+(DataPreview, EpochReport, TestSetReport), and those the train command adds to every Trainer for
+exact resume (training/resume.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from torchmetrics.classification import (
 )
 
 from mnist_lightning.data import NUM_CLASSES, to_model_input
+from mnist_lightning.errors import ConfigError
 from mnist_lightning.models.metrics import EPOCH_METRICS
 from mnist_lightning.training import figures
 
@@ -213,3 +216,64 @@ class TestSetReport(pl.Callback):
         writer = tensorboard_writer(trainer)
         for name, figure in made.items():
             figures.publish(figure, self.output_dir / f"{name}.png", writer, f"test/{name}")
+
+
+# --- what exact resume needs around a checkpoint (training/resume.py) ----------------------
+
+
+class ExactResumeMetrics(pl.Callback):
+    """The model's training metrics (their sums so far) and its best validation accuracy go into
+    every checkpoint, so that a run resumed, even mid-epoch, reports what an uninterrupted one
+    would. Set in `setup`, before Lightning restores a checkpoint."""
+
+    METRICS = ("train_loss", "train_acc", "val_acc_best")
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for name in self.METRICS:
+            getattr(pl_module, name).persistent(True)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning resets them at each epoch's end too; this also drops what a checkpoint saved
+        # at an epoch's end carried over (a mid-epoch resume skips this hook and keeps its sums).
+        pl_module.train_loss.reset()
+        pl_module.train_acc.reset()
+
+
+class OneCycleFits(pl.Callback):
+    """A one-cycle schedule resumed keeps the length it was built for (its state holds it): a run
+    resumed with more steps would step past its end, so it is refused in one line."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for config in trainer.lr_scheduler_configs:
+            total = getattr(config.scheduler, "total_steps", None)
+            steps = trainer.estimated_stepping_batches
+            if total is not None and total < steps:
+                raise ConfigError(
+                    f"scheduler=onecycle was built for {total:,} steps and this run now has "
+                    f"{steps:,}: a cycle begun cannot be stretched. Finish the run with its own "
+                    "trainer.max_epochs, or start a new run with the epochs you want."
+                )
+
+
+class LogsWithCheckpoints(pl.Callback):
+    """The loggers write out what they hold before each checkpoint is saved: a run killed after
+    the checkpoint resumes from it, and the logs must already hold every row up to it (the CSV
+    logger buffers rows, TensorBoard flushes every two minutes)."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+
+
+class RestoreWatch(pl.Callback):
+    """Whether a fit got past restoring its checkpoint: a failure before that is the
+    checkpoint's (run.fit says so in one line)."""
+
+    def __init__(self) -> None:
+        self.restored = False
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.restored = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.restored = True

@@ -19,10 +19,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from mnist_lightning.config import group_configs
 from mnist_lightning.data.augment import BatchAugment
 from mnist_lightning.data.datamodule import MNISTDataModule
+from mnist_lightning.doors.checkpoints import custom_network_problems
 from mnist_lightning.doors.options import TrainOptions, TrainShape, accelerator_problem
 from mnist_lightning.doors.problems import (
     class_problems,
-    custom_network_problems,
     import_problem,
     problems,
     settings_values,

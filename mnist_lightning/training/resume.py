@@ -5,8 +5,9 @@ Trainer (training/run.py), whatever the config says:
 - RunCheckpointIO: how Lightning writes, reads and removes a run's checkpoints;
 - LastCheckpoint and GracefulInterrupt: the checkpoints a run resumes from, taken where the
   resume is exact (`resumes_exactly_after`);
-- ExactResumeMetrics, OneCycleFits, LogsWithCheckpoints, RestoreWatch: the training metrics'
-  sums, the schedule's length, the loggers' rows and a failed restore, around a checkpoint.
+- and, in training/callbacks.py, ExactResumeMetrics, OneCycleFits, LogsWithCheckpoints and
+  RestoreWatch: the training metrics' sums, the schedule's length, the loggers' rows and a
+  failed restore, around a checkpoint.
 
 The run's training order and random draws are the DataModule's (data/order.py); the logs a
 resumed run writes again, training/run_folder.py.
@@ -33,7 +34,6 @@ from omegaconf import DictConfig
 from mnist_lightning.atomic import write_atomically
 from mnist_lightning.config import group_configs
 from mnist_lightning.doors.checkpoints import REMEMBERED_PATHS, read_checkpoint
-from mnist_lightning.errors import ConfigError
 from mnist_lightning.folders import CHECKPOINTS, DamagedFile, read_own
 
 log = logging.getLogger(__name__)
@@ -269,61 +269,3 @@ class GracefulInterrupt(Checkpoint):
         if self.previous_handler is not None:
             signal.signal(signal.SIGINT, self.previous_handler)
             self.previous_handler = None
-
-
-class ExactResumeMetrics(pl.Callback):
-    """The model's training metrics (their sums so far) and its best validation accuracy go into
-    every checkpoint, so that a run resumed, even mid-epoch, reports what an uninterrupted one
-    would. Set in `setup`, before Lightning restores a checkpoint."""
-
-    METRICS = ("train_loss", "train_acc", "val_acc_best")
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for name in self.METRICS:
-            getattr(pl_module, name).persistent(True)
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Lightning resets them at each epoch's end too; this also drops what a checkpoint saved
-        # at an epoch's end carried over (a mid-epoch resume skips this hook and keeps its sums).
-        pl_module.train_loss.reset()
-        pl_module.train_acc.reset()
-
-
-class OneCycleFits(pl.Callback):
-    """A one-cycle schedule resumed keeps the length it was built for (its state holds it): a run
-    resumed with more steps would step past its end, so it is refused in one line."""
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for config in trainer.lr_scheduler_configs:
-            total = getattr(config.scheduler, "total_steps", None)
-            steps = trainer.estimated_stepping_batches
-            if total is not None and total < steps:
-                raise ConfigError(
-                    f"scheduler=onecycle was built for {total:,} steps and this run now has "
-                    f"{steps:,}: a cycle begun cannot be stretched. Finish the run with its own "
-                    "trainer.max_epochs, or start a new run with the epochs you want."
-                )
-
-
-class LogsWithCheckpoints(pl.Callback):
-    """The loggers write out what they hold before each checkpoint is saved: a run killed after
-    the checkpoint resumes from it, and the logs must already hold every row up to it (the CSV
-    logger buffers rows, TensorBoard flushes every two minutes)."""
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
-        for logger in trainer.loggers:
-            logger.save()
-
-
-class RestoreWatch(pl.Callback):
-    """Whether a fit got past restoring its checkpoint: a failure before that is the
-    checkpoint's (run.fit says so in one line)."""
-
-    def __init__(self) -> None:
-        self.restored = False
-
-    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.restored = True
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.restored = True

@@ -24,16 +24,15 @@ from mnist_lightning.errors import (
     UserError,
 )
 from mnist_lightning.folders import CHECKPOINTS
-from mnist_lightning.training.check import building
-from mnist_lightning.training.monitors import StepLossLogger
-from mnist_lightning.training.resume import (
+from mnist_lightning.training.callbacks import (
     ExactResumeMetrics,
     LogsWithCheckpoints,
     OneCycleFits,
     RestoreWatch,
-    Resume,
-    RunCheckpointIO,
 )
+from mnist_lightning.training.check import building
+from mnist_lightning.training.monitors import StepLossLogger
+from mnist_lightning.training.resume import Resume, RunCheckpointIO
 from mnist_lightning.training.tracking import (
     end_killed_attempts,
     keep_offline_runs_offline,

@@ -27,16 +27,14 @@ from mnist_lightning.errors import ConfigError, OutputError, UserError
 from mnist_lightning.folders import (
     CHECKPOINTS,
     LAST,
-    RECORD_FORMAT,
     RESULTS,
     DamagedFile,
     FolderLock,
     already_holds_a_run,
-    check_resume,
-    read_record,
     read_results,
     run_folder_of,
 )
+from mnist_lightning.record import RECORD_FORMAT, check_resume, read_record
 from mnist_lightning.training.resume import Resume
 
 log = logging.getLogger(__name__)
