@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,14 +17,6 @@ from mnist_lightning import PACKAGE_DIR, project_root
 # reinstall); a wheel holds it inside the package (pyproject.toml's force-include).
 CONFIG_DIR = str(next(p for p in (PACKAGE_DIR / "conf", PACKAGE_DIR.parent / "conf") if p.is_dir()))
 RUN_CONFIG = "run_config.yaml"  # a run's record: the file that makes a folder a run folder
-
-
-def hydra_quoted(text: str) -> str:
-    """`text` as a quoted value of a Hydra override that means exactly `text`, whatever it holds
-    (a run folder's name with `( ) [ ] , = ' # ~ { }` or `${x}`). Hydra's grammar has no public
-    function for it: quotes and `${` are escaped, and the backslashes before them doubled."""
-    text = re.sub(r"(\\+)(?='|\$\{|$)", lambda m: m.group(1) * 2, text)
-    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
 
 
 def _on_terminal(value=True, otherwise=None):

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -157,12 +158,20 @@ FAST = [
 ]
 
 
+def hydra_quoted(text: str) -> str:
+    """`text` as a quoted value of a Hydra override that means exactly `text`, whatever it holds
+    (a run folder's name with `( ) [ ] , = ' # ~ { }` or `${x}`). Hydra's grammar has no public
+    function for it: quotes and `${` are escaped, and the backslashes before them doubled."""
+    text = re.sub(r"(\\+)(?='|\$\{|$)", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
+
+
 def compose(overrides: list[str], output_dir: Path):
     """The train config as @hydra.main would compose it, with the run folder set explicitly."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from mnist_lightning.config import CONFIG_DIR, hydra_quoted
+    from mnist_lightning.config import CONFIG_DIR
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         return hydra_compose(

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,11 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mnist_lightning.errors import CheckpointError, ConfigError, OutputError
 from mnist_lightning.folders import FolderLock
 from mnist_lightning.train import train
-from tests.conftest import FAST, compose, run_module, start_training
+from tests.conftest import FAST, compose, hydra_quoted, run_module, start_training
 from tests.test_exact_resume import (
     csv_rows,
     kill_when_saved,
@@ -137,6 +140,57 @@ def test_a_run_copied_with_links_resumes_and_leaves_the_original_as_it_was(
     assert json.loads((copied / "metrics.json").read_text())["epochs"] == 3
     assert snapshot(original) == before and not (original / "metrics.json").exists()
     assert len(list((copied / "checkpoints").glob("epoch=*.ckpt"))) == 1
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, fixture_data_dir) -> Path:
+    """A run of 2 epochs whose record asks for 3: what a kill leaves, to be moved, copied or
+    linked."""
+    run_dir = tmp_path_factory.mktemp("stopped") / "run"
+    finished_run(fixture_data_dir, run_dir)
+    unfinished(run_dir, 3)
+    return run_dir
+
+
+REACHED = ("moved", "cp -a", "cp -al", "cp -as", "a link to it", "checkpoints/ elsewhere")
+
+
+@settings(
+    deadline=None, max_examples=6, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(how=st.sampled_from(REACHED))
+def test_a_run_moved_copied_or_linked_resumes_and_a_copy_leaves_the_original(
+    stopped_run, tmp_path, how
+):
+    """However the folder was moved, copied or linked, `resume=` continues the run where it is
+    now; a copy never writes or deletes the original's files."""
+    place = Path(tempfile.mkdtemp(dir=tmp_path))
+    original, target = place / "original", place / "target"
+    shutil.copytree(stopped_run, original)
+    if how == "moved":
+        shutil.move(original, target)
+    elif how.startswith("cp"):
+        subprocess.run([*how.split(), str(original), str(target)], check=True)
+    elif how == "a link to it":
+        target.symlink_to(original)
+    else:  # checkpoints/ on a scratch disk, the run reached as it is
+        shutil.move(original / "checkpoints", place / "scratch")
+        (original / "checkpoints").symlink_to(place / "scratch")
+        target = original
+    before = snapshot(original) if how.startswith("cp") else None
+    assert resume(target)["epochs"] == 3
+    assert json.loads((target / "metrics.json").read_text())["global_step"] == 24
+    if before is not None:
+        assert snapshot(original) == before
+    assert not (target / ".lock").exists()
+
+
+def test_a_run_reached_through_a_link_is_locked_as_itself(stopped_run, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(stopped_run)
+    with held_by_another_process(stopped_run) as pid, pytest.raises(OutputError) as error:
+        resume(link)
+    assert f"is in use by process {pid}" in str(error.value)
 
 
 def test_checkpoints_on_another_disk_resume_exactly_and_are_one_runs(fixture_data_dir, tmp_path):
@@ -325,8 +379,6 @@ def test_a_run_with_a_logger_list_and_parts_removed_resumes_with_resume_alone(
     """The record holds the run's own config, its loggers and removed parts included: resume=
     alone continues it; in a folder whose name holds Hydra's special characters, quoted as the
     README says."""
-    from mnist_lightning.config import hydra_quoted
-
     run_dir = tmp_path / "my run (1)[a],b=c#d~e{f}'g"
     finished_run(
         fixture_data_dir, run_dir, "logger=[csv,tensorboard]", "~callbacks.gradient_monitor"
