@@ -19,25 +19,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader, Sampler
 
 from mnist_lightning.data import already_batched
-
-Count = Annotated[int, Field(ge=0, le=2**62)]
-
-
-class OrderState(BaseModel):
-    """A TrainingOrder's state, as a checkpoint holds it (a checkpoint is data: typed here)."""
-
-    model_config = ConfigDict(strict=True, extra="forbid")
-    seed: Annotated[int, Field(ge=0, lt=2**64)]
-    epoch: Count
-    position: Count
 
 
 class TrainingOrder(Sampler[int]):
@@ -73,10 +61,9 @@ class TrainingOrder(Sampler[int]):
         return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        kept = OrderState.model_validate(state)
-        if kept.position > self.size:
-            raise ValueError(f"position {kept.position} is past the {self.size} training images")
-        self.seed, self.epoch, self.position = kept.seed, kept.epoch, kept.position
+        if not 0 <= state["position"] <= self.size:  # (a checkpoint of another data split)
+            raise ValueError(f"position {state['position']} is not within the training images")
+        self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
 
 
 class ResumableLoader(DataLoader):
@@ -90,20 +77,6 @@ class ResumableLoader(DataLoader):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if isinstance(self.sampler, TrainingOrder) and state:
             self.sampler.load_state_dict(state)
-
-
-class RandomState(BaseModel):
-    """The global generators' states, as a checkpoint holds them: tensors and numbers only
-    (checkpoints are read with weights_only)."""
-
-    model_config = ConfigDict(strict=True, extra="forbid", arbitrary_types_allowed=True)
-    torch_cpu: torch.Tensor
-    numpy_keys: torch.Tensor
-    numpy_position: Annotated[int, Field(ge=0, le=624)]
-    numpy_gauss: float | None
-    python: list[Annotated[int, Field(ge=0, lt=2**32)]] = Field(min_length=624, max_length=624)
-    python_position: Annotated[int, Field(ge=0, le=624)]
-    python_gauss: float | None
 
 
 def random_state() -> dict[str, Any]:
@@ -122,20 +95,12 @@ def random_state() -> dict[str, Any]:
 
 
 def set_random_state(state: dict[str, Any]) -> None:
-    """Put the generators back where `random_state` found them; a state that is not one is
-    refused (ValueError) before any generator is touched."""
-    kept = RandomState.model_validate(state)
-    if kept.torch_cpu.dtype != torch.uint8 or kept.torch_cpu.shape != torch.get_rng_state().shape:
-        raise ValueError("torch_cpu is not a CPU generator's state")
-    if kept.numpy_keys.shape != (624,) or not bool(
-        ((kept.numpy_keys >= 0) & (kept.numpy_keys < 2**32)).all()
-    ):
-        raise ValueError("numpy_keys is not a Mersenne Twister's state")
-    torch.set_rng_state(kept.torch_cpu)
-    keys = kept.numpy_keys.numpy().astype(np.uint32)
-    gauss = kept.numpy_gauss
-    np.random.set_state(("MT19937", keys, kept.numpy_position, gauss is not None, gauss or 0.0))
-    random.setstate((3, (*kept.python, kept.python_position), kept.python_gauss))
+    """Put the generators back where `random_state` found them (torch, numpy and Python refuse a
+    state that is not one; Lightning's restore reports it in one line: training/run.py)."""
+    torch.set_rng_state(state["torch_cpu"])
+    keys, gauss = state["numpy_keys"].numpy().astype(np.uint32), state["numpy_gauss"]
+    np.random.set_state(("MT19937", keys, state["numpy_position"], gauss is not None, gauss or 0.0))
+    random.setstate((3, (*state["python"], state["python_position"]), state["python_gauss"]))
 
 
 class ResumableOrder:
