@@ -401,3 +401,34 @@ def test_without_checkpointing_the_final_weights_are_tested(fixture_data_dir, tm
     metrics = train(cfg)
     assert metrics["test_checkpoint"] == "final weights" and "test/acc" in metrics
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_training_step_that_skips_its_batch_logs_no_step_loss_for_it(tmp_path):
+    """Lightning lets `training_step` return None to skip a batch: the step loss (a callback,
+    training/monitors.py) is logged for the batches that trained, and a skipped one is no
+    error."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from mnist_lightning.training.monitors import StepLossLogger
+
+    class SkipsOddBatches(MNISTClassifier):
+        def training_step(self, batch, batch_idx: int):
+            return None if batch_idx % 2 else super().training_step(batch, batch_idx)
+
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    batches = DataLoader(TensorDataset(to_model_input(images), torch.randint(0, 10, (64,))), 8)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        log_every_n_steps=1,
+        logger=CSVLogger(tmp_path, name="", version=""),
+        callbacks=[StepLossLogger()],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(SkipsOddBatches(), batches)
+    with (tmp_path / "metrics.csv").open() as f:
+        logged = [row["train/loss_step"] for row in csv.DictReader(f) if row.get("train/loss_step")]
+    # (Lightning writes a skipped step's row with the value logged before it, as it would for a
+    # self.log in training_step itself.)
+    assert len(set(logged)) == 4  # the losses of the 4 batches that trained

@@ -27,6 +27,8 @@ class StepLossLogger(pl.Callback):
     The train command adds it to every Trainer."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if not outputs or "loss" not in outputs:  # a training_step that skipped its batch
+            return
         if loggers_write_at(trainer, trainer.global_step):  # (the optimizer has stepped)
             pl_module.log("train/loss_step", outputs["loss"], on_step=True, on_epoch=False)
 
