@@ -64,6 +64,11 @@ def read_json(path: str | Path) -> Any:
     return read_own(path, json.loads)
 
 
+def shared(path: Path) -> bool:
+    """Whether the file at `path` is also another place's: a symlink, or one of hard links."""
+    return path.is_symlink() or (path.is_file() and path.stat().st_nlink > 1)
+
+
 def unshare(folder: Path) -> None:
     """Make every file in `folder` that is shared with another place (a hard link, or a symlink
     to a file) the folder's own copy, by rename, before a command writes into it: a run folder
@@ -73,9 +78,7 @@ def unshare(folder: Path) -> None:
     for root, _, names in os.walk(folder):  # (os.walk does not follow links to folders)
         for name in names:
             path = Path(root) / name
-            if name.endswith(".ckpt") or not path.is_file():
-                continue
-            if path.is_symlink() or path.stat().st_nlink > 1:
+            if not name.endswith(".ckpt") and path.is_file() and shared(path):
                 write_atomically(path, lambda copy, source=path: shutil.copyfile(source, copy))
 
 
@@ -112,7 +115,7 @@ class FolderLock:
     def __enter__(self) -> FolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         lock_file = self.folder / LOCK_FILE
-        if lock_file.is_symlink() or (lock_file.is_file() and lock_file.stat().st_nlink > 1):
+        if shared(lock_file):
             lock_file.unlink()  # a copy's lock file is its own, not the original folder's
         try:
             self.lock.acquire()
