@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from mnist_lightning import PACKAGE_DIR, project_root
 
@@ -56,20 +56,20 @@ def _run_name(output_dir: str) -> str:
     return Path(output_dir).name
 
 
-def group_targets(group: DictConfig | None) -> list:
+def group_targets(group: Mapping | None) -> list:
     """Every entry of a config group that names a `_target_` (callbacks, loggers)."""
     return [
         node for node in (group or {}).values() if isinstance(node, Mapping) and "_target_" in node
     ]
 
 
-def group_configs(cfg: DictConfig, group: str, cls: type) -> list[DictConfig]:
-    """The entries of the config group `group` (`logger`, `callbacks`) that build a `cls` (or a
+def group_configs(group: Mapping | None, cls: type) -> list:
+    """The entries of a config group (`logger`, `callbacks`) that build a `cls` (or a
     subclass). A `_target_` that does not import is skipped here: the config check reports it."""
     found = []
-    for node in group_targets(cfg.get(group)):
+    for node in group_targets(group):
         try:
-            target = get_class(node._target_)
+            target = get_class(node["_target_"])
         except (ImportError, ValueError):
             continue
         if isinstance(target, type) and issubclass(target, cls):

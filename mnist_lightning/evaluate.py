@@ -23,10 +23,10 @@ from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import NUM_CLASSES
 from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.doors.checkpoints import load_trained
-from mnist_lightning.doors.options import EvaluateOptions, accelerator_problem, command_options
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.folders import refuse_inside_a_run
 from mnist_lightning.models.classifier import MNISTClassifier
+from mnist_lightning.settings import EvaluateOptions, accelerator_problem, command_options
 from mnist_lightning.training.callbacks import TestSetReport
 
 log = logging.getLogger("mnist_lightning.evaluate")

@@ -21,9 +21,9 @@ from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import normalized
 from mnist_lightning.doors.checkpoints import load_trained
-from mnist_lightning.doors.options import ExportOptions, command_options
 from mnist_lightning.errors import UserError
 from mnist_lightning.folders import refuse_inside_a_run, writable
+from mnist_lightning.settings import ExportOptions, command_options
 
 log = logging.getLogger("mnist_lightning.export")
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}

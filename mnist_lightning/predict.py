@@ -26,9 +26,9 @@ from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import to_model_input
 from mnist_lightning.doors import images
 from mnist_lightning.doors.checkpoints import load_trained
-from mnist_lightning.doors.options import PredictOptions, command_options
 from mnist_lightning.errors import ImageError, UserError
 from mnist_lightning.folders import refuse_inside_a_run
+from mnist_lightning.settings import PredictOptions, command_options
 
 log = logging.getLogger("mnist_lightning.predict")
 

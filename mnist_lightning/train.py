@@ -1,8 +1,9 @@
 """Train the lesson's network: `python -m mnist_lightning.train [overrides]`.
 
-`train()` reads as the run goes: take the run folder (a new run, or one to continue), check the
-config, build the data, the model and the Trainer, fit, test the best checkpoint on the official
-test set, write the results. `main` returns `optimized_metric` (val/acc_best) to Hydra's
+`train()` reads as the run goes: take the run folder (a new run, or one to continue) and the
+run's settings (one typed object, settings.py, checked by training/check.py), build the data,
+the model and the Trainer, fit, test the best checkpoint on the official test set, write the
+results. `main` returns `optimized_metric` (val/acc_best) to Hydra's
 sweepers. The stages live in training/: check.py, run.py (build, fit, test), run_folder.py (start
 or continue, the lock, the record), results.py (metrics.json and the trackers); `train()`
 imports them when a run starts, so that `--help` needs only Hydra and the configs.
@@ -25,29 +26,30 @@ log = logging.getLogger("mnist_lightning.train")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as the config says; return every final metric (also in metrics.json)."""
     from mnist_lightning.training import results, run
-    from mnist_lightning.training.check import check
     from mnist_lightning.training.lr_find import find_learning_rate
     from mnist_lightning.training.run_folder import RunFolder
 
     freeze_imported_objects()  # what these imports brought in, too (command.py says why)
     folder = RunFolder(cfg.paths.output_dir)
     with folder.locked():
-        cfg, resume = folder.start_or_continue(cfg)  # a new run, or where it continues from
+        # The run's one settings object (settings.py), checked; and where it continues from.
+        settings, resume = folder.start_or_continue(cfg)
         if resume is not None and (done := folder.finished_metrics()):
             return done
-        check(cfg, folder.overrides)
-        run.set_up_process(cfg)
-        log.info("%s\nrun dir: %s", run.describe(cfg, folder.choices), folder.path)
-        datamodule, model, trainer = run.build(cfg, folder.overrides)
+        run.set_up_process(settings)
+        log.info("%s\nrun dir: %s", settings.describe(), folder.path)
+        datamodule, model, trainer = run.build(settings)
         if resume is None:
-            if cfg.lr_find:
-                cfg.optimizer.lr = find_learning_rate(trainer, model, datamodule, folder.path)
-            folder.save_record(cfg)
-        fit_seconds = run.fit(trainer, model, datamodule, cfg, resume)
+            if settings.lr_find:
+                settings.optimizer["lr"] = find_learning_rate(
+                    trainer, model, datamodule, folder.path
+                )
+            folder.save_record(settings)
+        fit_seconds = run.fit(trainer, model, datamodule, settings, resume)
         metrics = results.final_metrics(trainer, fit_seconds)
-        if cfg.test:
+        if settings.test:
             metrics |= results.tested(trainer, run.test_best_checkpoint(trainer, model, datamodule))
-        results.write_results(cfg, folder.choices, trainer, metrics, folder)
+        results.write_results(settings, trainer, metrics, folder)
     return metrics
 
 

@@ -209,15 +209,13 @@ def test_a_hand_edited_record_resumes_or_is_one_line(run_folder, where, value):
     (folder / "run_config.yaml").write_text(yaml.safe_dump(record))
     before = outside_state(folder)
     try:
-        cfg, _ = RunFolder(folder).start_or_continue(compose([f"resume={folder}"], folder))
-        from mnist_lightning.training.check import check
-
-        check(cfg, [f"resume={folder}"])
+        settings, _ = RunFolder(folder).start_or_continue(compose([f"resume={folder}"], folder))
     except UserError as error:
         assert one_line(error)
         assert outside_state(folder) == before
         return
-    assert OmegaConf.select(cfg, where.removeprefix("config.")) == value or where in (
+    config = OmegaConf.create(settings.config())
+    assert OmegaConf.select(config, where.removeprefix("config.")) == value or where in (
         "overrides",
         "choices",
     )
@@ -828,7 +826,7 @@ def composed(tmp_path_factory) -> Composed:
 def test_any_value_at_any_key_of_any_command_is_taken_or_one_line(composed, data, value):
     from omegaconf import OmegaConf, open_dict
 
-    from mnist_lightning.doors import options as door
+    from mnist_lightning import settings as door
     from mnist_lightning.errors import ConfigError
     from mnist_lightning.training.check import check
 

@@ -216,11 +216,12 @@ def test_a_checkpoint_write_failing_half_way_leaves_the_previous_file_whole(
 
     from mnist_lightning.doors.checkpoints import read_checkpoint
     from mnist_lightning.errors import OutputError
+    from mnist_lightning.training.check import check
     from mnist_lightning.training.run import build
 
     run_dir = tmp_path / "run"
     cfg = compose([f"data.data_dir={fixture_data_dir}", *FAST, "logger=none"], run_dir)
-    datamodule, model, trainer = build(cfg)
+    datamodule, model, trainer = build(check(cfg))
     trainer.fit(model, datamodule=datamodule)
     last = run_dir / "checkpoints" / "last.ckpt"
     before = last.read_bytes()

@@ -31,7 +31,7 @@ SMALL_BATCHES = ["data.val_size=128", "data.batch_size=16", "trainer.max_epochs=
 def fit(overrides, data_dir, tmp_path, callbacks=()):
     cfg = compose([f"data.data_dir={data_dir}", *FAST, *overrides], tmp_path)
     pl.seed_everything(0)
-    datamodule, model, trainer = build(cfg)
+    datamodule, model, trainer = build(check(cfg))
     trainer.callbacks += list(callbacks)
     trainer.fit(model, datamodule=datamodule)
     return cfg, model, trainer

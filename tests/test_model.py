@@ -12,6 +12,7 @@ from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.doors.settings import is_plain
 from mnist_lightning.models.networks import ACTIVATIONS, MLP
 from mnist_lightning.models.optim import OPTIMIZERS, SCHEDULERS
+from mnist_lightning.training.check import check
 from mnist_lightning.training.run import build
 from tests.conftest import compose
 
@@ -121,7 +122,7 @@ def fit_briefly(overrides, data_dir, tmp_path):
         tmp_path,
     )
     pl.seed_everything(0)
-    datamodule, model, trainer = build(cfg)
+    datamodule, model, trainer = build(check(cfg))
     before = [p.detach().clone() for p in model.parameters()]
     trainer.fit(model, datamodule=datamodule)
     changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
@@ -167,7 +168,7 @@ def test_hyperparameters_are_plain_data(fixture_data_dir, tmp_path):
     cfg = compose(
         [f"data.data_dir={fixture_data_dir}", "optimizer=adam", "scheduler=cosine"], tmp_path
     )
-    _, model, _ = build(cfg)
+    _, model, _ = build(check(cfg))
     assert type(model.hparams.optimizer) is dict and type(model.hparams.scheduler) is dict
     assert model.hparams.optimizer["name"] == "adam" and model.hparams.net == {"name": "mlp"}
     assert model.hparams.scheduler["T_max"] == 10  # interpolations resolved
@@ -226,7 +227,7 @@ def fit_one_epoch(overrides, callbacks, data_dir, tmp_path):
         ],
         tmp_path,
     )
-    datamodule, model, trainer = build(cfg)
+    datamodule, model, trainer = build(check(cfg))
     trainer.callbacks += callbacks
     trainer.fit(model, datamodule=datamodule)
     return datamodule, model, trainer

@@ -319,9 +319,9 @@ def test_the_page_and_the_health_check(server):
 def test_a_bad_checkpoint_stops_the_server_before_it_starts(problem, trained_run, tmp_path):
     from omegaconf import OmegaConf
 
-    from mnist_lightning.doors.options import ServeOptions, command_options
     from mnist_lightning.errors import CheckpointError
     from mnist_lightning.serve.server import build_server
+    from mnist_lightning.settings import ServeOptions, command_options
 
     checkpoint = tmp_path / "model.ckpt"
     if problem == "foreign":

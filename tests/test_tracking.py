@@ -148,15 +148,15 @@ def test_group_configs_finds_the_loggers_of_a_class_by_their_targets(tmp_path):
     from mnist_lightning.config import group_configs
 
     cfg = compose(["logger=many", "+logger.typo._target_=no.such.Logger"], tmp_path)
-    assert [n.save_dir for n in group_configs(cfg, "logger", TensorBoardLogger)] == [str(tmp_path)]
-    assert [n._target_ for n in group_configs(cfg, "logger", MLFlowLogger)] == [
+    assert [n.save_dir for n in group_configs(cfg.logger, TensorBoardLogger)] == [str(tmp_path)]
+    assert [n._target_ for n in group_configs(cfg.logger, MLFlowLogger)] == [
         "lightning.pytorch.loggers.MLFlowLogger"
     ]
     # Subclasses count; a target that does not import is left to the build to report.
-    assert len(group_configs(cfg, "logger", Logger)) == 3
-    assert group_configs(compose(["logger=csv"], tmp_path), "logger", TensorBoardLogger) == []
-    assert len(group_configs(compose(["logger=csv"], tmp_path), "logger", CSVLogger)) == 1
-    assert group_configs(compose(["logger=none"], tmp_path), "logger", Logger) == []
+    assert len(group_configs(cfg.logger, Logger)) == 3
+    assert group_configs(compose(["logger=csv"], tmp_path).logger, TensorBoardLogger) == []
+    assert len(group_configs(compose(["logger=csv"], tmp_path).logger, CSVLogger)) == 1
+    assert group_configs(compose(["logger=none"], tmp_path).get("logger"), Logger) == []
 
 
 def test_preparing_a_sweeps_mlflow_store_does_not_load_lightning_into_the_launcher(tmp_path):

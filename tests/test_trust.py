@@ -18,13 +18,13 @@ import torch
 import yaml
 
 from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint
-from mnist_lightning.doors.options import ServeOptions, command_options
 from mnist_lightning.errors import CheckpointError, ConfigError, OutputError, UserError
 from mnist_lightning.evaluate import evaluate
 from mnist_lightning.export import export_checkpoint
 from mnist_lightning.folders import resolve_checkpoint
 from mnist_lightning.predict import predict
 from mnist_lightning.serve.server import build_server
+from mnist_lightning.settings import ServeOptions, command_options
 from mnist_lightning.train import train
 from tests.conftest import FAST, compose, run_module, write_mnist
 from tests.test_runs import held_by_another_process, unfinished
@@ -371,7 +371,7 @@ COMMAND_BAD_VALUES = [
 def test_every_commands_bad_options_are_one_line_before_any_work(
     command, override, expected, trained_run, tmp_path
 ):
-    from mnist_lightning.doors import options as schema
+    from mnist_lightning import settings as schema
 
     options = {
         "evaluate": schema.EvaluateOptions,
@@ -389,7 +389,7 @@ def test_every_commands_bad_options_are_one_line_before_any_work(
 @pytest.mark.parametrize("command", ["evaluate", "predict", "export", "serve"])
 def test_a_command_without_its_checkpoint_says_only_that_it_is_missing(command, tmp_path):
     """One line per missing option, not also a type error for the None it stands for."""
-    from mnist_lightning.doors import options as schema
+    from mnist_lightning import settings as schema
 
     options = getattr(schema, f"{command.capitalize()}Options")
     with pytest.raises(ConfigError) as error:

@@ -9,13 +9,13 @@ request, a 4xx (docs/trust.md):
 - the MNIST files, downloaded or local: data/idx_files.py (their headers and MD5s) and
                   data/mnist_files.py (a bounded gunzip, downloads with a timeout)
 
-The command line is the user's and is trusted, but typed once, so that a bad value is one line
-before any work, and a checkpoint's settings are checked against the same types:
+The command line is the user's and is trusted, but typed once (each command's settings:
+../settings.py), so that a bad value is one line before any work, and a checkpoint's settings
+are checked against the same types:
 
 - settings.py     every setting, typed (pydantic, strict); with
-  ranges.py       each class's types and ranges,
-  problems.py     pydantic's errors as one line per setting, and
-  options.py      each command's own options
+  ranges.py       each class's types and ranges, and
+  problems.py     pydantic's errors as one line per setting
 
 Your own run and sweep folders are not a door: folders.py guards them against accidents.
 Nothing read through a door names code, chooses the data or a download source, or leads to a

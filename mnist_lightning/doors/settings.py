@@ -8,7 +8,7 @@
 - Networks, optimizers and schedulers are unions chosen by `name` (`NamedSettings`).
 
 The door's other modules: doors/ranges.py (the tables), doors/problems.py (pydantic's errors as
-one line per setting) and doors/options.py (each command's own options).
+one line per setting) and settings.py (each command's settings, typed with these).
 """
 
 from __future__ import annotations

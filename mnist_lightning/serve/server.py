@@ -24,11 +24,11 @@ from omegaconf import DictConfig
 from mnist_lightning.command import command, freeze_imported_objects
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.doors.checkpoints import load_trained
-from mnist_lightning.doors.options import ServeOptions, accelerator_problem, command_options
 from mnist_lightning.doors.requests import Limits
 from mnist_lightning.errors import ConfigError, UserError
 from mnist_lightning.serve.api import DigitAPI
 from mnist_lightning.serve.gate import RequestGate
+from mnist_lightning.settings import ServeOptions, accelerator_problem, command_options
 
 log = logging.getLogger("mnist_lightning.serve")
 GRACEFUL_STOP_SECONDS = 3

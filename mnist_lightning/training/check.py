@@ -1,11 +1,12 @@
 """The train command's check of its config, before anything is written or built: every setting
 typed (doors/settings.py), the combinations Lightning or torch would only refuse in the middle
-of the fit, and each part built once on a scratch copy; one line per problem."""
+of the fit, and each part built once on a scratch copy; one line per problem. What passes
+becomes the run's one settings object (settings.py)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from mnist_lightning.config import group_configs
 from mnist_lightning.data.augment import BatchAugment
 from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.doors.checkpoints import custom_network_problems
-from mnist_lightning.doors.options import TrainOptions, TrainShape, accelerator_problem
 from mnist_lightning.doors.problems import (
     class_problems,
     import_problem,
@@ -36,6 +36,7 @@ from mnist_lightning.errors import (
 )
 from mnist_lightning.models.classifier import MNISTClassifier
 from mnist_lightning.models.optim import build_optimizer, build_scheduler
+from mnist_lightning.settings import TrainOptions, TrainSettings, TrainShape, accelerator_problem
 
 # The config's parts beside the train command's own options (TrainOptions).
 GROUPS = ("paths", "data", "augment", "model", "optimizer", "scheduler", "trainer", "callbacks")
@@ -107,13 +108,16 @@ def _echoes(cfg: DictConfig, setting: str, wrong: set[str]) -> bool:
     return source.removeprefix("${").removesuffix("}") in wrong
 
 
-def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
+def check(
+    cfg: DictConfig, overrides: Sequence[str] = (), choices: dict[str, Any] | None = None
+) -> TrainSettings:
     """Every bad value of the config, one line each, before any data is read or file written:
     its shape, the command's options and each group as its class's settings
     (doors/settings.py: types, ranges, the metric names watched); the settings that only make
     sense together; then the optimizer and scheduler built on a stand-in parameter, so that
     torch's own checks of their values speak now rather than in the fit. Whatever a config holds,
-    the check ends in lines, never in a traceback."""
+    the check ends in lines, never in a traceback. What passes is returned as the run's
+    settings, with the `choices` per config group and the `overrides` that made it."""
     try:
         found = _problems(cfg)
     except Exception as error:  # noqa: BLE001 - a config no check foresaw is still one line
@@ -121,6 +125,21 @@ def check(cfg: DictConfig, overrides: list[str] = ()) -> None:
     if found:
         raise ConfigError("\n".join(one_line(line) for line in found))
     _check_buildable(cfg, list(overrides))
+    config = {str(key): plain_value(cfg, str(key)) for key in cfg if key != "hydra"}
+    composed = OmegaConf.to_container(cfg, resolve=False)
+    composed.pop("hydra", None)
+    return TrainSettings.model_validate(
+        {
+            **config,
+            "augment": config.get("augment") or None,  # (an empty group: none)
+            "scheduler": config.get("scheduler") or None,
+            "callbacks": config.get("callbacks") or {},
+            "logger": config.get("logger") or {},
+            "choices": choices or {},
+            "overrides": list(overrides),
+            "composed": composed,
+        }
+    )
 
 
 def plain_value(cfg: DictConfig, key: str) -> Any:
@@ -224,7 +243,7 @@ def _savers_kept(cfg: DictConfig) -> str | None:
     GracefulInterrupt), which Lightning refuses without saying what to do."""
     if cfg.trainer.get("enable_checkpointing", True) is not False:
         return None
-    found = group_configs(cfg, "callbacks", Checkpoint)
+    found = group_configs(cfg.get("callbacks"), Checkpoint)
     callbacks = cfg.get("callbacks") or {}
     savers = [name for name, node in callbacks.items() if any(node is s for s in found)]
     if not savers:

@@ -9,15 +9,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig
 
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.folders import CHECKPOINTS
 from mnist_lightning.models.metrics import STAGES
+from mnist_lightning.settings import TrainSettings
 from mnist_lightning.training import figures
 from mnist_lightning.training.callbacks import EpochReport, tensorboard_writer
 from mnist_lightning.training.monitors import GradientMonitor
-from mnist_lightning.training.run import headline
 from mnist_lightning.training.run_folder import RunFolder
 from mnist_lightning.training.tracking import finish_runs, log_run_files
 
@@ -63,19 +62,15 @@ def tested(trainer: pl.Trainer, checkpoint_name: str) -> dict[str, Any]:
 
 
 def write_results(
-    cfg: DictConfig,
-    choices: dict[str, Any],
-    trainer: pl.Trainer,
-    metrics: dict[str, Any],
-    folder: RunFolder,
+    settings: TrainSettings, trainer: pl.Trainer, metrics: dict[str, Any], folder: RunFolder
 ) -> None:
     """metrics.json, TensorBoard's HParams entry, the trackers' files and the summary line
     (by rank zero alone under DDP)."""
     if not trainer.is_global_zero:
         return
-    log_hparams(trainer, cfg, choices, metrics)
-    if cfg.get("gradient_flow") and metrics.get("gradient_norms"):
-        title = f"activation {cfg.model.activation}"
+    log_hparams(trainer, settings, metrics)
+    if settings.gradient_flow and metrics.get("gradient_norms"):
+        title = f"activation {settings.model['activation']}"
         figure = figures.gradient_flow({title: metrics["gradient_norms"]})
         path = folder.path / "gradient_flow.png"
         figures.publish(figure, path, tensorboard_writer(trainer), "gradients/flow")
@@ -89,11 +84,9 @@ def write_results(
     log.info("%s  run dir %s", "  ".join(shown), folder.path)
 
 
-def log_hparams(
-    trainer: pl.Trainer, cfg: DictConfig, choices: dict[str, Any], metrics: dict[str, Any]
-) -> None:
+def log_hparams(trainer: pl.Trainer, settings: TrainSettings, metrics: dict[str, Any]) -> None:
     """TensorBoard's HParams tab: the run's hyperparameters beside its final metrics."""
-    params = headline(cfg, choices)
+    params = settings.headline()
     # Own tags: the HParams tab shows each metric's last value, and test/acc is already a scalar.
     final = {
         f"hp/{k.replace('/', '_')}": metrics[k]

@@ -55,8 +55,8 @@ class Resume:
         """The resume of `checkpoint`, with the config's TensorBoard loggers set to purge what
         was written after its step."""
         step = read_checkpoint(checkpoint).get("global_step", 0)
-        for node in group_configs(cfg, "logger", TensorBoardLogger):
-            node.purge_step = step
+        for node in group_configs(cfg.get("logger"), TensorBoardLogger):
+            node["purge_step"] = step
         csv_log = folder / "metrics.csv"
         if not csv_log.is_file():
             return cls(folder, checkpoint, step)

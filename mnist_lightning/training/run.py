@@ -1,29 +1,27 @@
-"""The run, stage by stage (its config checked first: check.py): build the data, the model and
-the Trainer from the config, fit, and test the best checkpoint on the official test set."""
+"""The run, stage by stage, from its settings (settings.py, checked first: check.py): build the
+data, the model and the Trainer, fit, and test the best checkpoint on the official test set."""
 
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
-from omegaconf import DictConfig
 
 from mnist_lightning.config import group_targets
 from mnist_lightning.doors.checkpoints import read_checkpoint
-from mnist_lightning.doors.settings import plain_container
 from mnist_lightning.errors import (
     CheckpointError,
     TrainingDiverged,
     UserError,
 )
 from mnist_lightning.folders import CHECKPOINTS
+from mnist_lightning.settings import TrainSettings
 from mnist_lightning.training.callbacks import (
     ExactResumeMetrics,
     LogsWithCheckpoints,
@@ -44,53 +42,45 @@ log = logging.getLogger(__name__)
 # --- build ----------------------------------------------------------------------------------
 
 
-def set_up_process(cfg: DictConfig) -> None:
+def set_up_process(settings: TrainSettings) -> None:
     """Seed and CPU threads, before anything is built.
 
     Two trainings that each use every core slow each other down many times over, and this small
     network gains little from a second thread (cpu_threads: 1; benchmarks/README.md).
     """
-    if cfg.get("cpu_threads"):
-        torch.set_num_threads(cfg.cpu_threads)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if settings.cpu_threads:
+        torch.set_num_threads(settings.cpu_threads)
+    pl.seed_everything(settings.seed, workers=True, verbose=False)
 
 
-PLAIN = {
-    "_recursive_": False,
-    "_convert_": "all",
-}  # settings as plain values, as checkpoints keep them
+# The data's and the model's settings stay plain values, as checkpoints keep them.
+PLAIN = {"_recursive_": False, "_convert_": "all"}
 
 
-def build_model(cfg: DictConfig, overrides: list[str] = ()) -> pl.LightningModule:
-    """The LightningModule the config describes (MNISTClassifier): its settings, the optimizer's
-    and the schedule's among them, as plain values."""
-    with building("model", overrides):
-        return instantiate(
-            cfg.model,
-            **PLAIN,
-            optimizer=plain_container(cfg.optimizer),
-            scheduler=plain_container(cfg.get("scheduler")) or None,
+def build(settings: TrainSettings):
+    """The datamodule, the model, and the Trainer with its loggers and callbacks, from the run's
+    settings: each is the `_target_` of its part of the config, built by Hydra's instantiate
+    (the data and the model with plain settings, which Lightning keeps in checkpoints)."""
+    with building("data", settings.overrides):
+        datamodule = instantiate(settings.data, **PLAIN, augment=settings.augment)
+    with building("model", settings.overrides):
+        model = instantiate(
+            settings.model, **PLAIN, optimizer=settings.optimizer, scheduler=settings.scheduler
         )
-
-
-def build(cfg: DictConfig, overrides: list[str] = ()):
-    """The datamodule, the model, and the Trainer with its loggers and callbacks, from the
-    config: the data and model get their settings as plain values (which Lightning keeps in
-    checkpoints); the rest are objects Hydra instantiates from their `_target_`."""
-    with building("data", overrides):
-        datamodule = instantiate(cfg.data, **PLAIN, augment=plain_container(cfg.get("augment")))
-    model = build_model(cfg, overrides)
-    with building("logger", overrides):
-        keep_offline_runs_offline(cfg)
-        loggers = [instantiate(node) for node in group_targets(cfg.get("logger"))]
-    with building("callbacks", overrides):
-        callbacks = [instantiate(node) for node in group_targets(cfg.get("callbacks"))]
-    with building("trainer", overrides):
+    with building("logger", settings.overrides):
+        keep_offline_runs_offline(settings.logger)
+        loggers = [instantiate(node) for node in group_targets(settings.logger)]
+    with building("callbacks", settings.overrides):
+        callbacks = [instantiate(node) for node in group_targets(settings.callbacks)]
+    with building("trainer", settings.overrides):
         trainer = instantiate(
-            cfg.trainer,
+            settings.trainer,
             logger=loggers or False,
             callbacks=[*callbacks, *run_callbacks()],
-            plugins=[*instantiate(cfg.trainer.get("plugins") or []), run_checkpoint_io(cfg)],
+            plugins=[
+                *instantiate(settings.trainer.get("plugins") or []),
+                run_checkpoint_io(settings),
+            ],
             _convert_="all",
         )
     datamodule.prepare_data()  # missing or damaged data: one line before anything is written
@@ -104,11 +94,11 @@ def run_callbacks() -> list[pl.Callback]:
     return [*resume, StepLossLogger()]
 
 
-def run_checkpoint_io(cfg: DictConfig) -> RunCheckpointIO:
+def run_checkpoint_io(settings: TrainSettings) -> RunCheckpointIO:
     """The plugin through which Lightning writes, reads and removes the run's checkpoints: always
     there, whatever the config says, so that no checkpoint read back can make it write or delete
     outside the run (training/resume.py)."""
-    return RunCheckpointIO(Path(cfg.paths.output_dir) / CHECKPOINTS)
+    return RunCheckpointIO(Path(settings.output_dir) / CHECKPOINTS)
 
 
 # --- fit and test ---------------------------------------------------------------------------
@@ -118,7 +108,7 @@ def fit(
     trainer: pl.Trainer,
     model: pl.LightningModule,
     datamodule,
-    cfg: DictConfig,
+    settings: TrainSettings,
     resume: Resume | None,
 ) -> float:
     """trainer.fit, from the checkpoint it resumes from; the seconds it took. Each attempt is a
@@ -128,7 +118,7 @@ def fit(
     checkpoint = resume.checkpoint if resume is not None else None
     if resume is not None:
         resume.log_again(trainer)
-    log_config(trainer, cfg)
+    log_config(trainer, settings)
     if resume is not None:
         end_killed_attempts(trainer, resume.folder)
     started = time.perf_counter()
@@ -189,30 +179,3 @@ def test_best_checkpoint(trainer: pl.Trainer, model: pl.LightningModule, datamod
         model.load_state_dict(read_checkpoint(best)["state_dict"])
     trainer.test(model, datamodule=datamodule, verbose=False)
     return Path(best).name if best else "final weights"
-
-
-def headline(cfg: DictConfig, choices: dict[str, Any]) -> dict[str, Any]:
-    """The settings that tell runs apart: the console's summary and TensorBoard's HParams tab."""
-    net = plain_container(cfg.model.net)
-    return {
-        "net": net.get("name") or net.get("_target_"),
-        "activation": cfg.model.activation,
-        "optimizer": cfg.optimizer.name,
-        "lr": cfg.optimizer.lr,
-        "scheduler": cfg.scheduler.name if cfg.get("scheduler") else "none",
-        "augment": choices.get("augment") or "none",
-        "batch_size": cfg.data.batch_size,
-        "epochs": cfg.trainer.max_epochs,
-        "normalize": cfg.data.normalize,
-        "shuffle": cfg.data.shuffle,
-        "seed": cfg.seed,
-    }
-
-
-def describe(cfg: DictConfig, choices: dict[str, Any]) -> str:
-    """The composed config in two lines (the whole of it is in .hydra/config.yaml)."""
-    settings = "  ".join(f"{k}={v}" for k, v in headline(cfg, choices).items())
-    return (
-        f"{settings}\ndata: {cfg.data.data_dir}  accelerator={cfg.trainer.accelerator}  "
-        f"cpu_threads={cfg.get('cpu_threads')}"
-    )

@@ -35,6 +35,8 @@ from mnist_lightning.folders import (
     run_folder_of,
 )
 from mnist_lightning.record import RECORD_FORMAT, check_resume, read_record
+from mnist_lightning.settings import TrainSettings
+from mnist_lightning.training.check import check
 from mnist_lightning.training.resume import Resume
 
 log = logging.getLogger(__name__)
@@ -72,8 +74,6 @@ class RunFolder:
         self.checkpoints = self.path / CHECKPOINTS
         self.record_file = self.path / RUN_CONFIG
         self.metrics_file = self.path / RESULTS
-        self.choices: dict[str, Any] = {}  # what the command chose per group, and its overrides
-        self.overrides: list[str] = []
 
     @contextmanager
     def locked(self):
@@ -96,15 +96,19 @@ class RunFolder:
 
     # --- starting or continuing ---------------------------------------------------------------
 
-    def start_or_continue(self, cfg: DictConfig) -> tuple[DictConfig, Resume | None]:
-        """The config to train with, and where it continues from (None: a new run).
+    def start_or_continue(self, cfg: DictConfig) -> tuple[TrainSettings, Resume | None]:
+        """The run's settings, checked (training/check.py), and where it continues from (None:
+        a new run).
 
         `resume=`/`ckpt_path=` continue the run with its recorded config; a sweep run again in
         the same folder continues its killed jobs. A new run refuses a folder that holds a run,
         or one inside a run's folder.
         """
-        cfg, self.choices, self.overrides, multirun = hydra_part(cfg)
-        overrides = self.overrides
+        cfg, choices, overrides, resume = self._config(cfg)
+        return check(cfg, overrides, choices), resume
+
+    def _config(self, cfg: DictConfig) -> tuple[DictConfig, dict, list[str], Resume | None]:
+        cfg, choices, overrides, multirun = hydra_part(cfg)
         if cfg.get("resume") or cfg.get("ckpt_path"):
             if is_rank_zero():
                 resumed = Path(run_dir(cfg.get("resume"), cfg.get("ckpt_path"), ""))
@@ -112,9 +116,8 @@ class RunFolder:
             else:
                 record = read_record(self.path)
             checkpoint = self._resume_point(cfg)
-            self.choices = record["choices"]
-            cfg = self._resumed(record, cfg)
-            return cfg, Resume.of(self.path, checkpoint, cfg)
+            cfg = self._resumed(record, cfg, overrides)
+            return cfg, record["choices"], overrides, Resume.of(self.path, checkpoint, cfg)
         enclosing = run_folder_of(self.path.parent)
         if enclosing is not None:
             raise OutputError(
@@ -122,7 +125,8 @@ class RunFolder:
                 "own (hydra.run.dir=<folder>)."
             )
         if not self.holds_a_run() or not is_rank_zero():
-            return cfg, None  # (DDP's other processes start once rank zero wrote the record)
+            # (DDP's other processes start once rank zero wrote the record)
+            return cfg, choices, overrides, None
         if not multirun:
             raise already_holds_a_run(self.path)
         record = read_record(self.path)
@@ -132,7 +136,8 @@ class RunFolder:
                 "sweep in a new folder (hydra.sweep.dir=<folder>)."
             )
         last = self.checkpoints / LAST
-        return cfg, (Resume.of(self.path, last, cfg) if last.is_file() else None)
+        resume = Resume.of(self.path, last, cfg) if last.is_file() else None
+        return cfg, choices, overrides, resume
 
     def _resume_point(self, cfg: DictConfig) -> Path:
         if cfg.get("ckpt_path"):
@@ -148,12 +153,12 @@ class RunFolder:
             )
         return checkpoint
 
-    def _resumed(self, record: dict[str, Any], cfg: DictConfig) -> DictConfig:
+    def _resumed(self, record: dict[str, Any], cfg: DictConfig, overrides: list[str]) -> DictConfig:
         """The run's recorded config, with the folders, the data's place and the trackers' as
         the resuming command has them (`cfg`): its paths, its data_dir, download and mirrors, and
         any `logger.` setting it gives (++logger.mlflow.tracking_uri=...)."""
         try:
-            resumed = self._merged(record["config"], cfg)
+            resumed = self._merged(record["config"], cfg, overrides)
             OmegaConf.to_container(resumed, resolve=True)  # every interpolation resolves
             return resumed
         except Exception as error:  # noqa: BLE001 - whatever a hand edit breaks is the file's
@@ -163,30 +168,31 @@ class RunFolder:
                 f"{reason}); mend the edit, or start a new run."
             ) from None
 
-    def _merged(self, config: dict[str, Any], cfg: DictConfig) -> DictConfig:
+    def _merged(self, config: dict[str, Any], cfg: DictConfig, overrides: list[str]) -> DictConfig:
         resumed = OmegaConf.create(config)
         with open_dict(resumed):
             resumed.paths = cfg.paths
             resumed.resume = resumed.ckpt_path = None  # as the run was started
             for key in DATA_SOURCE:
                 resumed.data[key] = OmegaConf.select(cfg, f"data.{key}")
-            for override in self.overrides:
+            for override in overrides:
                 key = override.partition("=")[0].lstrip("+~")
                 if key.startswith("logger."):
                     OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
         return resumed
 
-    def save_record(self, cfg: DictConfig) -> None:
+    def save_record(self, settings: TrainSettings) -> None:
         """Write run_config.yaml: what `resume=` continues with (rank zero's to write)."""
         if not is_rank_zero():
             return
-        config = OmegaConf.to_container(cfg, resolve=False)
-        config = {k: v for k, v in config.items() if k not in NOT_RECORDED}
+        config = {k: v for k, v in settings.composed.items() if k not in NOT_RECORDED}
         config["data"] = {k: v for k, v in config["data"].items() if k not in DATA_SOURCE}
+        if settings.lr_find:  # the rate it found is the run's
+            config["optimizer"] = {**config["optimizer"], "lr": settings.optimizer["lr"]}
         record = {
             "format": RECORD_FORMAT,
-            "overrides": self.overrides,
-            "choices": self.choices,
+            "overrides": settings.overrides,
+            "choices": settings.choices,
             "config": config,
         }
         header = "# What this run is: resume=<this folder> continues it with this config.\n"

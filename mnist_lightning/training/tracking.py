@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
-from omegaconf import DictConfig, OmegaConf
 
 from mnist_lightning.config import group_configs
+from mnist_lightning.settings import TrainSettings
 
 RUN_FOLDER_TAG = "run_folder"  # an MLflow run's tag: the run folder it is an attempt of
 # The files of a run folder worth keeping beside a tracker's run, when they exist.
@@ -23,27 +23,27 @@ RUN_FILES = (
 )
 
 
-def keep_offline_runs_offline(cfg: DictConfig) -> None:
+def keep_offline_runs_offline(loggers: dict) -> None:
     """An offline W&B run sends nothing at all: without this, wandb's service process still
     reports its own errors and telemetry over the network. Set WANDB_ERROR_REPORTING to decide
     otherwise."""
-    if any(node.get("offline") for node in group_configs(cfg, "logger", WandbLogger)):
+    if any(node.get("offline") for node in group_configs(loggers, WandbLogger)):
         os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 
 
-def log_config(trainer, cfg: DictConfig) -> None:
+def log_config(trainer, settings: TrainSettings) -> None:
     """The resolved config as parameters (`config/optimizer/lr`, ...) of every tracker.
 
     TensorBoard is left out: its HParams tab gets its own entry, beside the final metrics, when
     the run ends (results.log_hparams)."""
     if not trainer.is_global_zero:
         return
-    config = {"config": OmegaConf.to_container(cfg, resolve=True)}
+    config = {"config": settings.config()}
     for logger in trainer.loggers:
         if not isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(config)
         if isinstance(logger, MLFlowLogger):  # which folder's attempt it is (end_killed_attempts)
-            folder = str(Path(cfg.paths.output_dir).resolve())
+            folder = str(Path(settings.output_dir).resolve())
             logger.experiment.set_tag(logger.run_id, RUN_FOLDER_TAG, folder)
 
 

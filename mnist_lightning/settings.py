@@ -1,10 +1,15 @@
-"""The command-line door's last part: each command's own options (conf/<command>.yaml), typed
-(the groups of the train config are typed as their classes' settings, doors/settings.py).
+"""Each command's settings: the command line, as Hydra composed it, typed in one object.
+
+- train: `TrainSettings`, made by training/check.py. The run is built from it alone
+  (training/run.py: the DataModule, the LightningModule, the Trainer, its loggers and
+  callbacks), and its record is written from it (training/run_folder.py). Each part's settings
+  are plain values, interpolations resolved, typed as their class's constructor takes them
+  (doors/settings.py, doors/ranges.py).
+- evaluate, predict, export and serve: their `*Options` (`command_options`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Optional
 
 import torch
@@ -14,16 +19,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from mnist_lightning.doors.problems import check
 from mnist_lightning.doors.settings import METRIC, SEED, STRICT, plain_container
 
-Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+Node = dict[str, Any]  # a part's settings (name: value, ...), as conf/ writes them
 
 
-class Options(BaseModel):
+class TrainOptions(BaseModel):
+    """conf/train.yaml's own settings."""
+
     model_config = STRICT
-
-
-class TrainOptions(Options):
-    """conf/train.yaml's own settings (each group is checked as its class's settings)."""
-
     seed: SEED = 42
     cpu_threads: Optional[Annotated[int, Field(ge=1, le=1024)]] = 1  # noqa: UP045
     lr_find: bool = False
@@ -34,18 +36,16 @@ class TrainOptions(Options):
     ckpt_path: Optional[str] = None  # noqa: UP045
 
 
-Node = dict[str, Any]
-
-
 class ModelShape(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
     net: Node
 
 
 class TrainShape(BaseModel):
-    """The train config's groups, as conf/ makes them: settings of a class, or parts by name."""
+    """The train config's parts, as conf/ makes them: settings of a class, or parts by name."""
 
     model_config = ConfigDict(strict=True, extra="allow")
+    paths: Node
     data: Node
     augment: Optional[Node] = None  # noqa: UP045
     model: ModelShape
@@ -54,6 +54,62 @@ class TrainShape(BaseModel):
     trainer: Node
     callbacks: Optional[dict[str, Optional[Node]]] = None  # noqa: UP045
     logger: Optional[dict[str, Optional[Node]]] = None  # noqa: UP045
+
+
+class TrainSettings(TrainOptions, TrainShape):
+    """Everything a run is: the options, each part's settings, and what the command said (the
+    option chosen per config group, its overrides, and the config as composed, interpolations
+    unresolved: what `resume=` continues with)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    model: Node
+    callbacks: dict[str, Optional[Node]] = {}  # noqa: UP045 - None: a part removed
+    logger: dict[str, Optional[Node]] = {}  # noqa: UP045
+    choices: dict[str, Any] = {}
+    overrides: list[str] = []
+    composed: dict[str, Any] = {}
+
+    @property
+    def output_dir(self) -> str:
+        return self.paths["output_dir"]
+
+    def config(self) -> dict[str, Any]:
+        """The resolved config, as the trackers keep it (`config/optimizer/lr`, ...)."""
+        return self.model_dump(exclude={"choices", "overrides", "composed"})
+
+    def headline(self) -> dict[str, Any]:
+        """The settings that tell runs apart: the console's summary and TensorBoard's HParams."""
+        net, scheduler = self.model["net"], self.scheduler
+        return {
+            "net": net.get("name") or net.get("_target_"),
+            "activation": self.model["activation"],
+            "optimizer": self.optimizer["name"],
+            "lr": self.optimizer["lr"],
+            "scheduler": scheduler["name"] if scheduler else "none",
+            "augment": self.choices.get("augment") or "none",
+            "batch_size": self.data["batch_size"],
+            "epochs": self.trainer.get("max_epochs"),
+            "normalize": self.data["normalize"],
+            "shuffle": self.data["shuffle"],
+            "seed": self.seed,
+        }
+
+    def describe(self) -> str:
+        """The run in two lines (the whole config is in .hydra/config.yaml)."""
+        shown = "  ".join(f"{k}={v}" for k, v in self.headline().items())
+        return (
+            f"{shown}\ndata: {self.data['data_dir']}  accelerator="
+            f"{self.trainer.get('accelerator')}  cpu_threads={self.cpu_threads}"
+        )
+
+
+# --- the other commands -----------------------------------------------------------------------
+
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+
+
+class Options(BaseModel):
+    model_config = STRICT
 
 
 class EvaluateOptions(Options):
@@ -109,15 +165,12 @@ class ServeOptions(Options):
     net_target: Optional[str] = None  # noqa: UP045
 
 
-def command_options(model: type[Options], cfg: DictConfig, groups: Sequence[str] = ()) -> Any:
-    """A command's options, checked against `model`, as an instance of it. `groups` are the
-    config's other top-level nodes (checked as their own classes' settings)."""
-    skip = ("hydra", "paths", "defaults", *groups)
+def command_options(model: type[Options], cfg: DictConfig) -> Any:
+    """A command's options (evaluate, predict, export, serve), checked against `model`, as an
+    instance of it: one line per bad value."""
     values = {}
     for key in cfg:
-        if key in skip:
-            continue
-        if OmegaConf.is_missing(cfg, key):
+        if key in ("hydra", "paths", "defaults") or OmegaConf.is_missing(cfg, key):
             continue
         values[str(key)] = plain_container(cfg.get(key))
     check("", model, values)
