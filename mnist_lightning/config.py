@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
@@ -49,7 +50,7 @@ def _hydra_record(output_dir: str, subdir: str = ".hydra") -> str | None:
 def _run_name(output_dir: str) -> str:
     """A tracker's name for a run: the overrides of a sweep's job (`optimizer=adam,seed=1`), else
     the run folder's name."""
-    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         job = HydraConfig.get().job
         short = [o for o in HydraConfig.get().overrides.task if len(o) <= 60]
         return f"{job.num}: {' '.join(short)}"[:120]

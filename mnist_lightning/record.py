@@ -12,9 +12,16 @@ from mnist_lightning.errors import ConfigError, UserError
 from mnist_lightning.folders import DamagedFile, read_yaml
 
 RECORD_FORMAT = 3  # run_config.yaml's (training/run_folder.py writes it)
-# What may be given beside resume=: where the data and the trackers are, and Hydra's own.
+# What may be given beside resume=: where the data and the trackers are, Hydra's own, and a new
+# length (training longer: the run goes on to it from its last checkpoint, as Lightning's
+# fit(ckpt_path=) does).
+LENGTH_KEYS = ("trainer.max_epochs", "trainer.max_steps")
 RESUME_KEYS = ("resume", "ckpt_path", "data.data_dir", "data.download", "data.mirrors")
+RESUME_KEYS += LENGTH_KEYS
 RESUME_PREFIXES = ("logger.", "paths.", "hydra.")
+# Schedules spread over the run's length, which a longer run cannot continue: OneCycle stops at
+# its last step, a cosine turns back up after T_max.
+BOUND_TO_LENGTH = ("onecycle", "cosine")
 
 
 def read_record(folder: Path) -> dict[str, Any]:
@@ -59,4 +66,13 @@ def check_resume(folder: Path, overrides: list[str], output_dir: Path | None = N
         )
     if not (folder / RUN_CONFIG).is_file():
         raise UserError(f"resume={folder}: not a run folder of this project (no {RUN_CONFIG})")
-    return read_record(folder)
+    record = read_record(folder)
+    longer = [o for o, key in zip(overrides, keys, strict=True) if key in LENGTH_KEYS]
+    scheduler = record["config"].get("scheduler") or {}
+    if longer and isinstance(scheduler, dict) and scheduler.get("name") in BOUND_TO_LENGTH:
+        raise ConfigError(
+            f"{' '.join(longer)}: the run's scheduler={scheduler['name']} is spread over its "
+            "length and cannot go on past it; train longer as a new run that starts from this "
+            f"one's weights, with a schedule of its own (init_from={folder})."
+        )
+    return record

@@ -34,6 +34,7 @@ class TrainOptions(BaseModel):
     optimized_metric: METRIC = "val/acc_best"
     resume: Optional[str] = None  # noqa: UP045
     ckpt_path: Optional[str] = None  # noqa: UP045
+    init_from: Optional[str] = None  # noqa: UP045
 
 
 class ModelShape(BaseModel):

@@ -34,12 +34,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with folder.locked():
         # The run's one settings object (settings.py), checked; and where it continues from.
         settings, resume = folder.start_or_continue(cfg)
-        if resume is not None and (done := folder.finished_metrics()):
-            return done
+        if resume is not None and resume.finished:  # killed after its results were written
+            return resume.finished
         run.set_up_process(settings)
         log.info("%s\nrun dir: %s", settings.describe(), folder.path)
         datamodule, model, trainer = run.build(settings)
         if resume is None:
+            if settings.init_from:  # fine-tuning: the network starts from trained weights
+                run.start_from_weights(model, settings.init_from)
             if settings.lr_find:
                 settings.optimizer["lr"] = find_learning_rate(
                     trainer, model, datamodule, folder.path

@@ -308,27 +308,6 @@ def read_checkpoint_ok(path) -> bool:
     return bool(read_checkpoint(path)["state_dict"])
 
 
-def test_ddp_on_two_cpu_processes_gives_one_run_folder(fixture_data_dir, tmp_path):
-    run_dir = tmp_path / "ddp"
-    result = run_module(
-        "mnist_lightning.train",
-        "trainer=ddp_cpu",
-        *FAST,
-        "trainer.max_epochs=2",
-        f"hydra.run.dir={run_dir}",
-        data_dir=fixture_data_dir,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["world_size"] == 2
-    train_images = 640 - 128
-    steps_per_epoch = -(-(train_images // 2) // 64)  # each process takes half of every epoch
-    assert metrics["global_step"] == 2 * steps_per_epoch
-    assert {"test/acc", "val/acc_best", "train/loss"} <= set(metrics)
-    assert len(list((run_dir / "checkpoints").glob("epoch=*.ckpt"))) == 1
-
-
 def test_submitit_local_sweep_with_one_diverging_job(fixture_data_dir, tmp_path):
     sweep_dir = tmp_path / "submitit"
     result = run_module(

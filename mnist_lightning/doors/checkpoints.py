@@ -274,6 +274,7 @@ class Trained:
     checkpoint: Path
     model: torch.nn.Module  # in eval mode, on the CPU; `.net` is the network
     data: dict[str, Any]  # the data settings it was trained with: normalisation, split, batches
+    settings: dict[str, Any]  # the model's: its network (net, activation, maxout_pieces), ...
 
 
 def load_trained(
@@ -296,4 +297,4 @@ def load_trained(
     if not fits:
         check_checkpoint_fits(model, path, weights)
     model.load_state_dict(weights)
-    return Trained(path, model.eval(), data)
+    return Trained(path, model.eval(), data, model_settings)

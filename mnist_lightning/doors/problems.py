@@ -200,8 +200,9 @@ def problems(where: str, model: Any, values: Any) -> list[str]:
         if name in seen:
             continue  # a union's members each report the same value
         seen.add(name)
-        found.append(one_line(_line(name, detail, annotation, holder)))
-    return found
+        found.append((name, one_line(_line(name, detail, annotation, holder))))
+    # A union's list member reports each item; the setting as a whole says it once.
+    return [line for name, line in found if name.rpartition("[")[0] not in seen]
 
 
 def _line(name: str, detail: dict, annotation: Any, holder: Any) -> str:
@@ -246,6 +247,9 @@ def import_problem(where: str, target: str, error: BaseException) -> str:
     return f"{where}._target_={target}: cannot be imported ({reason})"
 
 
+HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_")  # how Hydra builds a node
+
+
 def settings_values(node: Any, objects: bool = True) -> dict[str, Any]:
     """A config node's values as a class's settings: Hydra's own keys (`_target_`, `_partial_`)
     and the objects Hydra builds from it are not settings (`objects`; in a file read back they
@@ -253,11 +257,7 @@ def settings_values(node: Any, objects: bool = True) -> dict[str, Any]:
     values = plain_container(node) or {}
     if not objects:
         return values
-    return {
-        k: v
-        for k, v in values.items()
-        if k not in ("_target_", "_partial_") and not is_object_config(v)
-    }
+    return {k: v for k, v in values.items() if k not in HYDRA_KEYS and not is_object_config(v)}
 
 
 def class_problems(

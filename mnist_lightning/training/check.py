@@ -167,7 +167,8 @@ def _problems(cfg: DictConfig) -> list[str]:
         for name, node in (config.get(group) or {}).items():
             if isinstance(node, dict) and "_target_" in node:
                 found += _target_problems(f"{group}.{name}", node)
-    for problem in (_unvalidated_monitor(cfg), _cycle_without_end(cfg), _savers_kept(cfg)):
+    problems_together = (_unvalidated_monitor, _cycle_without_end, _savers_kept, _spawned)
+    for problem in (rule(cfg) for rule in problems_together):
         if problem and not found:  # (they read values that must be right first)
             found.append(problem)
     wrong = {_setting(p) for p in found}
@@ -235,6 +236,22 @@ def _cycle_without_end(cfg: DictConfig) -> str | None:
     return (
         f"scheduler=onecycle spreads one cycle over the run's steps, and trainer.max_epochs="
         f"{given} sets no end: give +trainer.max_steps=N or a number of epochs"
+    )
+
+
+def _spawned(cfg: DictConfig) -> str | None:
+    """Strategies that fit in processes started for the fit alone (ddp_spawn, ddp_fork,
+    ddp_notebook): what the callbacks measured there (the epochs' history, the figures, the
+    exact-resume state) ends with those processes, and Lightning hands back only the weights."""
+    strategy = cfg.trainer.get("strategy")
+    if not isinstance(strategy, str) or not any(
+        w in strategy for w in ("spawn", "fork", "notebook")
+    ):
+        return None
+    return (
+        f"trainer.strategy={strategy} trains in processes that end with the fit, taking the "
+        "epochs' history and the run's figures with them: use trainer.strategy=ddp "
+        "(trainer=ddp_cpu on CPUs), which runs the whole command in each process"
     )
 
 

@@ -49,6 +49,9 @@ class Resume:
     checkpoint: Path
     step: int = 0
     earlier_rows: list[dict[str, Any]] = field(default_factory=list)
+    # The results of a run that already finished in this folder, or None (also when they are
+    # not whole: the run goes on from its last checkpoint and writes them again).
+    finished: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, folder: Path, checkpoint: Path, cfg: DictConfig) -> Resume:

@@ -10,15 +10,18 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from mnist_lightning.config import group_targets
-from mnist_lightning.doors.checkpoints import read_checkpoint
+from mnist_lightning.doors.checkpoints import load_trained, read_checkpoint
 from mnist_lightning.errors import (
     CheckpointError,
+    ConfigError,
     TrainingDiverged,
     UserError,
+    first_line,
 )
 from mnist_lightning.folders import CHECKPOINTS
 from mnist_lightning.settings import TrainSettings
@@ -29,6 +32,7 @@ from mnist_lightning.training.callbacks import (
     RestoreWatch,
 )
 from mnist_lightning.training.check import building
+from mnist_lightning.training.limits import check_limits
 from mnist_lightning.training.monitors import StepLossLogger
 from mnist_lightning.training.resume import Resume, RunCheckpointIO
 from mnist_lightning.training.tracking import (
@@ -72,6 +76,8 @@ def build(settings: TrainSettings):
         loggers = [instantiate(node) for node in group_targets(settings.logger)]
     with building("callbacks", settings.overrides):
         callbacks = [instantiate(node) for node in group_targets(settings.callbacks)]
+    if not loggers:  # (logger=none, logger=[], ~logger): Lightning refuses a monitor without one
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     with building("trainer", settings.overrides):
         trainer = instantiate(
             settings.trainer,
@@ -84,7 +90,14 @@ def build(settings: TrainSettings):
             _convert_="all",
         )
     datamodule.prepare_data()  # missing or damaged data: one line before anything is written
+    check_limits(trainer, datamodule)  # (a fraction of the batches each process gets)
     return datamodule, model, trainer
+
+
+def start_from_weights(model: pl.LightningModule, init_from: str) -> None:
+    """A new run's network starts from a trained model's weights (`init_from=`, fine-tuning),
+    read through the checkpoint door (doors/checkpoints.py) as a file from others."""
+    model.net.load_state_dict(load_trained(init_from).model.net.state_dict())
 
 
 def run_callbacks() -> list[pl.Callback]:
@@ -126,6 +139,8 @@ def fit(
         trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
     except UserError:
         raise
+    except MisconfigurationException as error:  # Lightning's word for a setting it refuses
+        raise ConfigError(f"the Trainer refused the settings: {first_line(error)}") from None
     except Exception as error:  # noqa: BLE001 - whatever a damaged checkpoint makes fail
         watch = next(c for c in trainer.callbacks if isinstance(c, RestoreWatch))
         if checkpoint is None or watch.restored:

@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.config import RUN_CONFIG, run_dir
 from mnist_lightning.data import DATA_SOURCE
-from mnist_lightning.errors import ConfigError, OutputError, UserError
+from mnist_lightning.doors.checkpoints import load_trained
+from mnist_lightning.errors import CheckpointError, ConfigError, OutputError, UserError
 from mnist_lightning.folders import (
     CHECKPOINTS,
     LAST,
@@ -34,7 +35,7 @@ from mnist_lightning.folders import (
     read_results,
     run_folder_of,
 )
-from mnist_lightning.record import RECORD_FORMAT, check_resume, read_record
+from mnist_lightning.record import LENGTH_KEYS, RECORD_FORMAT, check_resume, read_record
 from mnist_lightning.settings import TrainSettings
 from mnist_lightning.training.check import check
 from mnist_lightning.training.resume import Resume
@@ -64,6 +65,34 @@ def hydra_part(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any], list[str], 
     choices = OmegaConf.to_container(hydra_cfg.runtime.choices)
     overrides = [str(o) for o in hydra_cfg.overrides.task]
     return cfg, choices, overrides, hydra_cfg.mode == RunMode.MULTIRUN
+
+
+# What a trained model's weights bring with them: its network.
+NETWORK_KEYS = ("net", "activation", "maxout_pieces")
+NETWORK_OVERRIDES = ("model.net", "model/net", "model.activation=", "model.maxout_pieces=")
+
+
+def start_from(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """A new run that starts from a trained model's weights (`init_from=`), read through the
+    checkpoint door as a file from others: the config with that model's network, which the
+    command line may not name too."""
+    try:
+        trained = load_trained(cfg.init_from)
+    except CheckpointError as error:
+        raise CheckpointError(f"init_from={cfg.init_from}: {error}") from None
+    net = trained.settings.get("net") or {}
+    named = [o for o in overrides if o.lstrip("+~").startswith(NETWORK_OVERRIDES)]
+    if named:
+        raise ConfigError(
+            f"init_from={cfg.init_from}: the network comes with its weights "
+            f"({net.get('name') or net.get('_target_')}, {trained.settings.get('activation')}); drop "
+            f"{' '.join(named)}, or train that network from the start instead."
+        )
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for key in NETWORK_KEYS:
+            cfg.model[key] = trained.settings.get(key, cfg.model.get(key))
+    return cfg
 
 
 class RunFolder:
@@ -105,7 +134,14 @@ class RunFolder:
         or one inside a run's folder.
         """
         cfg, choices, overrides, resume = self._config(cfg)
-        return check(cfg, overrides, choices), resume
+        settings = check(cfg, overrides, choices)
+        if resume is not None:
+            longer = [o for o in overrides if o.partition("=")[0].lstrip("+~") in LENGTH_KEYS]
+            if longer:  # training longer: the run goes on, whether it finished or not
+                self._record_longer(settings, longer, resume.step)
+            else:
+                resume.finished = read_results(self.path)
+        return settings, resume
 
     def _config(self, cfg: DictConfig) -> tuple[DictConfig, dict, list[str], Resume | None]:
         cfg, choices, overrides, multirun = hydra_part(cfg)
@@ -118,6 +154,8 @@ class RunFolder:
             checkpoint = self._resume_point(cfg)
             cfg = self._resumed(record, cfg, overrides)
             return cfg, record["choices"], overrides, Resume.of(self.path, checkpoint, cfg)
+        if cfg.get("init_from"):
+            cfg = start_from(cfg, overrides)
         enclosing = run_folder_of(self.path.parent)
         if enclosing is not None:
             raise OutputError(
@@ -177,7 +215,7 @@ class RunFolder:
                 resumed.data[key] = OmegaConf.select(cfg, f"data.{key}")
             for override in overrides:
                 key = override.partition("=")[0].lstrip("+~")
-                if key.startswith("logger."):
+                if key.startswith("logger.") or key in LENGTH_KEYS:
                     OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
         return resumed
 
@@ -195,10 +233,21 @@ class RunFolder:
             "choices": settings.choices,
             "config": config,
         }
+        self._write_record(record)
+
+    def _write_record(self, record: dict[str, Any]) -> None:
         header = "# What this run is: resume=<this folder> continues it with this config.\n"
         write_text_atomically(self.record_file, header + yaml.safe_dump(record, sort_keys=False))
 
-    def finished_metrics(self) -> dict | None:
-        """The results of a run that already finished in this folder, or None (also when they
-        are not whole: the run goes on from its last checkpoint and writes them again)."""
-        return read_results(self.path)
+    def _record_longer(self, settings: TrainSettings, longer: list[str], step: int) -> None:
+        """The record of a run trained longer: its new length, for the next `resume=`, and when
+        it was extended (`extended`: the overrides, from which step)."""
+        if not is_rank_zero():
+            return
+        record = read_record(self.path)
+        for key in LENGTH_KEYS:
+            name = key.partition(".")[2]
+            if name in settings.trainer:
+                record["config"]["trainer"][name] = settings.trainer[name]
+        record.setdefault("extended", []).append({"overrides": longer, "from_step": step})
+        self._write_record(record)
