@@ -4,7 +4,9 @@
   folder that cannot be written) ends in one line, `error: <what is wrong and what to do>`, and
   exit code 1, never a traceback.
 - A job of a multirun that fails leaves `failure.json` in its folder and returns no value, so the
-  sweep goes on and its summary says why (Optuna records a failed trial).
+  sweep goes on and its summary says why (Optuna records a failed trial); but a first job
+  refused before any work for a setting that no job of the sweep varies stops the sweep, which
+  would run every job into the same refusal.
 - What every command's process shares: Lightning's messages through Hydra's logging minus its
   tips, imported objects frozen for the garbage collector, and background
   threads' write errors in one line (the main thread reports the same error when it next writes).
@@ -17,6 +19,7 @@ import functools
 import gc
 import json
 import logging
+import re
 import sys
 import threading
 import traceback
@@ -76,6 +79,12 @@ def command(task: Task) -> Task:
             if in_multirun():
                 record_failure(error, message)
                 log.error("job failed: %s", message or repr(error), exc_info=message is None)
+                if every_job_would_fail(error):
+                    log.error(
+                        "error: the sweep stops: its first job was refused before any work for "
+                        "what every job shares; mend it and run the sweep again"
+                    )
+                    sys.exit(1)
                 return None
             if message is None:
                 raise
@@ -83,6 +92,38 @@ def command(task: Task) -> Task:
             sys.exit(1)
 
     return run  # type: ignore[return-value]
+
+
+def swept_keys() -> set[str] | None:
+    """The settings a sweep varies: its command line's sweeps (`a=1,2`, `glob(*)`) and its
+    sweeper's own search space (Optuna's params); None when the command line cannot be read."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        given = [a for a in sys.argv[1:] if not a.startswith("-")]
+        parsed = OverridesParser.create().parse_overrides(given)
+    except Exception:  # noqa: BLE001 - Hydra read it before; unread, the sweep goes on
+        return None
+    keys = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    return keys | set(HydraConfig.get().sweeper.get("params") or {})
+
+
+def every_job_would_fail(error: BaseException) -> bool:
+    """Whether the sweep's first job was refused before any work (a ConfigError) for settings
+    that the sweep does not vary, so that every other job would be refused the same way."""
+    if not isinstance(error, ConfigError) or HydraConfig.get().job.num != 0:
+        return False
+    swept = swept_keys()
+    if swept is None:
+        return False
+    named = {
+        re.split(r"[=: ]", line.lstrip("+~"), maxsplit=1)[0] for line in str(error).split("\n")
+    }
+    return not any(
+        n == k or n.startswith(f"{k}.") or k.startswith(f"{n}.") or n.startswith(f"{k}/")
+        for n in named
+        for k in swept
+    )
 
 
 def record_failure(error: BaseException, message: str | None) -> None:

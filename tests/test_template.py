@@ -136,17 +136,21 @@ def sweep(tmp_path: Path, data_dir: Path, *overrides: str):
 
 
 def test_experiments_and_a_hydra_sweep(fixture_data_dir, tmp_path):
-    """The template's test_experiments (experiment=glob(*)) and test_hydra_sweep (two learning
-    rates), each with ++trainer.fast_dev_run=true and logger=[], in one sweep."""
+    """The template's test_experiments (experiment=glob(*)) and test_hydra_sweep (learning
+    rates), each with ++trainer.fast_dev_run=true and logger=[], in one sweep. Its first job is
+    refused (lr -1): a refusal of what the sweep varies is that job's alone, and the sweep goes
+    on."""
     jobs, _ = sweep(
         tmp_path,
         fixture_data_dir,
         "experiment=glob(*)",
-        "optimizer.lr=0.005,0.01",
+        "optimizer.lr=-1,0.01",
         "++trainer.fast_dev_run=true",
     )
     experiments = len(list((Path(CONFIG_DIR) / "experiment").glob("*.yaml")))
-    assert len(jobs) == 2 * experiments and all(job["global_step"] == 1 for job in jobs)
+    assert len(jobs) == experiments and all(job["global_step"] == 1 for job in jobs)
+    failed = sorted((tmp_path / "sweep").glob("*/failure.json"))
+    assert len(failed) == experiments and failed[0].parent.name == "0"
 
 
 def test_hydra_sweep_ddp_sim_with_fractional_limits(fixture_data_dir, tmp_path):
@@ -172,13 +176,12 @@ def test_hydra_sweep_ddp_sim_with_fractional_limits(fixture_data_dir, tmp_path):
         tmp_path,
         fixture_data_dir,
         "trainer=ddp_cpu",
-        "trainer.max_epochs=2",
         *limits,
         "data.eval_batch_size=6",
         "optimizer.lr=0.005,0.01",
     )
     assert len(jobs) == 2 and all(job["world_size"] == 2 for job in jobs)
-    assert all(job["global_step"] == 2 * 2 for job in jobs)  # half of 4 batches, 2 epochs
+    assert all(job["global_step"] == 2 for job in jobs)  # half of each process's 4 batches
 
 
 def test_optuna_sweep(fixture_data_dir, tmp_path):
@@ -331,3 +334,21 @@ def test_starting_from_a_model_refuses_another_network_and_a_bad_file(trained_ru
     with pytest.raises(CheckpointError, match=f"^init_from={crafted}: .* is truncated or not"):
         train(compose([f"init_from={crafted}"], tmp_path / "b"))
     assert not (tmp_path / "a" / "run_config.yaml").exists()
+
+
+def test_a_sweep_stops_when_its_first_job_is_refused_for_what_every_job_shares(
+    fixture_data_dir, tmp_path
+):
+    result = run_module(
+        "mnist_lightning.train",
+        "-m",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *fixture_run(
+            fixture_data_dir, "optimizer.lr=0.01,0.02,0.03", "+trainer.limit_val_batches=0.1"
+        ),
+    )
+    assert result.returncode == 1
+    assert (
+        result.stdout.strip().splitlines()[-1].startswith("error: the sweep stops: its first job")
+    )
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["0", "multirun.yaml"]
