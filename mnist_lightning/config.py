@@ -13,6 +13,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from mnist_lightning import PACKAGE_DIR, project_root
+from mnist_lightning.errors import UserError
 
 # conf/ sits at the top of the checkout (an editable install reads it there, so an edit needs no
 # reinstall); a wheel holds it inside the package (pyproject.toml's force-include).
@@ -76,6 +77,23 @@ def group_configs(group: Mapping | None, cls: type) -> list:
         if isinstance(target, type) and issubclass(target, cls):
             found.append(node)
     return found
+
+
+def dataset_description(name: str) -> dict | None:
+    """The whole description of a dataset that a checkpoint learnt (its files, their MD5s, its
+    mirrors) by its name, from conf/data/<name>.yaml: a checkpoint names its dataset, never
+    where its files come from. None for MNIST (data/datasets.py). `name` is typed where the
+    checkpoint is read (a lowercase identifier)."""
+    if name == "mnist":
+        return None
+    path = Path(CONFIG_DIR) / "data" / f"{name}.yaml"
+    description = OmegaConf.load(path).get("dataset") if path.is_file() else None
+    if not description:
+        raise UserError(
+            f"the checkpoint learnt the dataset {name}, which no config of {path.parent} "
+            f"describes; add its config file ({path.name}), as for training it"
+        )
+    return OmegaConf.to_container(description, resolve=True)
 
 
 def register_resolvers() -> None:

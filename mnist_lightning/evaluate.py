@@ -19,9 +19,10 @@ from omegaconf import DictConfig
 
 from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.command import command
-from mnist_lightning.config import CONFIG_DIR
+from mnist_lightning.config import CONFIG_DIR, dataset_description
 from mnist_lightning.data import NUM_CLASSES
 from mnist_lightning.data.datamodule import MNISTDataModule
+from mnist_lightning.data.datasets import MNIST
 from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.errors import ConfigError
 from mnist_lightning.folders import refuse_inside_a_run
@@ -32,19 +33,22 @@ from mnist_lightning.training.callbacks import TestSetReport
 log = logging.getLogger("mnist_lightning.evaluate")
 
 
-def confusion_text(matrix: list[list[int]]) -> str:
+def confusion_text(matrix: list[list[int]], classes: tuple[str, ...] = MNIST.classes) -> str:
     header = "true\\pred " + " ".join(f"{d:>5}" for d in range(NUM_CLASSES))
     rows = [
         f"{true:>9} " + " ".join(f"{n:>5}" for n in counts) for true, counts in enumerate(matrix)
     ]
-    return "\n".join([header, *rows])
+    names = [] if classes == MNIST.classes else ["", *(f"{i}: {c}" for i, c in enumerate(classes))]
+    return "\n".join([header, *rows, *names])
 
 
-def per_class_text(per_class: dict[str, list[float]]) -> str:
-    lines = ["digit  precision  recall  accuracy"]
-    for digit in range(NUM_CLASSES):
-        p, r, a = (per_class[k][digit] for k in ("precision", "recall", "accuracy"))
-        lines.append(f"{digit:>5}  {p:>9.4f}  {r:>6.4f}  {a:>8.4f}")
+def per_class_text(per_class: dict[str, list[float]], classes=MNIST.classes) -> str:
+    width = max(5, *(len(c) for c in classes))
+    word = "digit" if classes == MNIST.classes else "class"
+    lines = [f"{word:>{width}}  precision  recall  accuracy"]
+    for index, name in enumerate(classes):
+        p, r, a = (per_class[k][index] for k in ("precision", "recall", "accuracy"))
+        lines.append(f"{name:>{width}}  {p:>9.4f}  {r:>6.4f}  {a:>8.4f}")
     return "\n".join(lines)
 
 
@@ -57,6 +61,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trained = load_trained(options.ckpt_path, options.net_target, classes)
     # The checkpoint's split and normalisation; where the data is, from this command.
     settings = {k: v for k, v in trained.data.items() if k not in ("augment", "shuffle")}
+    settings["dataset"] = dataset_description(trained.dataset.name)  # its files, from conf/data/
     datamodule = MNISTDataModule(data_dir=options.data_dir, shuffle=False, **settings)
     datamodule.test_split = options.split
     report = TestSetReport(str(output_dir), max_misclassified=options.max_misclassified)
@@ -78,20 +83,21 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         f"{split}/acc": tested["test/acc"],
         f"{split}/loss": tested["test/loss"],
         "data": {k: trained.data.get(k) for k in ("normalize", "val_size", "split_seed")},
+        "dataset": datamodule.dataset.name,
         **report.results,
     }
     write_text_atomically(output_dir / "eval.json", json.dumps(results, indent=2) + "\n")
     log.info(
         "checkpoint %s\n%s split, %d images: accuracy %.4f  loss %.4f\n\n%s\n\nconfusion matrix "
-        "(rows: true digit, columns: predicted)\n%s\n\nwrote eval.json, confusion_matrix.png, "
+        "(rows: the true class, columns: the predicted one)\n%s\n\nwrote eval.json, confusion_matrix.png, "
         "misclassified.png to %s",
         trained.checkpoint,
         split,
         results["images"],
         results[f"{split}/acc"],
         results[f"{split}/loss"],
-        per_class_text(report.results["per_class"]),
-        confusion_text(report.results["confusion_matrix"]),
+        per_class_text(report.results["per_class"], datamodule.dataset.classes),
+        confusion_text(report.results["confusion_matrix"], datamodule.dataset.classes),
         output_dir,
     )
     return results

@@ -19,7 +19,7 @@ from torch import nn
 from mnist_lightning.atomic import write_atomically
 from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
-from mnist_lightning.data import normalized
+from mnist_lightning.data import MNIST_MEAN, MNIST_STD, normalized
 from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.errors import UserError
 from mnist_lightning.folders import refuse_inside_a_run, writable
@@ -32,18 +32,21 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 class ExportedClassifier(nn.Module):
     """images in [0, 1] -> (normalise as in training) -> the network -> logits."""
 
-    def __init__(self, net: nn.Module, normalize: bool) -> None:
+    def __init__(
+        self, net: nn.Module, normalize: bool, mean: float = MNIST_MEAN, std: float = MNIST_STD
+    ) -> None:
         super().__init__()
         self.net = net
-        self.normalize = normalize
+        self.normalize, self.mean, self.std = normalize, mean, std  # the dataset's
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(normalized(images) if self.normalize else images)
+        return self.net(normalized(images, self.mean, self.std) if self.normalize else images)
 
 
 def exportable(ckpt_path: str | Path, net_target: str | None = None) -> ExportedClassifier:
     trained = load_trained(ckpt_path, net_target)
-    return ExportedClassifier(trained.model.net, trained.data.get("normalize", True)).eval()
+    normalize, dataset = trained.data.get("normalize", True), trained.dataset
+    return ExportedClassifier(trained.model.net, normalize, dataset.mean, dataset.std).eval()
 
 
 def check_output(output: Path) -> Path:

@@ -24,6 +24,7 @@ from mnist_lightning.atomic import write_text_atomically
 from mnist_lightning.command import command
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.data import to_model_input
+from mnist_lightning.data.datasets import MNIST, IdxDataset
 from mnist_lightning.doors import images
 from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.errors import ImageError, UserError
@@ -33,27 +34,35 @@ from mnist_lightning.settings import PredictOptions, command_options
 log = logging.getLogger("mnist_lightning.predict")
 
 
-def answer(probabilities: torch.Tensor, top_k: int = 3) -> dict[str, Any]:
-    """The answer about one image, the same from predict and serve: the digit, its
-    probability, all ten, and the top k as [digit, probability] pairs."""
-    values, digits = probabilities.topk(top_k)
+def answer(
+    probabilities: torch.Tensor, top_k: int = 3, dataset: IdxDataset = MNIST
+) -> dict[str, Any]:
+    """The answer about one image, the same from predict and serve: the class (MNIST: the
+    digit), its probability, all ten, and the top k as [class, probability] pairs; for a
+    dataset other than MNIST also the class's name."""
+    values, classes = probabilities.topk(top_k)
+    best = int(classes[0])
+    named = {"digit": best} if dataset.is_mnist else {"class": best, "name": dataset.classes[best]}
     return {
-        "digit": int(digits[0]),
+        **named,
         "probability": round(float(values[0]), 6),
         "probabilities": [round(float(p), 6) for p in probabilities],
-        "top": [[int(d), round(float(p), 6)] for d, p in zip(digits, values, strict=True)],
+        "top": [[int(d), round(float(p), 6)] for d, p in zip(classes, values, strict=True)],
     }
 
 
-def probabilities(model, images: torch.Tensor, normalize: bool) -> torch.Tensor:
+def probabilities(model, images: torch.Tensor, normalize: bool, dataset=MNIST) -> torch.Tensor:
     """The ten probabilities of each of uint8 [N,1,28,28] images (predict's and serve's)."""
     with torch.inference_mode():
-        return model(to_model_input(images, normalize)).softmax(dim=1)
+        x = to_model_input(images, normalize, None, dataset.mean, dataset.std)
+        return model(x).softmax(dim=1)
 
 
-def classify(model, images: torch.Tensor, normalize: bool, top_k: int = 3) -> list[dict[str, Any]]:
+def classify(
+    model, images: torch.Tensor, normalize: bool, top_k: int = 3, dataset: IdxDataset = MNIST
+) -> list[dict[str, Any]]:
     """The answers for uint8 [N,1,28,28] images."""
-    return [answer(p, top_k) for p in probabilities(model, images, normalize)]
+    return [answer(p, top_k, dataset) for p in probabilities(model, images, normalize, dataset)]
 
 
 def printable(text: str) -> str:
@@ -68,12 +77,13 @@ def write_results(results: list[dict[str, Any]], output: Path) -> None:
         return
     text = io.StringIO(newline="")
     writer = csv.writer(text)
-    writer.writerow(["file", "digit", "probability", "top", "error"])
+    named = any("name" in r for r in results)  # a dataset other than MNIST: its class names
+    first = ["file", "class", "name"] if named else ["file", "digit"]
+    writer.writerow([*first, "probability", "top", "error"])
     for r in results:
         top = " ".join(f"{d}:{p:.4f}" for d, p in r.get("top", []))
-        writer.writerow(
-            [r["file"], r.get("digit", ""), r.get("probability", ""), top, r.get("error", "")]
-        )
+        found = [r.get("class", ""), r.get("name", "")] if named else [r.get("digit", "")]
+        writer.writerow([r["file"], *found, r.get("probability", ""), top, r.get("error", "")])
     write_text_atomically(output, text.getvalue())
 
 
@@ -86,7 +96,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
             raise UserError(f"output={options.output}: use a .csv or .json file name")
     run_dir = refuse_inside_a_run(cfg.paths.output_dir, "hydra.run.dir")
     trained = load_trained(options.ckpt_path, options.net_target)
-    normalize = trained.data.get("normalize", True)
+    normalize, dataset = trained.data.get("normalize", True), trained.dataset
     inputs = [options.inputs] if isinstance(options.inputs, str) else list(options.inputs)
     files, skipped = images.find_images(inputs)
     if skipped:
@@ -98,13 +108,14 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     for path in files:  # each file on its own: a bad one costs only its own error line
         name = images.shown_name(path)
         try:
-            digits[len(results)] = images.image_to_digit(images.load_image(path), name)
+            image = images.load_image(path)
+            digits[len(results)] = images.image_to_digit(image, name, dataset.framing)
             results.append({"file": name})
         except ImageError as error:
             results.append({"file": name, "error": str(error).removeprefix(f"{name}: ")})
     if digits:
         batch = torch.stack(list(digits.values()))
-        answers = classify(trained.model, batch, normalize, options.top_k)
+        answers = classify(trained.model, batch, normalize, options.top_k, dataset)
         for index, answer in zip(digits, answers, strict=True):
             results[index].update(answer)
 
@@ -122,8 +133,9 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         if "error" in r:
             outcome = f"error: {printable(r['error'])}"
         else:
-            top = ", ".join(f"{d} {p:.3f}" for d, p in r["top"])
-            outcome = f"digit {r['digit']}  p={r['probability']:.3f}  top {options.top_k}: {top}"
+            top = ", ".join(f"{dataset.classes[d]} {p:.3f}" for d, p in r["top"])
+            best = f"digit {r['digit']}" if "digit" in r else f"{r['class']} {r['name']}"
+            outcome = f"{best}  p={r['probability']:.3f}  top {options.top_k}: {top}"
         log.info("%-*s  %s", width, shown[r["file"]], outcome)
     failed = sum("error" in r for r in results)
     saved = f"; 28x28 inputs in {run_dir / 'preprocessed'}" if options.save_preprocessed else ""

@@ -23,13 +23,19 @@ def normalized(x: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD
     return (x - mean) / std
 
 
-def to_model_input(images: torch.Tensor, normalize: bool = True, augment=None) -> torch.Tensor:
+def to_model_input(
+    images: torch.Tensor,
+    normalize: bool = True,
+    augment=None,
+    mean: float = MNIST_MEAN,
+    std: float = MNIST_STD,
+) -> torch.Tensor:
     """uint8 [N,1,28,28] -> float32 in [0,1] (the lesson's ToTensor) -> augmented (training
-    only) -> MNIST-normalised."""
+    only) -> normalised by the dataset's mean and deviation."""
     x = images.float().div_(255)
     if augment is not None:
         x = augment(x)
-    return normalized(x) if normalize else x
+    return normalized(x, mean, std) if normalize else x
 
 
 def already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,8 @@ from torchvision.transforms.v2.functional import gaussian_blur
 class BatchAugment(nn.Module):
     """Per-image random affine transforms and elastic distortions of a batch, on its device:
     rotations up to `degrees`, shifts up to `translate` of the size, zooms within `scale`
-    [low, high], shears up to `shear` degrees, and Simard's distortions of strength
+    [low, high], shears up to `shear` degrees, left-right mirror images with probability
+    `mirror` (fair for clothes, not for digits), and Simard's distortions of strength
     `elastic_alpha` (0: none) from a bank of `elastic_bank` fields."""
 
     def __init__(
@@ -38,9 +39,10 @@ class BatchAugment(nn.Module):
         elastic_alpha: float = 0.0,
         elastic_sigma: float = 4.0,
         elastic_bank: int = 4096,
+        mirror: float = 0.0,
     ) -> None:
         super().__init__()
-        self.degrees, self.translate, self.shear = degrees, translate, shear
+        self.degrees, self.translate, self.shear, self.mirror = degrees, translate, shear, mirror
         self.scale = tuple(scale)
         self.elastic_alpha, self.elastic_sigma, self.elastic_bank = (
             elastic_alpha,
@@ -88,6 +90,9 @@ class BatchAugment(nn.Module):
             ],
             dim=1,
         )
+        if self.mirror > 0:  # (drawn only then: the other augmentations' draws stay as they were)
+            mirrored = torch.rand(n, device=device) < self.mirror
+            theta[:, :, 0] *= 1 - 2 * mirrored.to(theta.dtype)[:, None]
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         if self.elastic_alpha > 0:
             if (

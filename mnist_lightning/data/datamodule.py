@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mnist_lightning.data import DATA_SOURCE, already_batched, to_model_input
 from mnist_lightning.data.augment import BatchAugment
+from mnist_lightning.data.datasets import IdxDataset
 from mnist_lightning.data.mnist_files import default_data_dir, ensure_raw_files, load_mnist
 from mnist_lightning.data.order import ResumableOrder
 from mnist_lightning.errors import MNISTDataError
@@ -42,11 +43,12 @@ class InMemoryMNIST(Dataset):
 
 
 class MNISTDataModule(ResumableOrder, pl.LightningDataModule):
-    """MNIST with a seeded train/val split of the 60,000 training images and the official test set.
+    """MNIST (or `dataset`, one of its format: data/datasets.py) with a seeded train/val split of
+    the training images and the official test set. `augment`: BatchAugment's settings, or None.
 
-    `augment`: BatchAugment's settings, or None. Where the files are (`data_dir`, else
-    $MNIST_DATA_DIR, else data/), `download` and `mirrors` are not hyperparameters: a checkpoint
-    never says where its data comes from. The training order resumes exactly (data/order.py)."""
+    A checkpoint keeps the dataset's name, classes and normalisation, never where its files come
+    from (`data_dir`, else $MNIST_DATA_DIR, else data/; `download`, `mirrors`). The training
+    order resumes exactly (data/order.py)."""
 
     def __init__(
         self,
@@ -58,11 +60,14 @@ class MNISTDataModule(ResumableOrder, pl.LightningDataModule):
         normalize: bool = True,
         split_seed: int = 0,
         augment: Mapping[str, Any] | None = None,
+        dataset: Mapping[str, Any] | None = None,
         download: bool = True,
         mirrors: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=DATA_SOURCE)
+        self.save_hyperparameters(ignore=[*DATA_SOURCE, "dataset"])
+        self.dataset = IdxDataset.of(dataset)
+        self.hparams.dataset = self.dataset.public()
         self.data_dir = Path(data_dir or default_data_dir()).expanduser()
         self.download, self.mirrors = download, mirrors
         self.mnist: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the files as read
@@ -72,11 +77,11 @@ class MNISTDataModule(ResumableOrder, pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         # Once per node: find, decompress or download, and check the files.
-        ensure_raw_files(self.data_dir, self.download, self.mirrors)
+        ensure_raw_files(self.data_dir, self.download, self.mirrors, self.dataset)
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
-            self.mnist = load_mnist(self.data_dir, download=False)
+            self.mnist = load_mnist(self.data_dir, download=False, dataset=self.dataset)
             self.splits = self._split()
         device = self.trainer.strategy.root_device if self.trainer is not None else None
         if device is not None and device.type == "cuda":
@@ -106,8 +111,7 @@ class MNISTDataModule(ResumableOrder, pl.LightningDataModule):
         hparams = self.hparams
         return self.resumable_loader(self.splits["train"], hparams.batch_size, hparams.shuffle)
 
-    # Evaluation takes no optimizer step, so its batch size changes only the speed: the epoch
-    # metrics are per-image means.
+    # No optimizer step in evaluation: its batch size changes only the speed (per-image means).
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
 
@@ -137,7 +141,8 @@ class MNISTDataModule(ResumableOrder, pl.LightningDataModule):
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         augment = self.augment if training else None
-        x = to_model_input(images, self.hparams.normalize, augment)
+        dataset = self.dataset
+        x = to_model_input(images, self.hparams.normalize, augment, dataset.mean, dataset.std)
         if self.trainer is not None:
             # Lightning casts float inputs for its precision (64-true, bf16-true, ...) before the
             # transfer, when these are still uint8: cast the images the model will see here.

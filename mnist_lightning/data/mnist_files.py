@@ -1,6 +1,7 @@
-"""The four MNIST files: find them, decompress them, download them, check them, read them.
+"""The four IDX files of MNIST (or of another dataset of its format, datasets.py): find them,
+decompress them, download them, check them, read them.
 
-torchvision does the work (its mirrors, `download_url`, `calculate_md5`, its `MNIST` reader).
+torchvision does the work (its mirrors, `download_url`, `calculate_md5`, its IDX readers).
 What it lacks is added here: a timeout for a silent mirror, a gunzip bounded by the file's size,
 a check of each IDX header before anything is read, the MD5 of the *uncompressed* file (so a
 local or re-compressed copy is checked like a download), nothing half-written left behind, and
@@ -19,11 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torchvision.datasets import MNIST
+from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.datasets.utils import download_url
 
 from mnist_lightning import project_root
 from mnist_lightning.data import IMAGE_SIZE, NUM_CLASSES
+from mnist_lightning.data.datasets import MNIST, ROLES, IdxDataset
 from mnist_lightning.data.idx_files import (  # noqa: F401 - RAW_FILES & co. are named here too
     RAW_FILES,
     TEST_FILES_VARIABLE,
@@ -45,11 +47,12 @@ def default_data_dir() -> Path:
     return Path(env) if env else project_root() / "data"
 
 
-def _fix_hint(raw_dir: Path) -> str:
+def _fix_hint(raw_dir: Path, dataset: IdxDataset = MNIST) -> str:
+    names = ", ".join(f"{dataset.file(role)}(.gz)" for role in ROLES)
     return (
-        f"Put the four MNIST files ({', '.join(f'{name}(.gz)' for name in RAW_FILES)}) into "
-        f"{raw_dir}/, or point the project at a folder that holds MNIST/raw/ with "
-        "`data.data_dir=<folder>` or the MNIST_DATA_DIR environment variable."
+        f"Put the four {dataset.folder} files ({names}) into {raw_dir}/, or point the project "
+        f"at a folder that holds {dataset.folder}/raw/ with `data.data_dir=<folder>` or the "
+        "MNIST_DATA_DIR environment variable."
     )
 
 
@@ -61,12 +64,13 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-def _decompress(gz_path: Path, target: Path) -> None:
+def _decompress(gz_path: Path, target: Path, dataset: IdxDataset = MNIST) -> None:
     """Gunzip into a scratch folder beside `target`, then move it into place (a crash never
     leaves a half-written IDX file behind), reading no more than the largest file `target` may
     be: torchvision's extract_archive has no bound, and a .gz of a few MB can inflate to GBs."""
     header, per_item = (16, IMAGE_SIZE * IMAGE_SIZE) if "images" in target.name else (8, 1)
-    limit = max(header + entry["items"] * per_item for entry in accepted_files(target.name))
+    accepted = accepted_files(target.name, dataset)
+    limit = max(header + entry["items"] * per_item for entry in accepted)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".gunzip-") as scratch:
         inflated = Path(scratch) / target.name
         try:
@@ -80,35 +84,36 @@ def _decompress(gz_path: Path, target: Path) -> None:
         os.replace(inflated, target)
 
 
-def locate_raw_files(data_dir: Path) -> Path | None:
-    """Return a root holding MNIST/raw/ with all four uncompressed files, or None if missing.
+def locate_raw_files(data_dir: Path, dataset: IdxDataset = MNIST) -> Path | None:
+    """Return a root holding <folder>/raw/ with all four uncompressed files, or None if missing.
 
     `.gz` files are decompressed next to themselves, or into a cache folder when `data_dir` is
     read-only, so a read-only folder of `.gz` files works without any network.
     """
-    raw_dir = data_dir / "MNIST" / "raw"
-    found = {name: (raw_dir / name).is_file() for name in RAW_FILES}
+    raw_dir = data_dir / dataset.folder / "raw"
+    names = [dataset.file(role) for role in ROLES]
+    found = {name: (raw_dir / name).is_file() for name in names}
     if all(found.values()):
         return data_dir
-    if not all(found[name] or (raw_dir / f"{name}.gz").is_file() for name in RAW_FILES):
+    if not all(found[name] or (raw_dir / f"{name}.gz").is_file() for name in names):
         return None
     root = data_dir
     if not _writable(raw_dir):
         root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnist_lightning"
-        log.info("%s is read-only; decompressing MNIST into %s", raw_dir, root / "MNIST" / "raw")
-    out_dir = root / "MNIST" / "raw"
+        log.info("%s is read-only; decompressing into %s", raw_dir, root / dataset.folder / "raw")
+    out_dir = root / dataset.folder / "raw"
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in RAW_FILES:
+    for name in names:
         if (out_dir / name).is_file():
             continue
         if found[name]:
             shutil.copyfile(raw_dir / name, out_dir / name)
         else:
-            _decompress(raw_dir / f"{name}.gz", out_dir / name)
+            _decompress(raw_dir / f"{name}.gz", out_dir / name, dataset)
     return root
 
 
-def _download_one(name: str, raw_dir: Path, mirrors: Sequence[str]) -> str:
+def _download_one(name: str, raw_dir: Path, mirrors: Sequence[str], dataset: IdxDataset) -> str:
     """Fetch `<name>.gz` from the first mirror that serves the expected file; return the mirror.
 
     Each try lands in a temporary folder beside the final file and moves into place only once
@@ -123,8 +128,8 @@ def _download_one(name: str, raw_dir: Path, mirrors: Sequence[str]) -> str:
             socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a silent mirror must not hang the run
             try:
                 download_url(url, scratch, f"{name}.gz")
-                _decompress(scratch / f"{name}.gz", scratch / name)
-                verify_file(scratch / name)
+                _decompress(scratch / f"{name}.gz", scratch / name, dataset)
+                verify_file(scratch / name, dataset)
             except (OSError, RuntimeError, ValueError, EOFError, MNISTDataError) as error:
                 # Short: the scratch path and the advice meant for local files are left out.
                 text = first_line(error).replace(f"{scratch}{os.sep}", "").split(". ")[0][:200]
@@ -135,24 +140,26 @@ def _download_one(name: str, raw_dir: Path, mirrors: Sequence[str]) -> str:
             os.replace(scratch / name, raw_dir / name)
             return mirror
     raise MNISTDataError(
-        f"Could not download {name} from any mirror ({'; '.join(problems)}). {_fix_hint(raw_dir)}"
+        f"Could not download {name} from any mirror ({'; '.join(problems)}). "
+        + _fix_hint(raw_dir, dataset)
     )
 
 
-def _download(data_dir: Path, mirrors: Sequence[str]) -> None:
-    raw_dir = data_dir / "MNIST" / "raw"
+def _download(data_dir: Path, mirrors: Sequence[str], dataset: IdxDataset) -> None:
+    raw_dir = data_dir / dataset.folder / "raw"
+    hint = _fix_hint(raw_dir, dataset)
     if not _writable(raw_dir):
         raise MNISTDataError(
-            f"MNIST is not in {raw_dir} and that folder cannot be written, so it cannot be "
-            f"downloaded there. {_fix_hint(raw_dir)}"
+            f"{dataset.folder} is not in {raw_dir} and that folder cannot be written, so it "
+            f"cannot be downloaded there. {hint}"
         )
     if not mirrors:
-        raise MNISTDataError(f"MNIST is missing and data.mirrors is empty. {_fix_hint(raw_dir)}")
-    for name in RAW_FILES:
+        raise MNISTDataError(f"{dataset.folder} is missing and data.mirrors is empty. {hint}")
+    for name in (dataset.file(role) for role in ROLES):
         if (raw_dir / name).is_file() or (raw_dir / f"{name}.gz").is_file():
             continue
         log.info("downloading %s into %s", name, raw_dir)
-        mirror = _download_one(name, raw_dir, mirrors)
+        mirror = _download_one(name, raw_dir, mirrors, dataset)
         log.info("downloaded %s from %s", name, mirror)
 
 
@@ -172,43 +179,51 @@ def _data_folder(data_dir: str | Path) -> Path:
 
 
 def ensure_raw_files(
-    data_dir: str | Path, download: bool = True, mirrors: Sequence[str] | None = None
+    data_dir: str | Path,
+    download: bool = True,
+    mirrors: Sequence[str] | None = None,
+    dataset: IdxDataset = MNIST,
 ) -> Path:
-    """Find (decompress, or download from `mirrors`, default torchvision's, the working one
-    first) and check the four files; return the root holding MNIST/raw/."""
+    """Find (decompress, or download from `mirrors`, default the dataset's, the working one
+    first) and check the four files; return the root holding <folder>/raw/."""
     data_dir = _data_folder(data_dir)
+    raw = Path(dataset.folder) / "raw"
     try:
-        root = locate_raw_files(data_dir)
+        root = locate_raw_files(data_dir, dataset)
         if root is None and download:
-            _download(data_dir, MNIST.mirrors if mirrors is None else mirrors)
-            root = locate_raw_files(data_dir)
+            _download(data_dir, dataset.mirrors if mirrors is None else mirrors, dataset)
+            root = locate_raw_files(data_dir, dataset)
         if root is None:
-            raise MNISTDataError(f"MNIST is missing. {_fix_hint(data_dir / 'MNIST' / 'raw')}")
-        for name in RAW_FILES:
-            verify_file(root / "MNIST" / "raw" / name)
+            hint = _fix_hint(data_dir / raw, dataset)
+            raise MNISTDataError(f"{dataset.folder} is missing. {hint}")
+        for role in ROLES:
+            verify_file(root / raw / dataset.file(role), dataset)
     except PermissionError as error:
         raise MNISTDataError(
             f"cannot read {error.filename} (permission denied); fix its permissions or point "
-            "data.data_dir at a readable copy of MNIST."
+            f"data.data_dir at a readable copy of {dataset.folder}."
         ) from None
     return root
 
 
 def load_mnist(
-    data_dir: str | Path, download: bool = True, mirrors: Sequence[str] | None = None
+    data_dir: str | Path,
+    download: bool = True,
+    mirrors: Sequence[str] | None = None,
+    dataset: IdxDataset = MNIST,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """MNIST as {"train": (images, labels), "test": (...)}: images uint8 [N, 1, 28, 28], labels
-    int64 [N], read through torchvision's `MNIST` after the files passed their checks."""
-    root = ensure_raw_files(data_dir, download, mirrors)
+    """The dataset as {"train": (images, labels), "test": (...)}: images uint8 [N, 1, 28, 28],
+    labels int64 [N], read by torchvision's IDX readers after the files passed their checks."""
+    raw = ensure_raw_files(data_dir, download, mirrors, dataset) / dataset.folder / "raw"
     splits = {}
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        dataset = MNIST(str(root), train=split == "train", download=False)
-        labels = dataset.targets
+    for split in ("train", "test"):
+        images = read_image_file(str(raw / dataset.file(f"{split}_images")))
+        labels_file = raw / dataset.file(f"{split}_labels")
+        labels = read_label_file(str(labels_file))
         if labels.numel() and int(labels.max()) >= NUM_CLASSES:
             raise MNISTDataError(
-                f"MNIST file {root / 'MNIST' / 'raw' / f'{prefix}-labels-idx1-ubyte'} holds label "
-                f"{int(labels.max())}; labels must be 0-9. Replace it with a good copy of the "
-                "official file."
+                f"{dataset.folder} file {labels_file} holds label {int(labels.max())}; labels "
+                "must be 0-9. Replace it with a good copy of the official file."
             )
-        splits[split] = (dataset.data.unsqueeze(1).contiguous(), labels)
+        splits[split] = (images.unsqueeze(1).contiguous(), labels)
     return splits

@@ -1,4 +1,5 @@
-"""Turn a real photo or scan of a digit into what MNIST looks like.
+"""Turn a real photo or scan of a digit into what MNIST looks like (`to_mnist`), or a photo of a
+product into what Fashion-MNIST looks like (`to_product`).
 
 MNIST digits are white on black, size-normalised to fit a 20x20 box (aspect ratio kept) and
 placed in a 28x28 field with their centre of mass at the centre. `to_mnist` does the same to
@@ -108,3 +109,32 @@ def to_mnist(image: Image.Image) -> torch.Tensor:
     field[28 + top : 28 + top + size[0], 28 + left : 28 + left + size[1]] = small
     field = field[28:56, 28:56]
     return field.round().clamp(0, 255).to(torch.uint8)[None]
+
+
+def to_product(image: Image.Image) -> torch.Tensor:
+    """uint8 [1, 28, 28]: a photo of a product as Fashion-MNIST has its images (Zalando's
+    processing): light on black (a white table becomes the black background), trimmed to the
+    product, its longer side scaled to the whole 28 px, centred in the frame. Raises ImageError
+    on a blank image."""
+    ink = ink_map(image)
+    ink = np.clip(ink - float(np.median(ink[[0, -1]])), 0, None)  # the background goes black
+    peak = float(ink.max())
+    if peak < MIN_CONTRAST:
+        raise ImageError("no product found: the image is blank, or has too little contrast")
+    rows, cols = np.nonzero(ink > 0.1 * peak)
+    product = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] * (255.0 / peak)
+    height, width = product.shape
+    scale = 28.0 / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    small = torch.nn.functional.interpolate(
+        torch.from_numpy(np.ascontiguousarray(product))[None, None],
+        size=size,
+        mode="area" if scale < 1 else "bilinear",
+    )[0, 0]
+    field = torch.zeros(28, 28)
+    top, left = (28 - size[0]) // 2, (28 - size[1]) // 2
+    field[top : top + size[0], left : left + size[1]] = small
+    return field.round().clamp(0, 255).to(torch.uint8)[None]
+
+
+FRAMINGS = {"digit": to_mnist, "product": to_product}  # by a dataset's framing (datasets.py)

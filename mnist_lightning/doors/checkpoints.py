@@ -30,6 +30,7 @@ from hydra.utils import get_class
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mnist_lightning.data import DATA_SOURCE
+from mnist_lightning.data.datasets import IdxDataset
 from mnist_lightning.doors.problems import class_problems, import_problem
 from mnist_lightning.doors.settings import plain_container
 from mnist_lightning.errors import CheckpointError, first_line
@@ -186,8 +187,10 @@ def custom_network_problems(
 class InferenceData:
     """What predict, export and serve read of a checkpoint's data settings."""
 
-    def __init__(self, normalize: bool = True, **unread: Any) -> None:
-        self.normalize = normalize
+    def __init__(
+        self, normalize: bool = True, dataset: dict[str, Any] | None = None, **unread: Any
+    ) -> None:
+        self.normalize, self.dataset = normalize, dataset
 
 
 def checkpoint_settings(
@@ -275,6 +278,11 @@ class Trained:
     model: torch.nn.Module  # in eval mode, on the CPU; `.net` is the network
     data: dict[str, Any]  # the data settings it was trained with: normalisation, split, batches
     settings: dict[str, Any]  # the model's: its network (net, activation, maxout_pieces), ...
+
+    @property
+    def dataset(self) -> IdxDataset:
+        """What it learnt: its classes, normalisation and framing (MNIST for older checkpoints)."""
+        return IdxDataset.of(self.data.get("dataset"))
 
 
 def load_trained(

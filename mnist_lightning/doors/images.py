@@ -17,7 +17,7 @@ from typing import BinaryIO
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_lightning.data.preprocess import WORKING_SIZE, to_mnist
+from mnist_lightning.data.preprocess import FRAMINGS, WORKING_SIZE
 from mnist_lightning.errors import ImageError, ImageTooLarge, NotAnImage
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -108,11 +108,13 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def image_to_digit(image: Image.Image, name: str = "the image") -> torch.Tensor:
-    """`to_mnist`, with any failure of an unusual image (a colour mode PIL cannot convert to
-    grey) as that image's ImageError."""
+def image_to_digit(
+    image: Image.Image, name: str = "the image", framing: str = "digit"
+) -> torch.Tensor:
+    """`to_mnist` (or, for a dataset of products, `to_product`), with any failure of an unusual
+    image (a colour mode PIL cannot convert to grey) as that image's ImageError."""
     try:
-        return to_mnist(image)
+        return FRAMINGS[framing](image)
     except ImageError as error:
         raise ImageError(f"{name}: {error}") from None
     except Exception as error:  # noqa: BLE001 - see decode_image

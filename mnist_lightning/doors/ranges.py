@@ -12,10 +12,13 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Optional, Union
 
 import torch
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BaseModel, Field
 
+from mnist_lightning.data import NUM_CLASSES
 from mnist_lightning.data.augment import BatchAugment
-from mnist_lightning.doors.settings import MAX_WHOLE, METRIC, NamedSettings, plain_settings
+from mnist_lightning.data.datasets import ROLES
+from mnist_lightning.data.idx_files import MAX_IDX_ITEMS
+from mnist_lightning.doors.settings import MAX_WHOLE, METRIC, STRICT, NamedSettings, plain_settings
 from mnist_lightning.models.networks import ACTIVATIONS, NETWORKS
 from mnist_lightning.models.optim import ONECYCLE_FROM_THE_RUN, OPTIMIZERS, SCHEDULERS
 
@@ -132,6 +135,7 @@ OWN_RANGES: dict[str, dict[str, Any]] = {
         "elastic_alpha": Annotated[float, Field(ge=0, le=1_000)],
         "elastic_sigma": Annotated[float, Field(gt=0, le=100)],
         "elastic_bank": Annotated[int, Field(ge=1, le=16_384)],
+        "mirror": Annotated[float, Field(ge=0, le=1)],
     },
 }
 
@@ -154,6 +158,35 @@ NETWORK_SETTINGS = NamedSettings(
 )
 NETWORK = Optional[NETWORK_SETTINGS.annotation()]  # noqa: UP045
 
+# A dataset of MNIST's format (data/datasets.py): a config's whole description, or what a
+# checkpoint keeps of it. Its class names are shown in answers, figures and the drawing page.
+CLASS_NAME = Annotated[
+    str, Field(min_length=1, max_length=40, pattern=r"^[^\x00-\x1f\x7f<>&\"']+$")
+]
+FILE_NAME = Annotated[str, Field(pattern=r"^[\w.\-]{1,100}$")]
+
+
+class DatasetFile(BaseModel):
+    model_config = STRICT
+    file: FILE_NAME
+    md5: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    items: Annotated[int, Field(ge=1, le=MAX_IDX_ITEMS)]
+
+
+class DatasetSettings(BaseModel):
+    model_config = STRICT
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+    folder: Optional[FILE_NAME] = None  # noqa: UP045
+    files: Optional[dict[Literal[ROLES], DatasetFile]] = None  # noqa: UP045
+    classes: Annotated[list[CLASS_NAME], Field(min_length=NUM_CLASSES, max_length=NUM_CLASSES)]
+    mean: Annotated[float, Field(ge=0, le=1)]
+    std: Annotated[float, Field(gt=0, le=1)]
+    framing: Literal["digit", "product"] = "digit"
+    mirrors: Optional[list[str]] = None  # noqa: UP045
+
+
+DATASET = Optional[DatasetSettings]  # noqa: UP045
+
 OWN_RANGES.update(
     {
         "mnist_lightning.models.classifier.MNISTClassifier": {
@@ -175,6 +208,8 @@ OWN_RANGES.update(
             "eval_batch_size": BATCH_SIZE,
             "split_seed": Annotated[int, Field(ge=0, le=MAX_WHOLE)],
             "augment": Optional[plain_settings(BatchAugment)],  # noqa: UP045
+            "dataset": DATASET,
         },
+        "mnist_lightning.doors.checkpoints.InferenceData": {"dataset": DATASET},
     }
 )

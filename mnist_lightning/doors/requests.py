@@ -61,6 +61,7 @@ class Limits:
     max_side: int
     max_decoded_bytes: float
     refusal_delay: float = 0.0
+    framing: str = "digit"  # how an uploaded image is made the model's (data/preprocess.py)
 
 
 class BadRequest(Exception):
@@ -112,7 +113,7 @@ def image_digit(data: bytes, name: str, limits: Limits) -> torch.Tensor:
         image = images.decode_image(
             data, name, max_side=limits.max_side, max_decoded_bytes=limits.max_decoded_bytes
         )
-        return images.image_to_digit(image, name)
+        return images.image_to_digit(image, name, limits.framing)
     except ImageTooLarge as error:
         raise BadRequest(413, str(error)) from None
     except NotAnImage as error:

@@ -52,6 +52,7 @@ class DigitAPI(ls.LitAPI):
         self.model = self.trained.model.to(device).eval()
         self.device = device
         self.normalize = self.trained.data.get("normalize", True)
+        self.dataset = self.trained.dataset
         freeze_imported_objects()
 
     def decode_request(self, request: dict) -> torch.Tensor:
@@ -66,7 +67,8 @@ class DigitAPI(ls.LitAPI):
 
     def predict(self, digits: torch.Tensor):
         batch = digits if digits.dim() == 4 else digits[None]
-        found = probabilities(self.model, batch.to(self.device), self.normalize).cpu()
+        found = probabilities(self.model, batch.to(self.device), self.normalize, self.dataset)
+        found = found.cpu()
         answers = list(zip(found, batch.cpu(), strict=True))
         return answers if digits.dim() == 4 else answers[0]
 
@@ -75,4 +77,4 @@ class DigitAPI(ls.LitAPI):
 
     def encode_response(self, output) -> dict[str, Any]:
         ten, digit = output  # the ten probabilities, the 28x28 the model saw
-        return {**answer(ten), "preprocessed": png_base64(digit)}
+        return {**answer(ten, dataset=self.dataset), "preprocessed": png_base64(digit)}

@@ -10,6 +10,7 @@ draw on; `GET /health` answers probes. Ctrl-C or SIGTERM stops every process of 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ from omegaconf import DictConfig
 
 from mnist_lightning.command import command, freeze_imported_objects
 from mnist_lightning.config import CONFIG_DIR
+from mnist_lightning.data.datasets import MNIST, IdxDataset
 from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.doors.requests import Limits
 from mnist_lightning.errors import ConfigError, UserError
@@ -34,9 +36,20 @@ log = logging.getLogger("mnist_lightning.serve")
 GRACEFUL_STOP_SECONDS = 3
 
 
-def page() -> str:
-    """The drawing page, from the package (no file outside it is ever served)."""
-    return resources.files("mnist_lightning.serve").joinpath("draw.html").read_text()
+MNIST_CLASSES = '["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]'
+
+
+def page(dataset: IdxDataset = MNIST) -> str:
+    """The drawing page, from the package (no file outside it is ever served), with the served
+    model's class names (typed on the way in: no markup or quote can be among them)."""
+    text = resources.files("mnist_lightning.serve").joinpath("draw.html").read_text()
+    if dataset.is_mnist:
+        return text
+    title = "Draw or upload an image" if dataset.framing == "product" else "Draw a digit"
+    text = text.replace("<h1>Draw a digit</h1>", f"<h1>{title}</h1>")
+    return text.replace(
+        f"const CLASSES = {MNIST_CLASSES};", f"const CLASSES = {json.dumps(dataset.classes)};"
+    )
 
 
 def check_port(host: str, port: int) -> None:
@@ -68,12 +81,13 @@ def build_server(options: ServeOptions) -> ls.LitServer:
         max_side=options.max_side,
         max_decoded_bytes=options.max_decode_mb * 1_000_000,
         refusal_delay=options.refusal_delay,
+        framing=trained.dataset.framing,
     )
     server = ls.LitServer(
         api,
         accelerator=options.accelerator,
         workers_per_device=options.workers,
-        middlewares=[(RequestGate, {"limits": limits, "page": page()})],
+        middlewares=[(RequestGate, {"limits": limits, "page": page(trained.dataset)})],
         disable_openapi_url=True,  # its page loads scripts from a CDN
     )
     # How long a stop waits for requests in flight (LitServe's default, 30 s, outlasts the 10 s

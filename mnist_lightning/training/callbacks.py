@@ -50,7 +50,8 @@ class DataPreview(pl.Callback):
             return
         self.shown = True
         images, labels = datamodule.mnist["train"]  # the training file, in its own order
-        figure = figures.digit_grid(images[:9], [str(int(label)) for label in labels[:9]])
+        names = datamodule.dataset.classes  # (MNIST's are its digits)
+        figure = figures.digit_grid(images[:9], [names[int(label)] for label in labels[:9]])
         figures.publish(
             figure, self.output_dir / "samples.png", tensorboard_writer(trainer), "data/samples"
         )
@@ -202,15 +203,20 @@ class TestSetReport(pl.Callback):
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         wrong = self.wrong[: self.max_misclassified]
-        digits = [str(d) for d in range(NUM_CLASSES)]
-        confusion_figure, axes = self.confusion.plot(val=matrix, labels=digits)
+        # The dataset's class names (MNIST's digits), shortened to fit under a cell.
+        dataset = getattr(trainer.datamodule, "dataset", None)
+        names = [str(c)[:12] for c in getattr(dataset, "classes", range(NUM_CLASSES))]
+        self.results["classes"] = names
+        confusion_figure, axes = self.confusion.plot(val=matrix, labels=names)
+        if max(len(n) for n in names) > 2:
+            axes.tick_params(axis="x", labelrotation=45)
         axes.set_title(f"test set confusion matrix ({int(matrix.sum()):,} images)")
         confusion_figure.set_layout_engine("none")  # constrained layout doubles the draw time
         made = {"confusion_matrix": confusion_figure}
         if wrong:
             made["misclassified"] = figures.digit_grid(
                 torch.stack([image for image, _, _ in wrong]),
-                [f"{pred}/{true}" for _, pred, true in wrong],
+                [f"{names[pred]}/{names[true]}" for _, pred, true in wrong],
                 columns=6,
             )
         writer = tensorboard_writer(trainer)

@@ -26,14 +26,11 @@ LOOPS = {  # the loop, its words, the batch size that makes its batches
 
 def images_per_loop(datamodule) -> dict[str, int]:
     """How many images each loop runs over, from the files' headers (nothing is loaded)."""
-    raw = ensure_raw_files(datamodule.data_dir, download=False) / "MNIST" / "raw"
-    train = read_idx_header(raw / "train-labels-idx1-ubyte")[0]
+    dataset = datamodule.dataset
+    raw = ensure_raw_files(datamodule.data_dir, False, None, dataset) / dataset.folder / "raw"
+    train, test = (read_idx_header(raw / dataset.file(f"{s}_labels"))[0] for s in ("train", "test"))
     val = datamodule.hparams.val_size
-    return {
-        "train": train - val,
-        "val": val,
-        "test": read_idx_header(raw / "t10k-labels-idx1-ubyte")[0],
-    }
+    return {"train": train - val, "val": val, "test": test}
 
 
 def fewest_batches(fraction: float) -> int:
