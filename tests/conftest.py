@@ -94,10 +94,12 @@ def fixture_files(train: int = FIXTURE_TRAIN, test: int = FIXTURE_TEST) -> dict[
 
 
 def write_mnist(root: Path, train: int = FIXTURE_TRAIN, test: int = FIXTURE_TEST) -> Path:
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for name, content in fixture_files(train, test).items():
-        (raw / name).write_bytes(content)
+    """The stand-in files as MNIST, and as Fashion-MNIST (the same names in its own folder)."""
+    for folder in ("MNIST", "FashionMNIST"):
+        raw = root / folder / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for name, content in fixture_files(train, test).items():
+            (raw / name).write_bytes(content)
     return root
 
 
@@ -182,10 +184,15 @@ def compose(overrides: list[str], output_dir: Path):
 
 
 def run_module(
-    module: str, *args: str, data_dir: Path | None = None, timeout: int = 240, cwd: Path = ROOT
+    module: str,
+    *args: str,
+    data_dir: Path | None = None,
+    timeout: int = 240,
+    cwd: Path = ROOT,
+    env_remove: tuple[str, ...] = (),
 ):
     """Run `python -m module args...` as a user would; returns the CompletedProcess."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in env_remove}
     if data_dir is not None:
         env["MNIST_DATA_DIR"] = str(data_dir)
     return subprocess.run(

@@ -113,16 +113,16 @@ def to_mnist(image: Image.Image) -> torch.Tensor:
 
 def to_product(image: Image.Image) -> torch.Tensor:
     """uint8 [1, 28, 28]: a photo of a product as Fashion-MNIST has its images (Zalando's
-    processing): light on black (a white table becomes the black background), trimmed to the
-    product, its longer side scaled to the whole 28 px, centred in the frame. Raises ImageError
-    on a blank image."""
+    processing): light on black (a white table becomes the black background), its grey levels
+    kept, trimmed to the product, its longer side scaled to the whole 28 px, centred in the
+    frame. Raises ImageError on a blank image."""
     ink = ink_map(image)
     ink = np.clip(ink - float(np.median(ink[[0, -1]])), 0, None)  # the background goes black
     peak = float(ink.max())
     if peak < MIN_CONTRAST:
         raise ImageError("no product found: the image is blank, or has too little contrast")
-    rows, cols = np.nonzero(ink > 0.1 * peak)
-    product = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] * (255.0 / peak)
+    rows, cols = np.nonzero(ink > 0.05 * peak)  # the product's box, ignoring faint specks
+    product = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     height, width = product.shape
     scale = 28.0 / max(height, width)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
