@@ -81,19 +81,25 @@ def group_configs(group: Mapping | None, cls: type) -> list:
 
 def dataset_description(name: str) -> dict | None:
     """The whole description of a dataset that a checkpoint learnt (its files, their MD5s, its
-    mirrors) by its name, from conf/data/<name>.yaml: a checkpoint names its dataset, never
-    where its files come from. None for MNIST (data/datasets.py). `name` is typed where the
-    checkpoint is read (a lowercase identifier)."""
+    mirrors) by its name: `data/<name>.yaml` of conf/, or of a config folder the command adds
+    (hydra.searchpath=[file://my_conf]). A checkpoint names its dataset, never where its files
+    come from. None for MNIST (data/datasets.py). `name` is typed where the checkpoint is read
+    (a lowercase identifier)."""
     if name == "mnist":
         return None
-    path = Path(CONFIG_DIR) / "data" / f"{name}.yaml"
-    description = OmegaConf.load(path).get("dataset") if path.is_file() else None
-    if not description:
-        raise UserError(
-            f"the checkpoint learnt the dataset {name}, which no config of {path.parent} "
-            f"describes; add its config file ({path.name}), as for training it"
-        )
-    return OmegaConf.to_container(description, resolve=True)
+    folders = [Path(CONFIG_DIR)]
+    if HydraConfig.initialized():
+        sources = HydraConfig.get().runtime.config_sources
+        folders += [Path(source.path) for source in sources if source.schema == "file"]
+    for folder in folders:
+        path = folder / "data" / f"{name}.yaml"
+        if path.is_file() and (description := OmegaConf.load(path).get("dataset")):
+            return OmegaConf.to_container(description, resolve=True)
+    raise UserError(
+        f"the checkpoint learnt the dataset {name}, which no data/{name}.yaml of the config "
+        "folders describes; add its config file (to conf/data/, or give its folder with "
+        "hydra.searchpath=[file://<folder>]), as for training it"
+    )
 
 
 def register_resolvers() -> None:

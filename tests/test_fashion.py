@@ -227,9 +227,10 @@ def test_any_dataset_of_the_format_is_one_config_file(tmp_path):
         yaml.safe_dump({"defaults": ["mnist", "_self_"], "dataset": dataset})
     )
     run_dir = tmp_path / "run"
+    searchpath = f"hydra.searchpath=[{hydra_quoted('file://' + str(tmp_path / 'conf'))}]"
     result = run_module(
         "mnist_lightning.train",
-        f"hydra.searchpath=[{hydra_quoted('file://' + str(tmp_path / 'conf'))}]",
+        searchpath,
         "data=letters",
         f"data.data_dir={tmp_path / 'data'}",
         "data.val_size=60",
@@ -243,6 +244,18 @@ def test_any_dataset_of_the_format_is_one_config_file(tmp_path):
     assert metrics["global_step"] == 4  # 240 images in batches of 64
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["datamodule_hyper_parameters"]["dataset"]["classes"][0] == "letter A"
+    # evaluate finds its files by the name the checkpoint gives, in the same config folders.
+    result = run_module(
+        "mnist_lightning.evaluate",
+        searchpath,
+        f"ckpt_path={run_dir}",
+        f"data_dir={tmp_path / 'data'}",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        env_remove=("MNIST_LIGHTNING_TEST_FILES",),
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    evaluated = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert evaluated["dataset"] == "letters" and evaluated["images"] == 60
     # A damaged file is refused by the dataset's own MD5, in one line.
     damaged = bytearray((raw / described["test_labels"]["file"]).read_bytes())
     damaged[-1] ^= 1
@@ -250,7 +263,7 @@ def test_any_dataset_of_the_format_is_one_config_file(tmp_path):
     shutil.rmtree(run_dir)
     result = run_module(
         "mnist_lightning.train",
-        f"hydra.searchpath=[{hydra_quoted('file://' + str(tmp_path / 'conf'))}]",
+        searchpath,
         "data=letters",
         f"data.data_dir={tmp_path / 'data'}",
         f"hydra.run.dir={run_dir}",
