@@ -11,9 +11,8 @@ is built from it.
   checked against the settings' types (doors/settings.py), and its weights must fit the model
   exactly. None of it says which code to run, which data to test on, or where to write.
 
-A resume continues only your own runs: Lightning restores the rest of their last.ckpt
-(optimizer, schedule, data order), and any failure while it does is one line (training/run.py).
-Writes go through `RunCheckpointIO` (training/resume.py).
+A resume continues only your own runs: Lightning restores their last.ckpt, and any failure
+while it does is one line (training/run.py); writes go through training/resume.py.
 """
 
 from __future__ import annotations
@@ -37,10 +36,7 @@ from mnist_lightning.errors import CheckpointError, first_line
 from mnist_lightning.folders import resolve_checkpoint
 from mnist_lightning.models.networks import TrainedNetwork
 
-# ModelCheckpoint's state: the paths it remembers, re-anchored to the run folder on resume.
-REMEMBERED_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
-# What a checkpoint may take once loaded (this project's are a few MB; a network of your own
-# may be larger), and how many entries its archive may hold.
+# What a checkpoint may take loaded (this project's: a few MB), and its archive's entries.
 MAX_CHECKPOINT_BYTES = 2_000_000_000
 MAX_ENTRIES = 100_000
 MAX_DEPTH, MAX_VALUES = 32, 1_000_000  # of its values (a checkpoint holds ~10 deep, a few thousand)
@@ -278,11 +274,7 @@ class Trained:
     model: torch.nn.Module  # in eval mode, on the CPU; `.net` is the network
     data: dict[str, Any]  # the data settings it was trained with: normalisation, split, batches
     settings: dict[str, Any]  # the model's: its network (net, activation, maxout_pieces), ...
-
-    @property
-    def dataset(self) -> IdxDataset:
-        """What it learnt: its classes, normalisation and framing (MNIST for older checkpoints)."""
-        return IdxDataset.of(self.data.get("dataset"))
+    dataset: IdxDataset  # what it learnt: classes, normalisation, framing (MNIST before them)
 
 
 def load_trained(
@@ -305,4 +297,4 @@ def load_trained(
     if not fits:
         check_checkpoint_fits(model, path, weights)
     model.load_state_dict(weights)
-    return Trained(path, model.eval(), data, model_settings)
+    return Trained(path, model.eval(), data, model_settings, IdxDataset.of(data.get("dataset")))

@@ -33,10 +33,13 @@ from omegaconf import DictConfig
 
 from mnist_lightning.atomic import write_atomically
 from mnist_lightning.config import group_configs
-from mnist_lightning.doors.checkpoints import REMEMBERED_PATHS, read_checkpoint
+from mnist_lightning.doors.checkpoints import read_checkpoint
 from mnist_lightning.folders import CHECKPOINTS, DamagedFile, read_own
 
 log = logging.getLogger(__name__)
+
+# ModelCheckpoint's state: the paths it remembers, re-anchored to the run folder on resume.
+REMEMBERED_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
 @dataclass
