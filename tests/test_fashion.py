@@ -261,3 +261,38 @@ def test_any_dataset_of_the_format_is_one_config_file(tmp_path):
     (raw / described["test_labels"]["file"]).write_bytes(bytes(damaged))
     with pytest.raises(MNISTDataError, match=r"^Letters file .* not the expected file \(MD5"):
         ensure_raw_files(tmp_path / "data", False, None, IdxDataset.of(dataset))
+
+
+def test_fashion_mnist_downloads_from_its_own_mirror_with_mnists_messages(tmp_path):
+    from torchvision.datasets import FashionMNIST
+
+    from tests.test_data import GOOD, TRUNCATED, http_mirror
+
+    assert list(FASHION.mirrors) == FashionMNIST.mirrors  # torchvision's, when none is given
+    with http_mirror(TRUNCATED) as cut, pytest.raises(MNISTDataError) as error:
+        ensure_raw_files(tmp_path / "a", mirrors=[cut], dataset=FASHION)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("Could not download train-images-idx3-ubyte")
+    assert "Put the four FashionMNIST files" in message and "FashionMNIST/raw/" in message
+    assert not list((tmp_path / "a" / "FashionMNIST" / "raw").iterdir())  # nothing half-written
+    with http_mirror(TRUNCATED) as cut, http_mirror(GOOD) as good:
+        root = ensure_raw_files(tmp_path / "b", mirrors=[cut, good], dataset=FASHION)
+    assert sorted(p.name for p in (root / "FashionMNIST" / "raw").iterdir()) == sorted(
+        FASHION.file(role) for role in FASHION.files
+    )
+
+
+def test_an_exported_fashion_model_normalises_as_fashion_mnist(fashion_run, fashion_data, tmp_path):
+    from mnist_lightning.data import to_model_input
+    from mnist_lightning.doors.checkpoints import load_trained
+    from mnist_lightning.export import export, exportable
+    from tests.conftest import onnx_session
+
+    run_dir, _ = fashion_run
+    images = torch.from_numpy(fashion_test_images(fashion_data, 16)[0])[:, None]
+    model = load_trained(run_dir).model
+    with torch.no_grad():
+        expected = model(to_model_input(images, True, None, FASHION.mean, FASHION.std)).numpy()
+    session = onnx_session(export(exportable(run_dir), "onnx", tmp_path / "m.onnx"))
+    (logits,) = session.run(None, {"images": (images.float() / 255).numpy()})
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
