@@ -1,4 +1,6 @@
-"""Ship a trained model: `python -m mnist_lightning.export ckpt_path=... format=onnx|torchscript`.
+"""Ship a trained model: `python -m mnist_lightning.export ckpt_path=... format=onnx`, or
+`format=torch_export` (a `.pt2` program for `torch.export.load`), or `format=torchscript`
+(deprecated by PyTorch since 2.11, kept as long as torch has it).
 
 The exported model is self-contained: it takes a float image batch [N, 1, 28, 28] in [0, 1]
 (white digit on black, as MNIST) with any N, applies the training normalisation inside, and
@@ -7,6 +9,7 @@ returns the 10 logits per image.
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -26,7 +29,7 @@ from mnist_lightning.folders import refuse_inside_a_run, writable
 from mnist_lightning.settings import ExportOptions, command_options
 
 log = logging.getLogger("mnist_lightning.export")
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMATS = {"onnx": ".onnx", "torch_export": ".pt2", "torchscript": ".pt"}
 
 
 class ExportedClassifier(nn.Module):
@@ -76,6 +79,12 @@ def export(module: ExportedClassifier, format: str, output: Path) -> Path:
                     dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
                     dynamo=False,
                 )
+            elif format == "torch_export":
+                batch = {"images": {0: torch.export.Dim.DYNAMIC}}  # any batch size
+                program = torch.export.export(module, (example,), dynamic_shapes=batch)
+                buffer = io.BytesIO()  # (torch.export.save wants a .pt2 name, or a buffer)
+                torch.export.save(program, buffer)
+                temporary.write_bytes(buffer.getvalue())
             else:
                 torch.jit.script(module).save(str(temporary))
 
@@ -94,6 +103,11 @@ def export_checkpoint(cfg: DictConfig) -> Path:
 @command
 def main(cfg: DictConfig) -> None:
     path = export_checkpoint(cfg)
+    if cfg.format == "torchscript":
+        log.warning(
+            "TorchScript is deprecated by PyTorch (2.11) and Lightning; format=torch_export "
+            "writes the torch.export program that replaces it"
+        )
     log.info(
         "exported %s model to %s\ninput: images float32 [N, 1, 28, 28] in [0, 1] (white digit on black); "
         "output: logits [N, 10]",

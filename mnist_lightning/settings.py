@@ -144,7 +144,7 @@ class PredictOptions(Options):
 
 class ExportOptions(Options):
     ckpt_path: str
-    format: Literal["onnx", "torchscript"] = "onnx"
+    format: Literal["onnx", "torch_export", "torchscript"] = "onnx"
     output: Optional[str] = None  # noqa: UP045
     net_target: Optional[str] = None  # noqa: UP045
 

@@ -141,6 +141,12 @@ def test_exported_models_match_pytorch(trained_run, fixture_data_dir, tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(scripted(images).numpy(), expected, atol=1e-4)
 
+    program = torch.export.load(str(export(module, "torch_export", tmp_path / "m.pt2")))
+    with torch.no_grad():
+        for batch in (images, images[:1], images[:37]):  # any batch size
+            logits = program.module()(batch).numpy()
+            np.testing.assert_allclose(logits, expected[: len(batch)], atol=1e-4)
+
 
 class Payload:
     """Unpickling this would create a file: proof that code ran."""
