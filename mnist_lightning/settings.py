@@ -80,8 +80,9 @@ class TrainSettings(TrainOptions, TrainShape):
 
     def headline(self) -> dict[str, Any]:
         """The settings that tell runs apart: the console's summary and TensorBoard's HParams."""
-        net, scheduler = self.model["net"], self.scheduler
+        net, scheduler, dataset = self.model["net"], self.scheduler, self.data.get("dataset")
         return {
+            "dataset": dataset["name"] if dataset else "mnist",
             "net": net.get("name") or net.get("_target_"),
             "activation": self.model["activation"],
             "optimizer": self.optimizer["name"],

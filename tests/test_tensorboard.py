@@ -81,6 +81,7 @@ def test_event_files_hold_scalars_gradients_images_and_hparams(tensorboard_run):
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     hparams = session.session_start_info.hparams
     assert hparams["optimizer"].string_value == "adam"
+    assert hparams["dataset"].string_value == "mnist"  # (data=fashion_mnist: fashion_mnist)
     assert hparams["activation"].string_value == "sigmoid"
     assert hparams["lr"].number_value == pytest.approx(1e-3)
     assert hparams["batch_size"].number_value == 64 and hparams["seed"].number_value == 42
