@@ -264,11 +264,13 @@ def test_any_dataset_of_the_format_is_one_config_file(tmp_path):
 
 
 def test_fashion_mnist_downloads_from_its_own_mirror_with_mnists_messages(tmp_path):
-    from torchvision.datasets import FashionMNIST
+    from torchvision.datasets import MNIST, FashionMNIST
 
+    from mnist_lightning.data.datasets import MNIST as OURS
     from tests.test_data import GOOD, TRUNCATED, http_mirror
 
     assert list(FASHION.mirrors) == FashionMNIST.mirrors  # torchvision's, when none is given
+    assert list(OURS.mirrors) == MNIST.mirrors
     with http_mirror(TRUNCATED) as cut, pytest.raises(MNISTDataError) as error:
         ensure_raw_files(tmp_path / "a", mirrors=[cut], dataset=FASHION)
     message = str(error.value)

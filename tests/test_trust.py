@@ -346,7 +346,7 @@ COMMAND_BAD_VALUES = [
     ("evaluate", "accelerator=tpu", "accelerator=tpu: must be one of auto, cpu"),
     ("predict", "top_k=0", "top_k=0: must be a whole number between 1 and 10"),
     ("predict", "+top=3", "top: no such setting; did you mean top_k?"),
-    ("export", "format=pt", "format=pt: must be one of onnx, torchscript"),
+    ("export", "format=pt", "format=pt: must be one of onnx, torch_export, torchscript"),
     ("serve", "port=abc", "port=abc: must be a whole number"),
     ("serve", "port=-1", "port=-1: must be a whole number between 1,024 and 65,535"),
     ("serve", "port=70000", "port=70000: must be a whole number between 1,024 and 65,535"),
