@@ -72,26 +72,6 @@ def test_train_epoch_double_val_loop(fixture_data_dir, tmp_path):
     assert len(metrics["history"]["val_check/val/acc"]) == 2
 
 
-def test_train_ddp_sim(fixture_data_dir, tmp_path):
-    """The template's ddp_sim (2 CPU processes) is trainer=ddp_cpu here: Lightning's ddp, which
-    runs the whole command in each process (ddp_spawn is refused in one line: see below)."""
-    run_dir = tmp_path / "ddp"
-    result = run_module(
-        "mnist_lightning.train",
-        "trainer=ddp_cpu",
-        *fixture_run(fixture_data_dir, "trainer.max_epochs=2", NO_LOGGER),
-        f"hydra.run.dir={run_dir}",
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["world_size"] == 2
-    steps_per_epoch = -(-((640 - 128) // 2) // 64)  # each process takes half of every epoch
-    assert metrics["global_step"] == 2 * steps_per_epoch
-    assert {"test/acc", "val/acc_best", "train/loss"} <= set(metrics)
-    assert len(list((run_dir / "checkpoints").glob("epoch=*.ckpt"))) == 1
-
-
 def test_train_resume_trains_longer_exactly(fixture_data_dir, tmp_path):
     """The template's resume: 1 epoch, then on from last.ckpt with trainer.max_epochs=2. Here the
     longer run is the very run two epochs would have been, to the last digit."""
@@ -135,22 +115,11 @@ def sweep(tmp_path: Path, data_dir: Path, *overrides: str):
     return [json.loads(job.read_text()) for job in jobs], result
 
 
-def test_experiments_and_a_hydra_sweep(fixture_data_dir, tmp_path):
-    """The template's test_experiments (experiment=glob(*)) and test_hydra_sweep (learning
-    rates), each with ++trainer.fast_dev_run=true and logger=[], in one sweep. Its first job is
-    refused (lr -1): a refusal of what the sweep varies is that job's alone, and the sweep goes
-    on."""
-    jobs, _ = sweep(
-        tmp_path,
-        fixture_data_dir,
-        "experiment=glob(*)",
-        "optimizer.lr=-1,0.01",
-        "++trainer.fast_dev_run=true",
-    )
+def test_experiments(fixture_data_dir, tmp_path):
+    """The template's test_experiments: every experiment, ++trainer.fast_dev_run=true, logger=[]."""
+    jobs, _ = sweep(tmp_path, fixture_data_dir, "experiment=glob(*)", "++trainer.fast_dev_run=true")
     experiments = len(list((Path(CONFIG_DIR) / "experiment").glob("*.yaml")))
     assert len(jobs) == experiments and all(job["global_step"] == 1 for job in jobs)
-    failed = sorted((tmp_path / "sweep").glob("*/failure.json"))
-    assert len(failed) == experiments and failed[0].parent.name == "0"
 
 
 def test_hydra_sweep_ddp_sim_with_fractional_limits(fixture_data_dir, tmp_path):
@@ -169,16 +138,25 @@ def test_hydra_sweep_ddp_sim_with_fractional_limits(fixture_data_dir, tmp_path):
         "(trainer.limit_val_batches=1)"
     )
     assert not (tmp_path / "no" / "run_config.yaml").exists()
+    # The template's test_train_ddp_sim (2 epochs on 2 CPU processes: trainer=ddp_cpu, Lightning's
+    # ddp, which runs the whole command in each process) and test_hydra_sweep (learning rates)
+    # in one sweep. Its first job is refused (lr -1): a refusal of what the sweep varies is that
+    # job's alone, and the sweep goes on.
     jobs, _ = sweep(
         tmp_path,
         fixture_data_dir,
         "trainer=ddp_cpu",
+        "trainer.max_epochs=2",
         *limits,
         "data.eval_batch_size=6",
-        "optimizer.lr=0.005,0.01",
+        "optimizer.lr=-1,0.005,0.01",
     )
+    assert (tmp_path / "sweep" / "0" / "failure.json").is_file()
     assert len(jobs) == 2 and all(job["world_size"] == 2 for job in jobs)
-    assert all(job["global_step"] == 2 for job in jobs)  # half of each process's 4 batches
+    assert all(job["global_step"] == 2 * 2 for job in jobs)  # half of each process's 4 batches
+    assert all({"test/acc", "val/acc_best", "train/loss"} <= set(job) for job in jobs)
+    for job in ("1", "2"):
+        assert len(list((tmp_path / "sweep" / job / "checkpoints").glob("epoch=*.ckpt"))) == 1
 
 
 def test_optuna_sweep(fixture_data_dir, tmp_path):
