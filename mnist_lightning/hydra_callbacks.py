@@ -38,14 +38,19 @@ class LockRunFolder(Callback):
     written, or, for a new run or any other command, a folder that holds a run, is refused in
     one line, and nothing is written. `resume=` takes the run's own folder once its record and
     the command's overrides are checked (the folder door, folders.py); a sweep takes its
-    sweep folder."""
+    sweep folder, but for a search with a stored study, which its workers share."""
 
     def __init__(self, command: str = "train") -> None:
         self.command = command
         self.lock: FolderLock | None = None
 
     def _take(
-        self, folder: Path, kind: str, overrides: list[str], output_dir: Path | None = None
+        self,
+        folder: Path,
+        kind: str,
+        overrides: list[str],
+        output_dir: Path | None = None,
+        lock: bool = True,
     ) -> None:
         """`kind`: "new" (a new run, or another command's folder), "resume" or "sweep"."""
         if not _rank_zero():
@@ -60,7 +65,8 @@ class LockRunFolder(Callback):
             else:
                 check_resume(folder.resolve(), overrides, output_dir)
             writable(folder)
-            self.lock = FolderLock(folder).__enter__()
+            if lock:
+                self.lock = FolderLock(folder).__enter__()
         except UserError as error:
             self._release()
             print(f"error: {error}", file=sys.stdout, flush=True)
@@ -85,7 +91,10 @@ class LockRunFolder(Callback):
         self._release()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._take(Path(config.hydra.sweep.dir), "sweep", [])
+        # A search with a stored study is shared by its workers: each trial is one job folder,
+        # numbered by the study, and each job takes its own folder.
+        shared = bool(config.hydra.sweeper.get("storage"))
+        self._take(Path(config.hydra.sweep.dir), "sweep", [], lock=not shared)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._release()

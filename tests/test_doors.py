@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -544,9 +545,11 @@ def test_a_resume_from_a_damaged_checkpoint_is_one_line(case, run_folder, fixtur
 
 def study_of_this_search(path: Path):
     """A study of this project's search in `path`, with two finished trials and one that a
-    killed search left running."""
+    killed worker of this machine left running."""
     import optuna
-    from optuna.distributions import CategoricalDistribution, LogUniformDistribution
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from mnist_lightning.search.study import WORKER
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(
@@ -554,7 +557,7 @@ def study_of_this_search(path: Path):
     )
     space = {
         "model.activation": CategoricalDistribution(["relu", "tanh"]),
-        "optimizer.lr": LogUniformDistribution(1e-4, 0.5),
+        "optimizer.lr": FloatDistribution(1e-4, 0.5, log=True),
     }
     for value, activation in ((0.9, "relu"), (0.8, "tanh")):
         study.add_trial(
@@ -564,18 +567,23 @@ def study_of_this_search(path: Path):
                 value=value,
             )
         )
-    study.ask(space)  # left RUNNING
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    trial = study.ask(space)  # left RUNNING by a process that is gone
+    trial.set_user_attr(WORKER, {"host": socket.gethostname(), "pid": int(gone.stdout)})
     return study
 
 
 STUDY_EDITS = st.sampled_from(
     [
-        ("study_user_attributes", "value_json"),
+        ("trial_user_attributes", "value_json"),
         ("trial_params", "distribution_json"),
         ("trial_params", "param_value"),
         ("trials", "state"),
         ("trial_values", "value"),
         ("studies", "study_name"),
+        ("study_directions", "direction"),
     ]
 )
 
@@ -588,14 +596,10 @@ STUDY_EDITS = st.sampled_from(
 def test_an_edited_study_is_resumed_or_one_line(tmp_path, capsys, edit, value):
     import sqlite3
 
-    from hydra_plugins.mnist_lightning_sweepers.resumable_optuna import (
-        INTERRUPTED,
-        stored_study,
-    )
+    from mnist_lightning.search.study import open_search, progress
 
     path = Path(tempfile.mkdtemp(dir=tmp_path)) / "optuna.db"
-    study = study_of_this_search(path)
-    study.set_user_attr(INTERRUPTED, [])
+    study_of_this_search(path)
     table, column = edit
     with sqlite3.connect(path) as db:
         try:
@@ -604,12 +608,23 @@ def test_an_edited_study_is_resumed_or_one_line(tmp_path, capsys, edit, value):
             return  # the database itself refuses the value
     capsys.readouterr()
     try:
-        _, remaining = stored_study(f"sqlite:///{path}", "mnist", 5)
-        assert 0 <= remaining <= 5
+        study = open_search(f"sqlite:///{path}", "mnist", "maximize", None, 5)
+        assert " of 5 trials finished" in progress(study, 5)
     except SystemExit as stop:
         assert stop.code == 1
         lines = capsys.readouterr().out.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: sqlite:///")
+
+
+def test_a_resumed_study_fails_the_trial_a_killed_worker_left_and_runs_it_again(tmp_path):
+    from optuna.trial import TrialState
+
+    from mnist_lightning.search.study import open_search, progress
+
+    study_of_this_search(tmp_path / "optuna.db")
+    study = open_search(f"sqlite:///{tmp_path / 'optuna.db'}", "mnist", "maximize", None, 5)
+    assert [t.state for t in study.trials][-1] == TrialState.FAIL
+    assert progress(study, 5) == "2 of 5 trials finished, 3 to go"
 
 
 def test_report_reads_any_job_folder_as_data(tmp_path):

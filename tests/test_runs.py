@@ -344,7 +344,7 @@ def test_a_killed_sweep_run_again_keeps_finished_jobs_and_runs_the_rest(fixture_
     sweep_dir = tmp_path / "sweep"
     command = [
         "-m",
-        "model.activation=relu,tanh,sigmoid",
+        "model.activation=relu,tanh",
         *FAST,
         "trainer.max_epochs=2",
         f"hydra.sweep.dir={sweep_dir}",
@@ -356,7 +356,7 @@ def test_a_killed_sweep_run_again_keeps_finished_jobs_and_runs_the_rest(fixture_
     process.send_signal(signal.SIGKILL)
     process.wait()
     finished = (sweep_dir / "0" / "metrics.json").stat().st_mtime_ns
-    assert not (sweep_dir / "2").exists()
+    assert not (sweep_dir / "1" / "metrics.json").exists()  # killed while it ran
 
     result = run_module("mnist_lightning.train", *command, data_dir=fixture_data_dir, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -365,11 +365,7 @@ def test_a_killed_sweep_run_again_keeps_finished_jobs_and_runs_the_rest(fixture_
         import csv
 
         rows = {r["overrides"]: r for r in csv.DictReader(f)}
-    assert sorted(rows) == [
-        "model.activation=relu",
-        "model.activation=sigmoid",
-        "model.activation=tanh",
-    ]
+    assert sorted(rows) == ["model.activation=relu", "model.activation=tanh"]
     assert all(row["status"] == "ok" and row["epochs"] == "2" for row in rows.values())
 
 

@@ -1,14 +1,10 @@
-"""Experiments, multirun sweeps, the optuna search, the joblib launcher and the sweep summary."""
+"""Experiments, multirun sweeps, the joblib launcher and the sweep summary (the Optuna search:
+test_search.py)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +13,7 @@ from hydra import initialize_config_dir
 
 from mnist_lightning.config import CONFIG_DIR
 from mnist_lightning.report import main as report_main
-from tests.conftest import FAST, ROOT, run_module
+from tests.conftest import FAST, run_module
 from tests.test_tracking import check_mlflow_runs, mlflow_overrides
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
@@ -142,111 +138,6 @@ def test_default_sweep_folders_never_collide():
         "multirun/${now:%Y-%m-%d_%H-%M-%S-%f}" in raw and "runs/${now:%Y-%m-%d_%H-%M-%S-%f}" in raw
     )
     assert "subdir: ${hydra.job.num}" in raw
-
-
-def _optuna_trials(sweep_dir: Path):
-    import optuna
-
-    study = optuna.load_study(study_name="mnist", storage=f"sqlite:///{sweep_dir}/optuna.db")
-    return study.get_trials(deepcopy=False)
-
-
-def _job_failures(sweep_dir: Path) -> str:
-    """Every job's failure.json, for an assertion's message."""
-    return "\n".join(p.read_text() for p in sorted(sweep_dir.glob("*/failure.json")))
-
-
-def test_optuna_search_resumes_an_interrupted_study(fixture_data_dir, tmp_path):
-    sweep_dir = tmp_path / "optuna"
-    command = [
-        sys.executable,
-        "-m",
-        "mnist_lightning.train",
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=2",
-        # Only settings that cannot diverge: this test is about resuming, not failed trials.
-        'hydra.sweeper.params={optimizer:"choice(sgd)",optimizer.lr:"interval(0.01, 0.1)",'
-        'model.activation:"choice(relu, sigmoid)",data.batch_size:"choice(64)"}',
-        *FAST,
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    env = {**os.environ, "MNIST_DATA_DIR": str(fixture_data_dir)}
-    # Start the search and kill it while its second trial runs.
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 120
-    while (
-        not (sweep_dir / "1" / ".hydra").exists()
-        and time.time() < deadline
-        and process.poll() is None
-    ):
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert (sweep_dir / "optuna.db").is_file()
-    states = sorted(t.state.name for t in _optuna_trials(sweep_dir))
-    assert states == ["COMPLETE", "RUNNING"]  # as a killed search leaves it
-
-    # The same command again: it continues the study and runs only what is left.
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "1 of 2 trials finished, 1 to go" in result.stdout + result.stderr
-    trials = _optuna_trials(sweep_dir)
-    assert sum(t.state.name == "COMPLETE" for t in trials) == 2, _job_failures(sweep_dir)
-    assert sorted(t.state.name for t in trials) == [
-        "COMPLETE",
-        "COMPLETE",
-        "FAIL",
-    ]  # the killed one
-    job_dirs = sorted(p.name for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
-    assert len(job_dirs) == len(set(job_dirs)) >= 2  # the old job folder was not overwritten
-    assert json.loads((sweep_dir / "0" / "metrics.json").read_text())  # still there
-    assert sum(r["status"] == "ok" for r in summary_rows(sweep_dir)) == 2
-
-
-def _optuna_search_over_activations(
-    activations: str, n_trials: int, sweep_dir, data_dir, exit_code: int = 0
-):
-    """The Optuna search with `activations` as the activation's choices; returns the process."""
-    result = run_module(
-        "mnist_lightning.train",
-        "hparams_search=optuna",
-        f"hydra.sweeper.n_trials={n_trials}",
-        f'hydra.sweeper.params={{model.activation:"choice({activations})"}}',
-        *FAST,
-        f"hydra.sweep.dir={sweep_dir}",
-        data_dir=data_dir,
-    )
-    assert result.returncode == exit_code, result.stderr[-3000:]
-    return result
-
-
-def test_a_failed_optuna_trial_is_recorded_and_the_search_goes_on(fixture_data_dir, tmp_path):
-    """A failed job (here an unknown activation) is a FAIL trial; the others still run and the
-    best trial is reported. Before, the NaN it returned made study.tell end the search."""
-    sweep_dir = tmp_path / "optuna_failed_trial"
-    result = _optuna_search_over_activations(
-        "relu, not_an_activation", 3, sweep_dir, fixture_data_dir
-    )
-    trials = _optuna_trials(sweep_dir)
-    # The seeded sampler draws both choices among the three trials.
-    states = {(t.params["model.activation"], t.state.name) for t in trials}
-    assert states == {("relu", "COMPLETE"), ("not_an_activation", "FAIL")}
-    assert len(trials) == 3
-    assert "Best value:" in result.stdout + result.stderr
-    statuses = [r["status"] for r in summary_rows(sweep_dir)]
-    assert sum(s == "ok" for s in statuses) == sum(t.state.name == "COMPLETE" for t in trials)
-
-    # When every trial fails there is no best trial: a message, and still the summary.
-    all_failed = tmp_path / "optuna_all_failed"
-    result = _optuna_search_over_activations(
-        "not_an_activation", 1, all_failed, fixture_data_dir, exit_code=1
-    )
-    assert "No trial of study 'mnist' completed: every job failed" in result.stdout + result.stderr
-    assert result.returncode == 1 and "error: no job of the sweep in" in result.stdout
-    assert [t.state.name for t in _optuna_trials(all_failed)] == ["FAIL"]
-    assert all(r["status"].startswith("failed:") for r in summary_rows(all_failed))
 
 
 def test_report_refuses_a_folder_without_jobs(tmp_path, caplog):

@@ -159,16 +159,8 @@ def test_hydra_sweep_ddp_sim_with_fractional_limits(fixture_data_dir, tmp_path):
         assert len(list((tmp_path / "sweep" / job / "checkpoints").glob("epoch=*.ckpt"))) == 1
 
 
-def test_optuna_sweep(fixture_data_dir, tmp_path):
-    jobs, _ = sweep(
-        tmp_path,
-        fixture_data_dir,
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=3",
-        "hydra.sweeper.sampler.n_startup_trials=2",
-        "++trainer.fast_dev_run=true",
-    )
-    assert len(jobs) == 3 and (tmp_path / "sweep" / "summary.csv").is_file()
+# The template's test_optuna_sweep runs in two workers on one study, on a journal file and on a
+# PostgreSQL server: tests/test_search.py, test_workers_in_two_processes_share_one_study.
 
 
 # --- the template's tests/test_eval.py and test_configs.py ---------------------------------------

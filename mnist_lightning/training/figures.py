@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -16,11 +16,13 @@ matplotlib.rcParams["text.parse_math"] = False
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mnist_lightning.atomic import write_atomically  # noqa: E402
+
+if TYPE_CHECKING:  # a sweep's summary draws without loading torch
+    import torch
 
 
 def digit_grid(images: torch.Tensor, titles: Sequence[str], columns: int = 3) -> Figure:

@@ -1,0 +1,333 @@
+"""One study, shared by every worker of a search: the same command started in several
+processes, on one machine or many, asks the study for its next trial until the study holds
+`n_trials`. Each trial's number is its job folder's, so the workers never share a folder, and
+the same command started again continues the study.
+
+A trial counts toward `n_trials` once it is asked, unless a killed worker left it running (it
+is failed and run again) or another worker took the study's last trial first. Which trials a
+worker has is written in the study itself, as each trial's user attributes (also what Optuna's
+dashboard shows): the worker's host and process, a heartbeat every minute, and the failure
+of a job that failed. A trial left running by a process of this machine that is gone is failed
+at once; one of another machine, once its heartbeat is ten minutes old.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from mnist_lightning.atomic import write_text_atomically
+from mnist_lightning.errors import first_line
+from mnist_lightning.search.space import as_override
+
+log = logging.getLogger(__name__)
+WORKER, HEARTBEAT, FAILURE, JOB, NOT_RUN = "worker", "heartbeat", "failure", "job", "not_run"
+HEARTBEAT_EVERY, STALE_AFTER = 60.0, 600.0
+HOST = socket.gethostname()
+RESULTS = "optimization_results.yaml"  # the best trial, as hydra-optuna-sweeper wrote it
+
+
+def shown(setting: str) -> str:
+    """The storage as a message shows it: a database URL without its password."""
+    if "://" not in setting:
+        return setting
+    from sqlalchemy.engine import make_url  # Optuna's RDB storage is SQLAlchemy's
+
+    try:
+        return make_url(setting).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: shown as given
+        return setting
+
+
+def refuse(setting: str | None, error: BaseException) -> None:
+    """A study that cannot be read or continued: one line, exit code 1."""
+    where = shown(setting) if setting else "the in-memory study"
+    text = first_line(error)
+    reason = f"{type(error).__name__}: {text[:200]}"
+    if "optuna storage upgrade" in text:  # a study of an earlier Optuna, as this project made
+        line = (
+            f"{where} was written by an earlier Optuna; upgrade it with `optuna storage upgrade "
+            f"--storage {where}`, or move it away to start the search afresh."
+        )
+    elif setting and "://" in setting and not setting.startswith("sqlite:"):
+        line = (
+            f"cannot open the Optuna study at {where} ({reason}); check that the database "
+            "server runs and that the URL, user and password are right."
+        )
+    else:
+        line = (
+            f"{where} is not a readable Optuna study, or not one of this search ({reason}); "
+            "move the file away to start the search afresh, or give the search another folder "
+            "(hydra.sweep.dir=<folder>) or storage (hydra.sweeper.storage=...)."
+        )
+    print(f"error: {line}", flush=True)
+    sys.exit(1)
+
+
+def storage_of(setting: str | None) -> Any:
+    """A database URL (`sqlite:///<file>`, `postgresql+psycopg://...`) is Optuna's RDB storage;
+    any other setting is the path of a journal file, for workers on a shared filesystem; none
+    is a study in memory, for this process only."""
+    if not setting:
+        return None
+    if "://" not in setting:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        Path(setting).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(setting))
+    engine: dict[str, Any] = {}
+    if setting.startswith("sqlite:///"):
+        Path(setting.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # Workers of one machine wait their turn to write; SQLite's default is 5 s.
+        engine = {"connect_args": {"timeout": 60}}
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(setting, engine_kwargs=engine)
+        except (IntegrityError, ProgrammingError):
+            # Workers that start at once on a new database all create Optuna's tables; all but
+            # one find them made (PostgreSQL: a duplicate key or an existing relation).
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def open_study(setting: str | None, name: str, direction: str, sampler: Any) -> tuple[Any, bool]:
+    """The study, and whether it was there before (another worker's, or an earlier search's)."""
+    storage = storage_of(setting)
+    if storage is not None:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        except KeyError:  # no such study yet
+            pass
+        else:
+            if study.direction.name.lower() != direction.lower():
+                raise ValueError(f"the study is to {study.direction.name.lower()}")
+            return study, True
+    try:
+        study = optuna.create_study(
+            study_name=name, storage=storage, sampler=sampler, direction=direction
+        )
+        return study, False
+    except optuna.exceptions.DuplicatedStudyError:  # another worker made it just now
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler), True
+
+
+def open_search(setting: str | None, name: str, direction: str, sampler: Any, n_trials: int) -> Any:
+    """The study door: the study that this search continues or starts, with the trials that
+    killed workers left running failed. Whatever is wrong with it, one line and exit code 1."""
+    try:
+        study, existed = open_study(setting, name, direction, sampler)
+        end_interrupted(study)
+        if existed:
+            log.info("Resuming study %r: %s", study.study_name, progress(study, n_trials))
+            if sampler is not None:  # a seeded sampler would replay the trials it drew first
+                sampler.reseed_rng()
+        return study
+    except Exception as error:  # noqa: BLE001 - a stored study is data: any failure is its own
+        refuse(setting, error)
+
+
+def _process_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: no signal, only whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process
+        return False
+    return False
+
+
+def worked_on(trial: FrozenTrial) -> bool:
+    """Whether a RUNNING trial still has a live worker."""
+    worker = trial.user_attrs.get(WORKER)
+    if isinstance(worker, dict) and worker.get("host") == HOST:
+        pid = worker.get("pid")
+        if type(pid) is int and pid > 0 and _process_is_gone(pid):
+            return False
+    beat = trial.user_attrs.get(HEARTBEAT)
+    if not isinstance(beat, (int, float)) or isinstance(beat, bool):
+        beat = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+    return time.time() - beat < STALE_AFTER
+
+
+def counts(trial: FrozenTrial) -> bool:
+    """Whether a trial counts toward n_trials: finished (a job that failed included) or being
+    run. A trial that a killed worker left, or one asked once the study was full, does not."""
+    if trial.state == TrialState.FAIL:
+        return FAILURE in trial.user_attrs
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def end_interrupted(study: Any) -> None:
+    """Fail the trials that a killed worker left running, so that they are run again."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not worked_on(trial):
+            log.info("Trial %d was left running by a stopped worker: it runs again", trial.number)
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def progress(study: Any, n_trials: int) -> str:
+    trials = study.get_trials(deepcopy=False)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    finished = sum(counts(t) for t in trials) - running
+    to_go = max(0, n_trials - finished - running)
+    others = f", {running} running in other workers" if running else ""
+    return f"{finished} of {n_trials} trials finished{others}, {to_go} to go"
+
+
+def ask(study: Any, space: dict[str, BaseDistribution], n_trials: int) -> Trial | None:
+    """The next trial for this worker, or None when the study has all its trials. The storage
+    numbers trials in the order they are asked; a trial is this worker's if fewer than n_trials
+    counted before it."""
+    if sum(counts(t) for t in study.get_trials(deepcopy=False)) >= n_trials:
+        return None
+    trial = study.ask(space)
+    trial.set_user_attr(WORKER, {"host": HOST, "pid": os.getpid()})
+    trial.set_user_attr(HEARTBEAT, time.time())
+    before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+    if sum(counts(t) for t in before) < n_trials:
+        return trial
+    trial.set_user_attr(NOT_RUN, f"another worker took the study's last of {n_trials} trials")
+    study.tell(trial, state=TrialState.FAIL)
+    return None
+
+
+class Heartbeat:
+    """`with Heartbeat(trials):` marks the trials as worked on, every minute, from a thread."""
+
+    def __init__(self, trials: Sequence[Trial]) -> None:
+        self.trials, self.stop = trials, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name="optuna-heartbeat")
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_EVERY):
+            for trial in self.trials:
+                try:
+                    trial.set_user_attr(HEARTBEAT, time.time())
+                except Exception as error:  # noqa: BLE001 - a storage hiccup: the next beat
+                    log.warning("Heartbeat of trial %d: %s", trial.number, first_line(error))
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _failure(job_dir: Path) -> str:
+    """What failure.json says, which the train command writes in a job folder it failed in."""
+    try:
+        return str(json.loads((job_dir / "failure.json").read_text())["message"])
+    except Exception:  # noqa: BLE001 - no readable reason: the file is still there to read
+        return "the job failed; its folder's failure.json says why"
+
+
+def tell(study: Any, trial: Trial, job: Any) -> bool:
+    """Tell the study how the trial's job (Hydra's JobReturn) ended; whether it succeeded."""
+    job_dir = Path(job.hydra_cfg.hydra.runtime.output_dir)
+    trial.set_user_attr(JOB, str(job_dir))
+    try:
+        value = job.return_value  # raises the job's own exception, if it raised one
+        if value is None:
+            raise RuntimeError(_failure(job_dir))
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"the job's result is {value}")
+    except Exception as error:  # noqa: BLE001 - any failure of a job is that trial's
+        trial.set_user_attr(FAILURE, first_line(error)[:300])
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        log.warning("Trial %d failed: %s", trial.number, first_line(error))
+        return False
+    study.tell(trial, value, skip_if_finished=True)
+    return True
+
+
+def consecutive(trials: list[Trial]) -> list[list[Trial]]:
+    """The trials in runs of consecutive numbers: a launcher numbers its jobs from one number up."""
+    runs: list[list[Trial]] = []
+    for trial in trials:
+        if runs and trial.number == runs[-1][-1].number + 1:
+            runs[-1].append(trial)
+        else:
+            runs.append([trial])
+    return runs
+
+
+def overrides(trial: Trial, fixed: list[str]) -> list[str]:
+    return [*fixed, *(as_override(k, v) for k, v in trial.params.items())]
+
+
+def write_results(study: Any, sweep_dir: str) -> None:
+    """The best trial in the log and in optimization_results.yaml; or, when no trial completed,
+    a line saying so (the sweep summary, written next, ends the command with exit code 1)."""
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        log.error(
+            "No trial of study %r completed: every job failed. Each job folder holds its "
+            "failure.json; the sweep summary lists them.",
+            study.study_name,
+        )
+        return
+    best = study.best_trial
+    log.info("Best trial: %d", best.number)
+    log.info("Best parameters: %s", best.params)
+    log.info("Best value: %s", best.value)
+    results = {"name": "optuna", "best_trial": best.number, "best_params": best.params}
+    results["best_value"] = best.value
+    write_text_atomically(Path(sweep_dir) / RESULTS, yaml.safe_dump(results, sort_keys=False))
+
+
+def run_search(
+    study: Any,
+    space: dict[str, BaseDistribution],
+    fixed: list[str],
+    launch: Callable[[list[list[str]], int], list[Any]],
+    n_trials: int,
+    n_jobs: int = 1,
+    max_failure_rate: float = 1.0,
+) -> None:
+    """Ask, launch `n_jobs` trials at a time, tell, until the study holds n_trials trials."""
+    ran = failed = 0
+    while True:
+        end_interrupted(study)
+        batch = []
+        for _ in range(max(1, n_jobs)):
+            trial = ask(study, space, n_trials)
+            if trial is None:
+                break
+            batch.append(trial)
+        if not batch:
+            return
+        with Heartbeat(batch):
+            jobs = []
+            for run in consecutive(batch):
+                jobs += launch([overrides(t, fixed) for t in run], run[0].number)
+        for trial, job in zip(batch, jobs, strict=True):
+            ran += 1
+            failed += not tell(study, trial, job)
+        if failed > max_failure_rate * ran:
+            log.error(
+                "%d of this worker's %d trials failed, more than max_failure_rate=%s allows: "
+                "it asks for no more.",
+                failed,
+                ran,
+                max_failure_rate,
+            )
+            return

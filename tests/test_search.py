@@ -1,0 +1,312 @@
+"""The Optuna search (hparams_search=optuna): one study that the same command resumes, shared
+by workers in several processes, on SQLite, a journal file and a real PostgreSQL server that
+these tests start."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from tests.conftest import FAST, ROOT, hydra_quoted, run_module
+from tests.test_sweeps import summary_rows
+
+# Settings that cannot diverge: these tests are about the study, not about failed trials.
+STEADY = (
+    'hydra.sweeper.params={optimizer:"choice(sgd)",optimizer.lr:"interval(0.01, 0.1)",'
+    'model.activation:"choice(relu, sigmoid)",data.batch_size:"choice(64)"}'
+)
+
+
+def _optuna_trials(sweep_dir: Path):
+    import optuna
+
+    study = optuna.load_study(study_name="mnist", storage=f"sqlite:///{sweep_dir}/optuna.db")
+    return study.get_trials(deepcopy=False)
+
+
+def _job_failures(sweep_dir: Path) -> str:
+    """Every job's failure.json, for an assertion's message."""
+    return "\n".join(p.read_text() for p in sorted(sweep_dir.glob("*/failure.json")))
+
+
+def test_optuna_search_resumes_an_interrupted_study(fixture_data_dir, tmp_path):
+    sweep_dir = tmp_path / "optuna"
+    command = [
+        sys.executable,
+        "-m",
+        "mnist_lightning.train",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        # Only settings that cannot diverge: this test is about resuming, not failed trials.
+        'hydra.sweeper.params={optimizer:"choice(sgd)",optimizer.lr:"interval(0.01, 0.1)",'
+        'model.activation:"choice(relu, sigmoid)",data.batch_size:"choice(64)"}',
+        *FAST,
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    env = {**os.environ, "MNIST_DATA_DIR": str(fixture_data_dir)}
+    # Start the search and kill it while its second trial runs.
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while (
+        not (sweep_dir / "1" / ".hydra").exists()
+        and time.time() < deadline
+        and process.poll() is None
+    ):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (sweep_dir / "optuna.db").is_file()
+    states = sorted(t.state.name for t in _optuna_trials(sweep_dir))
+    assert states == ["COMPLETE", "RUNNING"]  # as a killed search leaves it
+
+    # The same command again: it continues the study and runs only what is left.
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 of 2 trials finished, 1 to go" in result.stdout + result.stderr
+    trials = _optuna_trials(sweep_dir)
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2, _job_failures(sweep_dir)
+    assert sorted(t.state.name for t in trials) == [
+        "COMPLETE",
+        "COMPLETE",
+        "FAIL",
+    ]  # the killed one
+    job_dirs = sorted(p.name for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
+    assert len(job_dirs) == len(set(job_dirs)) >= 2  # the old job folder was not overwritten
+    assert json.loads((sweep_dir / "0" / "metrics.json").read_text())  # still there
+    assert sum(r["status"] == "ok" for r in summary_rows(sweep_dir)) == 2
+
+
+def test_a_failed_trial_is_recorded_and_the_search_goes_on_two_trials_at_a_time(
+    fixture_data_dir, tmp_path
+):
+    """A failed job (here an unknown activation) is a FAIL trial that says why; the others
+    still run and the best trial is reported. The joblib launcher runs two trials at once."""
+    sweep_dir = tmp_path / "search"
+    result = run_module(
+        "mnist_lightning.train",
+        "hparams_search=optuna",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=3",
+        'hydra.sweeper.params={model.activation:"choice(relu, not_an_activation)"}',
+        *FAST,
+        f"hydra.sweep.dir={sweep_dir}",
+        data_dir=fixture_data_dir,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    trials = _optuna_trials(sweep_dir)
+    # The seeded sampler draws both choices among the three trials.
+    states = {(t.params["model.activation"], t.state.name) for t in trials}
+    assert states == {("relu", "COMPLETE"), ("not_an_activation", "FAIL")}
+    assert len(trials) == 3
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert all(
+        t.user_attrs["failure"].startswith("model.activation=not_an_activation") for t in failed
+    )
+    assert "Best value:" in result.stdout + result.stderr
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["best_params"]["model.activation"] == "relu"
+    statuses = [r["status"] for r in summary_rows(sweep_dir)]
+    assert sum(s == "ok" for s in statuses) == sum(t.state.name == "COMPLETE" for t in trials)
+
+
+class FailedJob:
+    """What a launcher returns for a job that raised (Hydra's JobReturn, as the search reads it)."""
+
+    def __init__(self, job_dir: Path) -> None:
+        self.hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(job_dir)}}})
+
+    @property
+    def return_value(self):
+        raise RuntimeError("this job failed")
+
+
+def test_a_search_in_which_every_trial_failed_says_so_and_exits_1(tmp_path, capsys, caplog):
+    import optuna
+
+    from mnist_lightning.hydra_callbacks import SweepSummary
+    from mnist_lightning.search.space import search_space
+    from mnist_lightning.search.study import RESULTS, run_search, write_results
+
+    space, fixed = search_space(["model.activation=choice(relu, tanh)", "trainer.max_epochs=1"])
+    study = optuna.create_study(study_name="mnist", direction="maximize")
+    launched = []
+
+    def launch(jobs, first):
+        launched.extend(jobs)
+        for number, overrides in enumerate(jobs, first):
+            (tmp_path / str(number) / ".hydra").mkdir(parents=True)
+            (tmp_path / str(number) / ".hydra" / "overrides.yaml").write_text(
+                yaml.safe_dump(overrides)
+            )
+        return [FailedJob(tmp_path / str(n)) for n in range(first, first + len(jobs))]
+
+    run_search(study, space, fixed, launch, n_trials=2)
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+    assert all(t.user_attrs["failure"] == "this job failed" for t in study.trials)
+    assert all(job[0] == "trainer.max_epochs=1" and len(job) == 2 for job in launched)
+    write_results(study, str(tmp_path))
+    assert "No trial of study 'mnist' completed: every job failed" in caplog.text
+    assert not (tmp_path / RESULTS).exists()
+    # The sweep summary is still written, and the command ends with exit code 1.
+    with pytest.raises(SystemExit) as stop:
+        SweepSummary().on_multirun_end(
+            OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+        )
+    assert stop.value.code == 1 and "error: no job of the sweep in" in capsys.readouterr().out
+    assert all(r["status"].startswith("failed:") for r in summary_rows(tmp_path))
+
+
+# --- many workers on one study ---------------------------------------------------------------
+
+
+def _postgres_bin() -> Path:
+    """The folder of PostgreSQL's server programs: Debian keeps them off PATH."""
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    installed = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    assert installed, "PostgreSQL is not installed: apt-get install postgresql (.ci/run does)"
+    return installed[-1].parent
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A PostgreSQL server of its own on 127.0.0.1, started for these tests and stopped after.
+    The server refuses to run as root, so under root it runs as Debian's `postgres` user."""
+    bin_dir = _postgres_bin()
+    user = "postgres" if os.geteuid() == 0 else None
+    home = Path(tempfile.mkdtemp(prefix="mnist-postgres-"))
+    if user:
+        os.chown(home, pwd.getpwnam(user).pw_uid, -1)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = home / "data"
+
+    def run(*command: str) -> None:
+        subprocess.run(command, check=True, capture_output=True, user=user, timeout=120)
+
+    run(str(bin_dir / "initdb"), "-D", str(data), "-U", "optuna", "--auth=trust", "--no-sync")
+    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run(
+        str(bin_dir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(home / "log"),
+        "-o",
+        options,
+        "-w",
+        "start",
+    )
+    try:
+        yield f"postgresql+psycopg://optuna@127.0.0.1:{port}/postgres"
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.parametrize("storage", ["journal", "postgresql"])
+def test_workers_in_two_processes_share_one_study(storage, request, fixture_data_dir, tmp_path):
+    """The same command in two processes at once: n_trials completed in all, each trial one
+    job folder, no trial run twice, and the summary over both workers' jobs."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from mnist_lightning.search.study import NOT_RUN, WORKER, storage_of
+
+    sweep_dir = tmp_path / "search"
+    url = (
+        str(tmp_path / "study.log")
+        if storage == "journal"
+        else request.getfixturevalue("postgres_url")
+    )
+    # The template's test_optuna_sweep (3 trials, fast_dev_run, no logger), in two workers.
+    command = [
+        sys.executable,
+        "-m",
+        "mnist_lightning.train",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        f"hydra.sweeper.storage={hydra_quoted(url)}",
+        STEADY,
+        *FAST,
+        "++trainer.fast_dev_run=true",
+        "logger=[]",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    env = {**os.environ, "MNIST_DATA_DIR": str(fixture_data_dir)}
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    workers = [
+        subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        for log in logs
+    ]
+    for worker, log in zip(workers, logs, strict=True):
+        assert worker.wait(timeout=300) == 0, log.read_text()[-3000:]
+
+    trials = optuna.load_study(study_name="mnist", storage=storage_of(url)).trials
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 3, [(t.number, t.state.name, t.user_attrs) for t in trials]
+    # A trial asked once the other worker had taken the study's last one is never run.
+    assert all(
+        t.state == TrialState.FAIL and NOT_RUN in t.user_attrs for t in trials if t not in done
+    )
+    assert {t.user_attrs[WORKER]["pid"] for t in trials} <= {w.pid for w in workers}
+    jobs = sorted(int(p.name) for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
+    assert jobs == [t.number for t in done]  # one folder a trial, named by its number
+    for trial in done:
+        job = sweep_dir / str(trial.number)
+        assert trial.user_attrs["job"] == str(job)
+        ran = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        assert f"model.activation={trial.params['model.activation']}" in ran
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert trial.value == pytest.approx(metrics["val/acc_best"])
+    rows = summary_rows(sweep_dir)
+    assert sorted(int(r["job"]) for r in rows if r["status"] == "ok") == jobs
+
+    if storage == "postgresql":
+        return
+    # The same command once more: the study is full, and nothing is run again.
+    result = run_module("mnist_lightning.train", *command[3:], data_dir=fixture_data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "3 of 3 trials finished, 0 to go" in result.stdout + result.stderr
+    assert len(optuna.load_study(study_name="mnist", storage=storage_of(url)).trials) == len(trials)
+
+
+def test_a_study_server_that_cannot_be_reached_is_one_line(fixture_data_dir, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    url = f"postgresql+psycopg://me:secret@127.0.0.1:{port}/studies"
+    result = run_module(
+        "mnist_lightning.train",
+        "hparams_search=optuna",
+        f"hydra.sweeper.storage={hydra_quoted(url)}",
+        *FAST,
+        f"hydra.sweep.dir={tmp_path / 'search'}",
+        data_dir=fixture_data_dir,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("error: cannot open the Optuna study at postgresql+psycopg://me:***@")
+    assert "secret" not in result.stdout + result.stderr
