@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,6 +57,14 @@ def _run_name(output_dir: str) -> str:
         short = [o for o in HydraConfig.get().overrides.task if len(o) <= 60]
         return f"{job.num}: {' '.join(short)}"[:120]
     return Path(output_dir).name
+
+
+def hydra_quoted(text: str) -> str:
+    """`text` as a quoted value of a Hydra override that means exactly `text`, whatever it holds
+    (a run folder's name with `( ) [ ] , = ' # ~ { }` or `${x}`). Hydra's grammar has no public
+    function for it: quotes and `${` are escaped, and the backslashes before them doubled."""
+    text = re.sub(r"(\\+)(?='|\$\{|$)", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
 
 
 def group_targets(group: Mapping | None) -> list:

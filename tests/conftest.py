@@ -6,7 +6,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import signal
 import struct
 import subprocess
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from mnist_lightning.config import hydra_quoted  # noqa: F401 - the tests' own name for it
 
 ROOT = Path(__file__).resolve().parents[1]
 # onnxruntime (the export tests) sends usage telemetry from a background thread when imported,
@@ -158,14 +159,6 @@ FAST = [
     "trainer.max_epochs=1",
     "callbacks.epoch_report.print_every_n_batches=0",
 ]
-
-
-def hydra_quoted(text: str) -> str:
-    """`text` as a quoted value of a Hydra override that means exactly `text`, whatever it holds
-    (a run folder's name with `( ) [ ] , = ' # ~ { }` or `${x}`). Hydra's grammar has no public
-    function for it: quotes and `${` are escaped, and the backslashes before them doubled."""
-    text = re.sub(r"(\\+)(?='|\$\{|$)", lambda m: m.group(1) * 2, text)
-    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
 
 
 def compose(overrides: list[str], output_dir: Path):

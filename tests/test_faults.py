@@ -308,27 +308,8 @@ def read_checkpoint_ok(path) -> bool:
     return bool(read_checkpoint(path)["state_dict"])
 
 
-def test_submitit_local_sweep_with_one_diverging_job(fixture_data_dir, tmp_path):
-    sweep_dir = tmp_path / "submitit"
-    result = run_module(
-        "mnist_lightning.train",
-        "-m",
-        "hydra/launcher=submitit_local",
-        "model.activation=relu",
-        "optimizer.lr=0.05,10000",
-        *FAST,
-        "trainer.max_epochs=2",
-        f"hydra.sweep.dir={sweep_dir}",
-        data_dir=fixture_data_dir,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    import csv
-
-    with (sweep_dir / "summary.csv").open() as f:
-        rows = {r["overrides"]: r for r in csv.DictReader(f)}
-    assert rows["optimizer.lr=0.05"]["status"] == "ok"
-    assert rows["optimizer.lr=10000"]["status"].startswith("failed: training stopped in epoch 1")
+# A diverging job of a submitit_local sweep: tests/test_search.py, in the Optuna search that
+# runs one submitit job a trial.
 
 
 # --- fuzzing: every input ends in a result or a clear error, quickly and in bounded memory ---

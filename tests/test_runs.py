@@ -120,22 +120,33 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.fixture(scope="module")
+def command_run(tmp_path_factory, fixture_data_dir) -> Path:
+    """A run of 2 epochs made by the train command itself: with Hydra's train.log beside
+    Lightning's hparams.yaml."""
+    run_dir = tmp_path_factory.mktemp("command") / "run"
+    train_command = ("mnist_lightning.train", *FAST, "trainer.max_epochs=2")
+    result = run_module(*train_command, f"hydra.run.dir={run_dir}", data_dir=fixture_data_dir)
+    assert result.returncode == 0, result.stdout[-2000:]
+    return run_dir
+
+
+@pytest.mark.xdist_group("command_run")  # one worker trains the run both copies start from
 @pytest.mark.parametrize("copy", ["cp -al", "cp -as"])
 def test_a_run_copied_with_links_resumes_and_leaves_the_original_as_it_was(
-    copy, fixture_data_dir, tmp_path
+    copy, command_run, fixture_data_dir, tmp_path
 ):
     """A snapshot copy shares the original's files (hard links, as rsync --link-dest and
     rsnapshot make; or symbolic links): resuming the copy writes and deletes none of them, the
     lock file a kill -9 left behind included."""
     original, copied = tmp_path / "original", tmp_path / "copy"
-    train_command = ("mnist_lightning.train", *FAST, "trainer.max_epochs=2")
-    assert run_module(*train_command, f"hydra.run.dir={original}").returncode == 0
+    shutil.copytree(command_run, original)
     unfinished(original, 3)
     (original / ".lock").write_text("process 1 on a host (killed with -9)")
     before = snapshot(original)
     assert "train.log" in before and "hparams.yaml" in before
     subprocess.run([*copy.split(), str(original), str(copied)], check=True)
-    resumed = run_module("mnist_lightning.train", f"resume={copied}")
+    resumed = run_module("mnist_lightning.train", f"resume={copied}", data_dir=fixture_data_dir)
     assert resumed.returncode == 0, resumed.stdout[-2000:]
     assert json.loads((copied / "metrics.json").read_text())["epochs"] == 3
     assert snapshot(original) == before and not (original / "metrics.json").exists()

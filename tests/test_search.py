@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from tests.conftest import FAST, ROOT, hydra_quoted, run_module
@@ -91,41 +93,40 @@ def test_optuna_search_resumes_an_interrupted_study(fixture_data_dir, tmp_path):
     assert sum(r["status"] == "ok" for r in summary_rows(sweep_dir)) == 2
 
 
-def test_a_failed_trial_is_recorded_and_the_search_goes_on_two_trials_at_a_time(
+def test_a_diverging_trial_is_recorded_and_the_search_goes_on_one_submitit_job_a_trial(
     fixture_data_dir, tmp_path
 ):
-    """A failed job (here an unknown activation) is a FAIL trial that says why; the others
-    still run and the best trial is reported. The joblib launcher runs two trials at once."""
+    """A job that fails (here it diverges) is a FAIL trial that says why; the others still run
+    and the best trial is reported. Through submitit, as on SLURM: one job a trial, in a process
+    of its own, both trials at once."""
     sweep_dir = tmp_path / "search"
     result = run_module(
         "mnist_lightning.train",
         "hparams_search=optuna",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
+        "hydra/launcher=submitit_local",
         "hydra.sweeper.n_jobs=2",
-        "hydra.sweeper.n_trials=3",
-        'hydra.sweeper.params={model.activation:"choice(relu, not_an_activation)"}',
+        "hydra.sweeper.n_trials=2",
+        'hydra.sweeper.params={optimizer:"choice(sgd)",optimizer.lr:"choice(0.05, 10000)"}',
+        "seed=6",  # the seeded sampler draws each learning rate once in its first two trials
         *FAST,
+        "trainer.max_epochs=2",
         f"hydra.sweep.dir={sweep_dir}",
         data_dir=fixture_data_dir,
         timeout=300,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     trials = _optuna_trials(sweep_dir)
-    # The seeded sampler draws both choices among the three trials.
-    states = {(t.params["model.activation"], t.state.name) for t in trials}
-    assert states == {("relu", "COMPLETE"), ("not_an_activation", "FAIL")}
-    assert len(trials) == 3
-    failed = [t for t in trials if t.state.name == "FAIL"]
-    assert all(
-        t.user_attrs["failure"].startswith("model.activation=not_an_activation") for t in failed
-    )
+    states = {(t.params["optimizer.lr"], t.state.name) for t in trials}
+    assert states == {(0.05, "COMPLETE"), (10000, "FAIL")}, _job_failures(sweep_dir)
+    failed = next(t for t in trials if t.state.name == "FAIL")
+    assert failed.user_attrs["failure"].startswith("training stopped in epoch 1")
     assert "Best value:" in result.stdout + result.stderr
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert best["best_params"]["model.activation"] == "relu"
-    statuses = [r["status"] for r in summary_rows(sweep_dir)]
-    assert sum(s == "ok" for s in statuses) == sum(t.state.name == "COMPLETE" for t in trials)
+    assert best["best_params"]["optimizer.lr"] == 0.05
+    rows = {r["job"]: r["status"] for r in summary_rows(sweep_dir)}
+    assert rows[str(failed.number)].startswith("failed: training stopped in epoch 1")
+    assert [s for s in rows.values() if s == "ok"] == ["ok"]
+    assert len(list((sweep_dir / ".submitit").glob("*/*_log.out"))) == 2  # two processes
 
 
 class FailedJob:
@@ -284,14 +285,6 @@ def test_workers_in_two_processes_share_one_study(storage, request, fixture_data
     rows = summary_rows(sweep_dir)
     assert sorted(int(r["job"]) for r in rows if r["status"] == "ok") == jobs
 
-    if storage == "postgresql":
-        return
-    # The same command once more: the study is full, and nothing is run again.
-    result = run_module("mnist_lightning.train", *command[3:], data_dir=fixture_data_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "3 of 3 trials finished, 0 to go" in result.stdout + result.stderr
-    assert len(optuna.load_study(study_name="mnist", storage=storage_of(url)).trials) == len(trials)
-
 
 def test_a_study_server_that_cannot_be_reached_is_one_line(fixture_data_dir, tmp_path):
     with socket.socket() as probe:
@@ -310,3 +303,51 @@ def test_a_study_server_that_cannot_be_reached_is_one_line(fixture_data_dir, tmp
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("error: cannot open the Optuna study at postgresql+psycopg://me:***@")
     assert "secret" not in result.stdout + result.stderr
+
+
+# --- the search space ------------------------------------------------------------------------
+
+
+def test_the_sweep_syntax_becomes_optunas_distributions():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from mnist_lightning.search.space import search_space
+
+    space, fixed = search_space(
+        [
+            "optimizer=choice(sgd, adam)",
+            "optimizer.lr=tag(log, interval(0.0001, 0.5))",
+            "model.dropout=interval(0.1, 0.5)",
+            "data.batch_size=range(32, 257, 32)",  # Hydra's range stops before 257
+            "trainer.max_epochs=3",
+            "~callbacks.early_stopping",
+            "model.dropout=interval(0, 0.3)",  # a later one replaces the earlier
+        ]
+    )
+    assert space == {
+        "optimizer": CategoricalDistribution(["sgd", "adam"]),
+        "optimizer.lr": FloatDistribution(0.0001, 0.5, log=True),
+        "model.dropout": FloatDistribution(0.0, 0.3),
+        "data.batch_size": IntDistribution(32, 256, step=32),
+    }
+    assert fixed == ["trainer.max_epochs=3", "~callbacks.early_stopping"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    value=st.one_of(
+        st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), max_size=20),
+        st.integers(-(2**62), 2**62),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.booleans(),
+        st.none(),
+    )
+)
+def test_a_sampled_value_reads_back_as_itself(value):
+    """Whatever a choice held, the trial's override gives its job that very value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from mnist_lightning.search.space import as_override
+
+    override = OverridesParser.create().parse_override(as_override("model.x", value))
+    assert override.value() == value and type(override.value()) is type(value)

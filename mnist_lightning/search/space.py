@@ -4,7 +4,6 @@ distributions; every other override is passed to each trial as it was written.""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -16,6 +15,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from mnist_lightning.config import hydra_quoted
 from mnist_lightning.errors import ConfigError, first_line
 
 
@@ -61,17 +61,17 @@ def distribution(override: Override) -> BaseDistribution:
         raise ConfigError(f"{key}: {first_line(error)}") from None
 
 
-_PLAIN = re.compile(r"[\w.\-/:]+")
-
-
 def as_override(name: str, value: Any) -> str:
-    """`name=value` for one sampled value, written so that Hydra reads back the same value."""
+    """`name=value` for one sampled value, written so that Hydra reads back the same value: a
+    string as it is where Hydra reads it so (`relu`), quoted where it would not (`'1'`)."""
+    if isinstance(value, str):
+        plain = f"{name}={value}"
+        try:
+            if OverridesParser.create().parse_override(plain).value() == value:
+                return plain
+        except Exception:  # noqa: BLE001 - Hydra cannot read it bare: quoted below
+            pass
+        return f"{name}={hydra_quoted(value)}"
     if value is None:
-        text = "null"
-    elif isinstance(value, bool):
-        text = str(value).lower()
-    elif isinstance(value, str) and not _PLAIN.fullmatch(value):
-        text = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    else:
-        text = str(value)
-    return f"{name}={text}"
+        return f"{name}=null"
+    return f"{name}={str(value).lower() if isinstance(value, bool) else value}"
