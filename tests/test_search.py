@@ -351,3 +351,34 @@ def test_a_sampled_value_reads_back_as_itself(value):
 
     override = OverridesParser.create().parse_override(as_override("model.x", value))
     assert override.value() == value and type(override.value()) is type(value)
+
+
+@settings(max_examples=20, deadline=None)
+@given(cut=st.integers(0, 10_000), junk=st.binary(max_size=40), at=st.integers(0, 50))
+def test_a_damaged_journal_file_is_resumed_or_one_line(tmp_path_factory, cut, junk, at):
+    """A journal that a full disk cut short, or a hand edit broke: the study as far as it can
+    be read, or one line and exit code 1."""
+    import contextlib
+    import io
+
+    import optuna
+
+    from mnist_lightning.search.study import open_search, progress, storage_of
+
+    journal = tmp_path_factory.mktemp("journal") / "study.log"
+    study = optuna.create_study(
+        study_name="mnist", storage=storage_of(str(journal)), direction="maximize"
+    )
+    study.optimize(lambda trial: trial.suggest_float("optimizer.lr", 0.01, 0.1), n_trials=2)
+    lines = journal.read_bytes().splitlines(keepends=True)
+    lines.insert(at % (len(lines) + 1), junk + b"\n")
+    journal.write_bytes(b"".join(lines)[: len(b"".join(lines)) - cut % 200])
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            study = open_search(str(journal), "mnist", "maximize", None, 3)
+        assert " of 3 trials finished" in progress(study, 3)
+    except SystemExit as stop:
+        shown = out.getvalue().strip().splitlines()
+        assert stop.code == 1 and len(shown) == 1, shown
+        assert shown[0].startswith(f"error: {journal} is not a readable Optuna study")
