@@ -233,7 +233,8 @@ def test_workers_in_two_processes_share_one_study(storage, request, fixture_data
     import optuna
     from optuna.trial import TrialState
 
-    from mnist_lightning.search.study import NOT_RUN, WORKER, storage_of
+    from mnist_lightning.search.storage import storage_of
+    from mnist_lightning.search.study import NOT_RUN, WORKER
 
     sweep_dir = tmp_path / "search"
     url = (
@@ -363,7 +364,8 @@ def test_a_damaged_journal_file_is_resumed_or_one_line(tmp_path_factory, cut, ju
 
     import optuna
 
-    from mnist_lightning.search.study import open_search, progress, storage_of
+    from mnist_lightning.search.storage import storage_of
+    from mnist_lightning.search.study import open_search, progress
 
     journal = tmp_path_factory.mktemp("journal") / "study.log"
     study = optuna.create_study(

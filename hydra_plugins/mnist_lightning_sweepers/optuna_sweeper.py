@@ -51,8 +51,9 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         from mnist_lightning.errors import ConfigError, UserError
-        from mnist_lightning.search import study as shared
         from mnist_lightning.search.space import search_space
+        from mnist_lightning.search.storage import refuse, shown
+        from mnist_lightning.search.study import open_search, run_search, write_results
 
         try:
             space, fixed = search_space([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
@@ -60,21 +61,21 @@ class OptunaSweeper(Sweeper):
             print(f"error: {error}", flush=True)
             raise SystemExit(1) from None
         try:
-            study = shared.open_search(
+            study = open_search(
                 self.storage, self.study_name, self.direction, self.sampler, self.n_trials
             )
-            log.info("Study %r in %s", study.study_name, shared.shown(self.storage or "memory"))
-            shared.run_search(
+            log.info("Study %r in %s", study.study_name, shown(self.storage or "memory"))
+            run_search(
                 study, space, fixed, self._launch, self.n_trials, self.n_jobs, self.max_failure_rate
             )
-            shared.write_results(study, self.config.hydra.sweep.dir)
+            write_results(study, self.config.hydra.sweep.dir)
         except UserError as error:  # optimization_results.yaml on a full disk, say
             print(f"error: {error}", flush=True)
             raise SystemExit(1) from None
         except _LaunchFailed as failed:
             raise failed.__cause__ from None
         except Exception as error:  # noqa: BLE001 - a stored study is data: any failure is its own
-            shared.refuse(self.storage, error)
+            refuse(self.storage, error)
 
     def _launch(self, jobs: list[list[str]], first_number: int) -> list[Any]:
         """The launcher's jobs, numbered from the first trial's number (its job folder)."""
