@@ -67,6 +67,12 @@ def hydra_quoted(text: str) -> str:
     return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
 
 
+def override_key(override: str) -> str:
+    """The key or config group a command-line override sets: `a.b` of `+a.b=1`, `~a.b` or
+    `++a.b=1`; `model/net` of `model/net=cnn`."""
+    return override.partition("=")[0].lstrip("+~")
+
+
 def group_targets(group: Mapping | None) -> list:
     """Every entry of a config group that names a `_target_` (callbacks, loggers)."""
     return [

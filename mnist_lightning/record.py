@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mnist_lightning.config import RUN_CONFIG
+from mnist_lightning.config import RUN_CONFIG, override_key
 from mnist_lightning.errors import ConfigError, UserError
 from mnist_lightning.folders import DamagedFile, read_yaml
 
@@ -52,7 +52,7 @@ def check_resume(folder: Path, overrides: list[str], output_dir: Path | None = N
             f"resume={folder} continues the run in its own folder; drop "
             f"hydra.run.dir={output_dir}, or start a new run there instead."
         )
-    keys = [o.partition("=")[0].lstrip("+~") for o in overrides]
+    keys = [override_key(o) for o in overrides]
     refused = [
         o
         for o, key in zip(overrides, keys, strict=True)

@@ -8,6 +8,7 @@ with a GPU.)"""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -292,10 +293,11 @@ def test_a_new_run_starts_from_a_trained_models_weights(trained_run, fixture_dat
 
 
 def test_starting_from_a_model_refuses_another_network_and_a_bad_file(trained_run, tmp_path):
-    with pytest.raises(
-        ConfigError, match="the network comes with its weights .* drop model/net=cnn"
-    ):
-        train(compose([f"init_from={trained_run}", "model/net=cnn"], tmp_path / "a"))
+    for named in ("model/net=cnn", "model.activation=tanh", "+model.net.hidden1=64"):
+        with pytest.raises(
+            ConfigError, match=f"the network comes with its weights .* drop {re.escape(named)}"
+        ):
+            train(compose([f"init_from={trained_run}", named], tmp_path / "a"))
     crafted = tmp_path / "crafted.ckpt"
     crafted.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match=f"^init_from={crafted}: .* is truncated or not"):

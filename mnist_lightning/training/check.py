@@ -16,6 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from mnist_lightning.config import override_key
 from mnist_lightning.data.augment import BatchAugment
 from mnist_lightning.data.datamodule import MNISTDataModule
 from mnist_lightning.doors.checkpoints import custom_network_problems
@@ -182,7 +183,7 @@ def _problems(cfg: DictConfig) -> list[str]:
 
 def _named(group: str, overrides: list[str]) -> str:
     """The overrides a user gave for a group, to name in a message (else the group)."""
-    given = [o for o in overrides if o.lstrip("+~").split("=")[0].split(".")[0] == group]
+    given = [o for o in overrides if override_key(o).split(".")[0] == group]
     return " ".join(given) or group
 
 

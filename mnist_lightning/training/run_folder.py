@@ -21,7 +21,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnist_lightning.atomic import write_text_atomically
-from mnist_lightning.config import RUN_CONFIG, run_dir
+from mnist_lightning.config import RUN_CONFIG, override_key, run_dir
 from mnist_lightning.data import DATA_SOURCE
 from mnist_lightning.doors.checkpoints import load_trained
 from mnist_lightning.errors import CheckpointError, ConfigError, OutputError, UserError
@@ -69,7 +69,7 @@ def hydra_part(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any], list[str], 
 
 # What a trained model's weights bring with them: its network.
 NETWORK_KEYS = ("net", "activation", "maxout_pieces")
-NETWORK_OVERRIDES = ("model.net", "model/net", "model.activation=", "model.maxout_pieces=")
+NETWORK_OVERRIDES = ("model.net", "model/net", "model.activation", "model.maxout_pieces")
 
 
 def start_from(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -81,7 +81,8 @@ def start_from(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     except CheckpointError as error:
         raise CheckpointError(f"init_from={cfg.init_from}: {error}") from None
     net = trained.settings.get("net") or {}
-    named = [o for o in overrides if o.lstrip("+~").startswith(NETWORK_OVERRIDES)]
+    keys = [(o, override_key(o)) for o in overrides]
+    named = [o for o, key in keys if key in NETWORK_OVERRIDES or key.startswith("model.net.")]
     if named:
         raise ConfigError(
             f"init_from={cfg.init_from}: the network comes with its weights "
@@ -136,7 +137,7 @@ class RunFolder:
         cfg, choices, overrides, resume = self._config(cfg)
         settings = check(cfg, overrides, choices)
         if resume is not None:
-            longer = [o for o in overrides if o.partition("=")[0].lstrip("+~") in LENGTH_KEYS]
+            longer = [o for o in overrides if override_key(o) in LENGTH_KEYS]
             if longer:  # training longer: the run goes on, whether it finished or not
                 self._record_longer(settings, longer, resume.step)
             else:
@@ -214,7 +215,7 @@ class RunFolder:
             for key in DATA_SOURCE:
                 resumed.data[key] = OmegaConf.select(cfg, f"data.{key}")
             for override in overrides:
-                key = override.partition("=")[0].lstrip("+~")
+                key = override_key(override)
                 if key.startswith("logger.") or key in LENGTH_KEYS:
                     OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
         return resumed
