@@ -384,3 +384,41 @@ def test_a_damaged_journal_file_is_resumed_or_one_line(tmp_path_factory, cut, ju
         shown = out.getvalue().strip().splitlines()
         assert stop.code == 1 and len(shown) == 1, shown
         assert shown[0].startswith(f"error: {journal} is not a readable Optuna study")
+
+
+def test_a_trial_is_run_again_once_its_worker_is_gone_or_silent(tmp_path):
+    """A RUNNING trial is failed (and so run again) at once when its worker was a process of
+    this machine that is gone; otherwise once its heartbeat is ten minutes old, so that a
+    process number used again by another program cannot hold a trial forever."""
+    import time
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from mnist_lightning.search.study import HEARTBEAT, HOST, STALE_AFTER, WORKER, end_interrupted
+
+    study = optuna.create_study(study_name="mnist", direction="maximize")
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    now = time.time()
+    workers = {
+        "beating here": ({"host": HOST, "pid": os.getpid()}, now),
+        "silent here": ({"host": HOST, "pid": os.getpid()}, now - 2 * STALE_AFTER),
+        "gone here": ({"host": HOST, "pid": int(gone.stdout)}, now),
+        "beating elsewhere": ({"host": "elsewhere", "pid": 1}, now - STALE_AFTER / 2),
+        "silent elsewhere": ({"host": "elsewhere", "pid": 1}, now - 2 * STALE_AFTER),
+    }
+    for worker, beat in workers.values():
+        trial = study.ask({"optimizer.lr": FloatDistribution(0.01, 0.1)})
+        trial.set_user_attr(WORKER, worker)
+        trial.set_user_attr(HEARTBEAT, beat)
+    end_interrupted(study)
+    states = dict(zip(workers, (t.state.name for t in study.trials), strict=True))
+    assert states == {
+        "beating here": "RUNNING",
+        "silent here": "FAIL",
+        "gone here": "FAIL",
+        "beating elsewhere": "RUNNING",
+        "silent elsewhere": "FAIL",
+    }

@@ -8,7 +8,8 @@ is failed and run again) or another worker took the study's last trial first. Wh
 worker has is written in the study itself, as each trial's user attributes (also what Optuna's
 dashboard shows): the worker's host and process, a heartbeat every minute, and the failure
 of a job that failed. A trial left running by a process of this machine that is gone is failed
-at once; one of another machine, once its heartbeat is ten minutes old.
+at once; any other, once its heartbeat is ten minutes old (a process number that another
+program has taken since cannot hold a trial forever).
 """
 
 from __future__ import annotations
