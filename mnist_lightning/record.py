@@ -24,6 +24,11 @@ RESUME_PREFIXES = ("logger.", "paths.", "hydra.")
 BOUND_TO_LENGTH = ("onecycle", "cosine")
 
 
+def length_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that train a resumed run longer (trainer.max_epochs=, trainer.max_steps=)."""
+    return [o for o in overrides if override_key(o) in LENGTH_KEYS]
+
+
 def read_record(folder: Path) -> dict[str, Any]:
     """A run folder's run_config.yaml: its format, overrides, choices and config, or one line."""
     path = folder / RUN_CONFIG
@@ -52,11 +57,10 @@ def check_resume(folder: Path, overrides: list[str], output_dir: Path | None = N
             f"resume={folder} continues the run in its own folder; drop "
             f"hydra.run.dir={output_dir}, or start a new run there instead."
         )
-    keys = [override_key(o) for o in overrides]
     refused = [
         o
-        for o, key in zip(overrides, keys, strict=True)
-        if key not in RESUME_KEYS and not key.startswith(RESUME_PREFIXES)
+        for o in overrides
+        if override_key(o) not in RESUME_KEYS and not override_key(o).startswith(RESUME_PREFIXES)
     ]
     if refused:
         raise ConfigError(
@@ -67,7 +71,7 @@ def check_resume(folder: Path, overrides: list[str], output_dir: Path | None = N
     if not (folder / RUN_CONFIG).is_file():
         raise UserError(f"resume={folder}: not a run folder of this project (no {RUN_CONFIG})")
     record = read_record(folder)
-    longer = [o for o, key in zip(overrides, keys, strict=True) if key in LENGTH_KEYS]
+    longer = length_overrides(overrides)
     scheduler = record["config"].get("scheduler") or {}
     if longer and isinstance(scheduler, dict) and scheduler.get("name") in BOUND_TO_LENGTH:
         raise ConfigError(

@@ -14,7 +14,6 @@ program has taken since cannot hold a trial forever).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,7 +29,9 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from mnist_lightning.atomic import write_text_atomically
-from mnist_lightning.errors import first_line
+from mnist_lightning.command import FAILURE as FAILURE_FILE
+from mnist_lightning.errors import UserError, first_line
+from mnist_lightning.folders import read_json
 from mnist_lightning.search.space import as_override
 from mnist_lightning.search.storage import open_study, refuse
 
@@ -148,9 +149,9 @@ class Heartbeat:
 def _failure(job_dir: Path) -> str:
     """What failure.json says, which the train command writes in a job folder it failed in."""
     try:
-        return str(json.loads((job_dir / "failure.json").read_text())["message"])
-    except Exception:  # noqa: BLE001 - no readable reason: the file is still there to read
-        return "the job failed; its folder's failure.json says why"
+        return str(read_json(job_dir / FAILURE_FILE)["message"])
+    except (UserError, OSError, KeyError, TypeError):  # no readable reason: the file says more
+        return f"the job failed; its folder's {FAILURE_FILE} says why"
 
 
 def tell(study: Any, trial: Trial, job: Any) -> bool:
@@ -216,10 +217,11 @@ def run_search(
     n_jobs: int = 1,
     max_failure_rate: float = 1.0,
 ) -> None:
-    """Ask, launch `n_jobs` trials at a time, tell, until the study holds n_trials trials."""
+    """Ask, launch `n_jobs` trials at a time, tell, until the study holds n_trials trials.
+    open_search failed the trials that killed workers had left; each round fails those left
+    since."""
     ran = failed = 0
     while True:
-        end_interrupted(study)
         batch = []
         for _ in range(max(1, n_jobs)):
             trial = ask(study, space, n_trials)
@@ -244,3 +246,4 @@ def run_search(
                 max_failure_rate,
             )
             return
+        end_interrupted(study)

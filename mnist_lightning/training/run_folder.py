@@ -35,7 +35,13 @@ from mnist_lightning.folders import (
     read_results,
     run_folder_of,
 )
-from mnist_lightning.record import LENGTH_KEYS, RECORD_FORMAT, check_resume, read_record
+from mnist_lightning.record import (
+    LENGTH_KEYS,
+    RECORD_FORMAT,
+    check_resume,
+    length_overrides,
+    read_record,
+)
 from mnist_lightning.settings import TrainSettings
 from mnist_lightning.training.check import check
 from mnist_lightning.training.resume import Resume
@@ -137,7 +143,7 @@ class RunFolder:
         cfg, choices, overrides, resume = self._config(cfg)
         settings = check(cfg, overrides, choices)
         if resume is not None:
-            longer = [o for o in overrides if override_key(o) in LENGTH_KEYS]
+            longer = length_overrides(overrides)
             if longer:  # training longer: the run goes on, whether it finished or not
                 self._record_longer(settings, longer, resume.step)
             else:
