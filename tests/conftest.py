@@ -231,6 +231,14 @@ def trained_run(fixture_data_dir, tmp_path_factory) -> Path:
     )
 
 
+def gone_pid() -> int:
+    """The number of a process that has ended: one started and waited for."""
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    return int(ended.stdout)
+
+
 def free_port() -> int:
     import socket
 

@@ -31,7 +31,7 @@ from mnist_lightning.folders import (
 from mnist_lightning.record import check_resume
 from mnist_lightning.training.resume import whole_rows
 from mnist_lightning.training.run_folder import RunFolder
-from tests.conftest import ROOT, compose
+from tests.conftest import ROOT, compose, gone_pid
 
 FUZZ = settings(
     deadline=None,
@@ -567,11 +567,8 @@ def study_of_this_search(path: Path):
                 value=value,
             )
         )
-    gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
-    )
     trial = study.ask(space)  # left RUNNING by a process that is gone
-    trial.set_user_attr(WORKER, {"host": socket.gethostname(), "pid": int(gone.stdout)})
+    trial.set_user_attr(WORKER, {"host": socket.gethostname(), "pid": gone_pid()})
     return study
 
 

@@ -9,7 +9,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from tests.conftest import FAST, ROOT, hydra_quoted, run_module
+from tests.conftest import FAST, ROOT, free_port, gone_pid, hydra_quoted, run_module
 from tests.test_sweeps import summary_rows
 
 # Settings that cannot diverge: these tests are about the study, not about failed trials.
@@ -198,9 +197,7 @@ def postgres_url():
     home = Path(tempfile.mkdtemp(prefix="mnist-postgres-"))
     if user:
         os.chown(home, pwd.getpwnam(user).pw_uid, -1)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     data = home / "data"
 
     def run(*command: str) -> None:
@@ -288,9 +285,7 @@ def test_workers_in_two_processes_share_one_study(storage, request, fixture_data
 
 
 def test_a_study_server_that_cannot_be_reached_is_one_line(fixture_data_dir, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     url = f"postgresql+psycopg://me:secret@127.0.0.1:{port}/studies"
     result = run_module(
         "mnist_lightning.train",
@@ -398,14 +393,11 @@ def test_a_trial_is_run_again_once_its_worker_is_gone_or_silent(tmp_path):
     from mnist_lightning.search.study import HEARTBEAT, HOST, STALE_AFTER, WORKER, end_interrupted
 
     study = optuna.create_study(study_name="mnist", direction="maximize")
-    gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
-    )
     now = time.time()
     workers = {
         "beating here": ({"host": HOST, "pid": os.getpid()}, now),
         "silent here": ({"host": HOST, "pid": os.getpid()}, now - 2 * STALE_AFTER),
-        "gone here": ({"host": HOST, "pid": int(gone.stdout)}, now),
+        "gone here": ({"host": HOST, "pid": gone_pid()}, now),
         "beating elsewhere": ({"host": "elsewhere", "pid": 1}, now - STALE_AFTER / 2),
         "silent elsewhere": ({"host": "elsewhere", "pid": 1}, now - 2 * STALE_AFTER),
     }
