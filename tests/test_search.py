@@ -139,6 +139,22 @@ class FailedJob:
         raise RuntimeError("this job failed")
 
 
+def test_a_worker_asks_for_no_more_trials_past_max_failure_rate(tmp_path, caplog):
+    import optuna
+
+    from mnist_lightning.search.study import run_search
+
+    def launch(jobs, first):
+        return [FailedJob(tmp_path / str(n)) for n in range(first, first + len(jobs))]
+
+    study = optuna.create_study(study_name="mnist", direction="maximize")
+    run_search(study, {}, [], launch, n_trials=6, n_jobs=2, max_failure_rate=0.5)
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]  # one round of two
+    assert "2 of this worker's 2 trials failed, more than max_failure_rate=0.5" in caplog.text
+    run_search(study, {}, [], launch, n_trials=6, n_jobs=2, max_failure_rate=1.0)
+    assert len(study.trials) == 6  # a rate of 1 never stops the search
+
+
 def test_a_search_in_which_every_trial_failed_says_so_and_exits_1(tmp_path, capsys, caplog):
     import optuna
 
